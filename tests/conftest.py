@@ -1,0 +1,60 @@
+"""Shared fixtures: one throwaway embedded Postgres (with pgvector) per test session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bikematch.database import connect, start_embedded, stop_embedded
+from bikematch.migrations import apply_migrations
+
+BIN = Path(sys.executable).parent
+BIKEMATCH = str(BIN / "bikematch")
+
+# Tables Python writes, in an order TRUNCATE ... CASCADE is happy with.
+SOURCE_TABLES = "scraped_bikes, price_history, vector_storage, embedding_failures"
+
+
+@pytest.fixture(scope="session")
+def pg_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("pg")
+
+
+@pytest.fixture(scope="session")
+def database_url(pg_root) -> str:
+    """A fresh embedded cluster with bikematch's migrations applied."""
+    pgdata = pg_root / "session"
+    url = start_embedded(pgdata)
+    with connect(url) as conn:
+        apply_migrations(conn)
+    yield url
+    stop_embedded(pgdata)
+    shutil.rmtree(pgdata, ignore_errors=True)
+
+
+@pytest.fixture
+def conn(database_url):
+    """A connection to an empty bikematch schema (source tables truncated)."""
+    with connect(database_url, autocommit=True) as connection:
+        connection.execute(f"truncate {SOURCE_TABLES} cascade")
+        yield connection
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = False, timeout=300):
+    """Run the installed `bikematch` console script; returns the CompletedProcess."""
+    full_env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    full_env.update(env or {})
+    result = subprocess.run(
+        [BIKEMATCH, *args], env=full_env, capture_output=True, text=True, timeout=timeout
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"bikematch {' '.join(args)} exited {result.returncode}:\n"
+            f"{result.stdout}\n{result.stderr}"
+        )
+    return result

@@ -1,0 +1,177 @@
+"""The foundation: migrations, the embedded server, the schema, bad input."""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+import numpy as np
+import psycopg
+import pytest
+from pgvector import HalfVector, Vector
+
+from bikematch.database import DatabaseError, connect, mask_password
+from bikematch.migrations import apply_migrations, discover
+
+from .conftest import run_cli
+
+
+def _schema_snapshot(conn) -> list[tuple]:
+    columns = conn.execute(
+        """
+        select table_name, column_name, data_type, is_nullable, column_default
+        from information_schema.columns where table_schema = 'public'
+        order by table_name, ordinal_position
+        """
+    ).fetchall()
+    indexes = conn.execute(
+        "select indexname, indexdef from pg_indexes where schemaname = 'public' order by 1"
+    ).fetchall()
+    applied = conn.execute(
+        "select version, checksum, applied_at from bikematch_migrations order by 1"
+    ).fetchall()
+    return columns + indexes + applied
+
+
+def test_migrations_apply_twice_without_change(conn):
+    before = _schema_snapshot(conn)
+    assert apply_migrations(conn) == []
+    assert _schema_snapshot(conn) == before
+    versions = [row[0] for row in conn.execute("select version from bikematch_migrations")]
+    assert sorted(versions) == [m.version for m in discover()]
+
+
+def test_edited_migration_is_reported(conn, tmp_path):
+    for migration in discover():
+        (tmp_path / migration.path.name).write_text(migration.sql)
+    first = sorted(tmp_path.glob("*.sql"))[-1]
+    first.write_text(first.read_text() + "\n-- edited\n")
+    with pytest.raises(DatabaseError, match="changed after it was applied"):
+        apply_migrations(conn, tmp_path)
+
+
+def test_unique_webshop_url(conn):
+    insert = "insert into scraped_bikes (webshop, url, name) values (%s, %s, %s)"
+    conn.execute(insert, ("shop-a.nl", "https://shop-a.nl/p/1", "Bike"))
+    conn.execute(insert, ("shop-b.nl", "https://shop-a.nl/p/1", "Same URL, other shop"))
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        conn.execute(insert, ("shop-a.nl", "https://shop-a.nl/p/1", "Duplicate"))
+    assert conn.execute("select count(*) from scraped_bikes").fetchone()[0] == 2
+
+
+def test_vectors_and_halfvecs_round_trip(conn):
+    conn.execute("select bikematch_register_model('roundtrip', 3, 2)")
+    bike_id = conn.execute(
+        "insert into scraped_bikes (webshop, url, name) values ('s', 'u', 'n') returning id"
+    ).fetchone()[0]
+    image = np.array([0.1, -0.25, 0.5], dtype=np.float32)
+    text = np.array([1e-3, 0.999], dtype=np.float32)
+    joined = np.concatenate([image, text]) / np.sqrt(2)
+    conn.execute(
+        """
+        insert into vector_storage
+            (bike_id, model, image_embedding, text_embedding, embedding, input_hash)
+        values (%s, 'roundtrip', %s, %s, %s, 'hash')
+        """,
+        (bike_id, Vector(image), Vector(text), HalfVector(joined)),
+    )
+    row = conn.execute(
+        "select image_embedding, text_embedding, embedding from vector_storage"
+    ).fetchone()
+    assert isinstance(row[0], Vector) and isinstance(row[2], HalfVector)
+    np.testing.assert_array_equal(row[0].to_numpy(), image)
+    np.testing.assert_array_equal(row[1].to_numpy(), text)
+    np.testing.assert_allclose(row[2].to_numpy(), joined, rtol=1e-3)  # fp16 precision
+
+
+def test_vector_of_wrong_dimension_is_rejected(conn):
+    conn.execute("select bikematch_register_model('dims', 3, 2)")
+    bike_id = conn.execute(
+        "insert into scraped_bikes (webshop, url, name) values ('s', 'u', 'n') returning id"
+    ).fetchone()[0]
+    with pytest.raises(psycopg.errors.DataException, match="do not match model dims"):
+        conn.execute(
+            """
+            insert into vector_storage
+                (bike_id, model, image_embedding, text_embedding, embedding, input_hash)
+            values (%s, 'dims', '[1,2]', '[1,2]', '[1,2,3,4]', 'h')
+            """,
+            (bike_id,),
+        )
+
+
+def test_model_registration_creates_one_hnsw_index_and_checks_dims(conn):
+    name = conn.execute("select bikematch_register_model('pe-like', 1024, 1024)").fetchone()[0]
+    assert (
+        conn.execute("select bikematch_register_model('pe-like', 1024, 1024)").fetchone()[0] == name
+    )
+    indexdef = conn.execute(
+        "select indexdef from pg_indexes where indexname = %s", (name,)
+    ).fetchone()[0]
+    assert "hnsw" in indexdef and "halfvec(2048)" in indexdef and "halfvec_cosine_ops" in indexdef
+    with pytest.raises(psycopg.errors.DataException, match="registered with dimensions"):
+        conn.execute("select bikematch_register_model('pe-like', 512, 512)")
+
+
+def test_embedded_server_stops_and_restarts_with_data_intact(pg_root):
+    env = {"BIKEMATCH_PGDATA": str(pg_root / "restart")}
+    assert "applied" in run_cli("db", "init", env=env, check=True).stdout
+    url = run_cli("db", "url", env=env, check=True).stdout.strip()
+    with connect(url) as conn:
+        conn.execute("insert into scraped_bikes (webshop, url, name) values ('s', 'u', 'kept')")
+    assert "stopped" in run_cli("db", "stop", env=env, check=True).stdout
+    assert "stopped" in run_cli("db", "status", env=env, check=True).stdout
+    with pytest.raises(DatabaseError):
+        connect(url)
+    assert "up to date" in run_cli("db", "init", env=env, check=True).stdout
+    with connect(url) as conn:
+        assert conn.execute("select name from scraped_bikes").fetchall() == [("kept",)]
+    assert "stopped" in run_cli("db", "stop", env=env, check=True).stdout
+    assert "no embedded server" in run_cli("db", "stop", env=env, check=True).stdout
+
+
+def test_two_processes_on_one_data_dir_share_one_server(pg_root):
+    env = {"BIKEMATCH_PGDATA": str(pg_root / "shared")}
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda _: run_cli("db", "init", env=env), range(3)))
+    assert [r.returncode for r in results] == [0, 0, 0], [r.stderr for r in results]
+    # Each migration was applied by exactly one of them.
+    outputs = "".join(r.stdout for r in results)
+    assert outputs.count("0002_scraped_bikes") == 1
+    urls = {run_cli("db", "url", env=env, check=True).stdout for _ in range(2)}
+    assert len(urls) == 1
+    run_cli("db", "stop", env=env, check=True)
+
+
+def test_unreachable_database_url_is_one_line_exit_2():
+    result = run_cli("db", "init", env={"DATABASE_URL": "postgresql://u:secret@127.0.0.1:9/db"})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "127.0.0.1:9" in lines[0] and "Traceback" not in result.stderr
+    assert "secret" not in result.stderr
+
+
+def test_invalid_database_url_is_one_line_exit_2():
+    result = run_cli("db", "url", env={"DATABASE_URL": "postgresql://host:notaport/db"})
+    # `db url` only prints; `db init` connects and must fail cleanly.
+    assert result.returncode == 0
+    result = run_cli("db", "init", env={"DATABASE_URL": "postgresql://host:notaport/db"})
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_database_without_pgvector_rights_names_create_extension(conn, database_url):
+    conn.execute("drop database if exists plain")
+    conn.execute("drop role if exists plain_user")
+    conn.execute("create role plain_user login")
+    conn.execute("create database plain owner plain_user")
+    plain_url = database_url.replace("/postgres?", "/plain?").replace("postgres:@", "plain_user:@")
+    result = run_cli("db", "init", env={"DATABASE_URL": plain_url})
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "CREATE EXTENSION vector" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_mask_password():
+    assert mask_password("postgresql://u:pw@h:5432/d") == "postgresql://u:***@h:5432/d"
+    assert mask_password("postgresql://u@h/d") == "postgresql://u@h/d"
