@@ -1,0 +1,62 @@
+-- Listings that take part in matching: still sold (seen in their shop's latest
+-- crawl, within a grace period) and embedded with var('embedding_model').
+{% set shops = ordered_shops() %}
+
+with
+
+listings as (
+    select * from {{ ref('stg_scraped_bikes') }}
+),
+
+vectors as (
+    select * from {{ ref('stg_vector_storage') }}
+    where model = {{ sql_literal(var('embedding_model')) }}
+),
+
+shop_crawls as (
+    select
+        webshop,
+        max(last_seen_at) as last_crawled_at
+    from listings
+    group by webshop
+),
+
+shop_ranks as (
+    select
+        ranks.webshop,
+        ranks.shop_rank
+    from (
+        values
+        {%- for shop in shops %}
+            ({{ sql_literal(shop) }}, {{ loop.index0 }}){{ "," if not loop.last }}
+        {%- endfor %}
+    ) as ranks (webshop, shop_rank)
+),
+
+active_embedded as (
+    select
+        listings.bike_id,
+        listings.webshop,
+        listings.url,
+        listings.name,
+        listings.brand,
+        listings.valid_gtin,
+        listings.price,
+        listings.currency,
+        listings.image_url,
+        listings.availability,
+        shop_ranks.shop_rank,
+        vectors.model,
+        vectors.input_hash,
+        vectors.text_only,
+        listings.webshop = {{ sql_literal(var('anchor_shop')) }} as is_anchor
+    from listings
+    inner join vectors on listings.bike_id = vectors.bike_id
+    inner join shop_crawls on listings.webshop = shop_crawls.webshop
+    inner join shop_ranks on listings.webshop = shop_ranks.webshop
+    where
+        listings.last_seen_at >= shop_crawls.last_crawled_at
+        - make_interval(hours => {{ var('listing_grace_hours') }})
+)
+
+select * from active_embedded

@@ -1,0 +1,28 @@
+with
+
+source as (
+    select * from {{ source('bikematch', 'vector_storage') }}
+),
+
+renamed as (
+    select
+        ---------- ids
+        bike_id,
+        model,
+
+        ---------- vectors
+        embedding,
+        image_embedding,
+        text_embedding,
+        text_only,
+
+        ---------- versions: a new input_hash means the listing must be matched again
+        input_hash,
+
+        ---------- timestamps
+        embedded_at
+
+    from source
+)
+
+select * from renamed

@@ -1,0 +1,101 @@
+"""Helpers to put listings with hand-made vectors into the database and cluster them."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+from pgvector import HalfVector, Vector
+
+from bikematch.dbt import run_dbt
+
+MODEL = "test-model"
+HALF_DIMS = 16
+DBT_TABLES = ["master_bikes", "int_vector_neighbours"]
+
+
+def product_vector(seed: int) -> np.ndarray:
+    """A random unit [image, text] pair standing for one product."""
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=2 * HALF_DIMS)
+
+
+def near(base: np.ndarray, noise: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return base + noise * np.linalg.norm(base) / np.sqrt(base.size) * rng.normal(size=base.size)
+
+
+def concatenate(vector: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    image = vector[:HALF_DIMS] / np.linalg.norm(vector[:HALF_DIMS])
+    text = vector[HALF_DIMS:] / np.linalg.norm(vector[HALF_DIMS:])
+    return image, text, np.concatenate([image, text]) / np.sqrt(2)
+
+
+def add_listing(conn, shop, url, vector, *, gtin=None, price=None, name=None, model=MODEL):
+    """Insert a listing and its vectors; returns its id."""
+    conn.execute("select bikematch_register_model(%s, %s, %s)", (model, HALF_DIMS, HALF_DIMS))
+    bike_id = conn.execute(
+        """
+        insert into scraped_bikes (webshop, url, name, gtin, price, currency)
+        values (%s, %s, %s, %s, %s, 'EUR')
+        on conflict (webshop, url) do update set last_seen_at = now()
+        returning id
+        """,
+        (shop, url, name or f"{shop} {url}", gtin, price),
+    ).fetchone()[0]
+    set_vector(conn, bike_id, vector, model=model)
+    return bike_id
+
+
+def set_vector(conn, bike_id, vector, *, model=MODEL):
+    image, text, joined = concatenate(np.asarray(vector, dtype=np.float64))
+    input_hash = hashlib.sha256(joined.tobytes()).hexdigest()
+    conn.execute(
+        """
+        insert into vector_storage
+            (bike_id, model, image_embedding, text_embedding, embedding, input_hash)
+        values (%s, %s, %s, %s, %s, %s)
+        on conflict (bike_id, model) do update set
+            image_embedding = excluded.image_embedding,
+            text_embedding = excluded.text_embedding,
+            embedding = excluded.embedding,
+            input_hash = excluded.input_hash,
+            embedded_at = now()
+        """,
+        (bike_id, model, Vector(image), Vector(text), HalfVector(joined), input_hash),
+    )
+
+
+def drop_dbt_tables(conn) -> None:
+    for table in DBT_TABLES:
+        conn.execute(f"drop table if exists {table} cascade")
+
+
+def cluster(url: str, **dbt_vars) -> None:
+    settings = {
+        "embedding_model": MODEL,
+        "anchor_shop": "anchor.nl",
+        "match_threshold": 0.9,
+        **dbt_vars,
+    }
+    run_dbt(["build"], url, dbt_vars=settings, capture=True)
+
+
+def clusters_by_url(conn) -> dict[str, set[str]]:
+    """cluster_id -> the urls of its listings on sale (from the bike_offers mart)."""
+    rows = conn.execute("select cluster_id::text, url from bike_offers").fetchall()
+    clusters: dict[str, set[str]] = {}
+    for cluster_id, url in rows:
+        clusters.setdefault(cluster_id, set()).add(url)
+    return clusters
+
+
+def cluster_sets(conn) -> set[frozenset[str]]:
+    return {frozenset(urls) for urls in clusters_by_url(conn).values()}
+
+
+def master_rows(conn) -> list[tuple]:
+    return conn.execute(
+        "select bike_id, cluster_id, matched_via, matched_bike_id, similarity, clustered_at"
+        " from master_bikes order by bike_id"
+    ).fetchall()

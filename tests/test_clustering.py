@@ -1,0 +1,246 @@
+"""dbt clustering on fixed small vectors in a real Postgres."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from bikematch.dbt import run_dbt
+
+from .clustering import (
+    MODEL,
+    add_listing,
+    cluster,
+    cluster_sets,
+    clusters_by_url,
+    drop_dbt_tables,
+    master_rows,
+    near,
+    product_vector,
+    set_vector,
+)
+from .conftest import run_cli
+
+P1, P2, P3, P4 = (product_vector(seed) for seed in (1, 2, 3, 4))
+
+# (shop, url, vector): P3 is not sold by the anchor shop; c4 is a second,
+# less similar P1 listing of shop c (one listing per shop per cluster).
+CATALOGUE = [
+    ("anchor.nl", "a1", near(P1, 0.05, 11)),
+    ("anchor.nl", "a2", near(P2, 0.05, 12)),
+    ("shop-b.nl", "b1", near(P1, 0.05, 21)),
+    ("shop-b.nl", "b2", near(P3, 0.05, 22)),
+    ("shop-c.nl", "c1", near(P1, 0.05, 31)),
+    ("shop-c.nl", "c2", near(P3, 0.05, 32)),
+    ("shop-c.nl", "c3", near(P4, 0.05, 33)),
+    ("shop-c.nl", "c4", near(P1, 0.35, 34)),
+]
+EXPECTED = {
+    frozenset({"a1", "b1", "c1"}),
+    frozenset({"a2"}),
+    frozenset({"b2", "c2"}),
+    frozenset({"c3"}),
+    frozenset({"c4"}),
+}
+
+
+@pytest.fixture
+def db(conn):
+    drop_dbt_tables(conn)
+    yield conn
+    drop_dbt_tables(conn)
+
+
+def load(conn, rows=CATALOGUE):
+    return {url: add_listing(conn, shop, url, vector) for shop, url, vector in rows}
+
+
+def test_catalogue_is_what_the_tests_assume(db):
+    from .clustering import concatenate
+
+    def similarity(a, b):
+        return float(concatenate(a)[2] @ concatenate(b)[2])
+
+    by_url = {url: vector for _, url, vector in CATALOGUE}
+    assert similarity(by_url["a1"], by_url["c1"]) > 0.95
+    assert 0.9 <= similarity(by_url["a1"], by_url["c4"]) < similarity(by_url["a1"], by_url["c1"])
+    assert similarity(P1, P2) < 0.6 and similarity(P3, P4) < 0.6
+
+
+def test_expected_clusters(db, database_url):
+    ids = load(db)
+    cluster(database_url)
+    assert cluster_sets(db) == EXPECTED
+    via = dict(db.execute("select bike_id, matched_via from master_bikes").fetchall())
+    assert via[ids["a1"]] == "anchor" and via[ids["b1"]] == "embedding"
+    assert via[ids["b2"]] == "seed" and via[ids["c2"]] == "embedding"
+    assert via[ids["c4"]] == "seed"
+    # The non-anchor cluster is seeded by the higher-priority shop (by name: b before c).
+    matched = dict(db.execute("select bike_id, matched_bike_id from master_bikes").fetchall())
+    assert matched[ids["c2"]] == ids["b2"]
+    summary = db.execute(
+        "select shops, listings from bike_clusters order by listings desc limit 1"
+    ).fetchone()
+    assert summary == (3, 3)
+
+
+def test_rerun_without_new_data_changes_no_row(db, database_url):
+    load(db)
+    cluster(database_url)
+    before = master_rows(db)
+    cluster(database_url)
+    assert master_rows(db) == before
+
+
+def test_cluster_ids_are_stable_when_new_listings_arrive(db, database_url):
+    load(db)
+    cluster(database_url)
+    before = {frozenset(urls): cid for cid, urls in clusters_by_url(db).items()}
+    add_listing(db, "shop-d.nl", "d1", near(P2, 0.05, 41))
+    add_listing(db, "shop-d.nl", "d2", product_vector(99))
+    cluster(database_url)
+    after = {frozenset(urls): cid for cid, urls in clusters_by_url(db).items()}
+    assert after[frozenset({"a2", "d1"})] == before[frozenset({"a2"})]
+    for urls in EXPECTED - {frozenset({"a2"})}:
+        assert after[urls] == before[urls]
+    assert frozenset({"d2"}) in after
+
+
+def test_result_does_not_depend_on_insert_order(db, database_url):
+    load(db)
+    cluster(database_url)
+    first = clusters_by_url(db)
+    db.execute("truncate scraped_bikes cascade")
+    drop_dbt_tables(db)
+    shuffled = CATALOGUE[:]
+    random.Random(7).shuffle(shuffled)
+    load(db, shuffled)
+    cluster(database_url)
+    assert clusters_by_url(db) == first  # same members and the same cluster ids
+
+
+def test_one_listing_per_shop_per_cluster_is_configurable(db, database_url):
+    load(db)
+    cluster(database_url, max_listings_per_shop=2)
+    assert frozenset({"a1", "b1", "c1", "c4"}) in cluster_sets(db)
+
+
+def test_gtin_rules(db, database_url):
+    valid_a1, valid_a2, valid_other = "5901234123457", "4006381333931", "8712345678906"
+    invalid = "4006381333932"
+    rows = CATALOGUE + [
+        # Looks like nothing else, but shares a2's GTIN: joins a2 whatever the similarity.
+        ("shop-e.nl", "e1", product_vector(77)),
+        # Looks like P1 but carries a different valid GTIN than a1: never merges.
+        ("shop-f.nl", "f1", near(P1, 0.02, 61)),
+        # An invalid check digit is ignored: matches by similarity.
+        ("shop-g.nl", "g1", near(P1, 0.02, 71)),
+    ]
+    gtins = {"a1": valid_a1, "a2": valid_a2, "e1": valid_a2, "f1": valid_other, "g1": invalid}
+    for shop, url, vector in rows:
+        add_listing(db, shop, url, vector, gtin=gtins.get(url))
+    cluster(database_url)
+    sets = cluster_sets(db)
+    assert frozenset({"a2", "e1"}) in sets
+    p1_cluster = next(s for s in sets if "a1" in s)
+    assert "g1" in p1_cluster and "f1" not in p1_cluster
+    via = dict(
+        db.execute(
+            "select url, matched_via from master_bikes"
+            " join scraped_bikes on scraped_bikes.id = master_bikes.bike_id"
+        ).fetchall()
+    )
+    assert via["e1"] == "gtin" and via["g1"] == "embedding"
+
+
+def test_changed_vector_moves_the_listing(db, database_url):
+    ids = load(db)
+    cluster(database_url)
+    set_vector(db, ids["c3"], near(P2, 0.05, 99))
+    cluster(database_url)
+    sets = cluster_sets(db)
+    assert frozenset({"a2", "c3"}) in sets
+    assert frozenset({"c3"}) not in sets
+
+
+def test_removed_listing_leaves_the_marts_but_keeps_its_history(db, database_url):
+    ids = load(db)
+    cluster(database_url)
+    db.execute(
+        "update scraped_bikes set first_seen_at = now() - interval '10 days',"
+        " last_seen_at = now() - interval '10 days' where id = %s",
+        (ids["b1"],),
+    )
+    cluster(database_url)
+    assert frozenset({"a1", "c1"}) in cluster_sets(db)
+    row = db.execute("select matched_via from master_bikes where bike_id = %s", (ids["b1"],))
+    assert row.fetchone() == ("embedding",)
+
+
+def test_candidate_search_uses_the_hnsw_index(db, database_url):
+    rows = [(f"shop-{i % 5}.nl", f"u{i}", product_vector(1000 + i)) for i in range(1500)]
+    load(db, rows)
+    db.execute("analyze vector_storage")
+    cluster(database_url)
+    from bikematch.settings import PROJECT_ROOT
+
+    compiled = next(PROJECT_ROOT.glob("target/compiled/**/int_vector_neighbours.sql"))
+    plan = "\n".join(row[0] for row in db.execute("explain " + compiled.read_text()).fetchall())
+    assert "Index Scan using vector_storage_hnsw_test_model_" in plan, plan
+
+
+def test_cli_cluster_and_plain_dbt_build(db, database_url):
+    load(db)
+    env = {"DATABASE_URL": database_url}
+    run_cli(
+        "cluster",
+        "--model",
+        MODEL,
+        "--anchor",
+        "anchor.nl",
+        "--threshold",
+        "0.9",
+        env=env,
+        check=True,
+    )
+    assert cluster_sets(db) == EXPECTED
+    exports = run_cli("db", "env", env=env, check=True).stdout
+    assert "export PGHOST=" in exports
+    # plain dbt with the profile read from the environment, as the README says
+    run_dbt(
+        ["build", "--select", "bike_clusters"],
+        database_url,
+        dbt_vars={"embedding_model": MODEL, "anchor_shop": "anchor.nl"},
+        capture=True,
+    )
+
+
+def test_marts_compare_prices_and_track_changes(db, database_url):
+    ids = load(db)
+    prices = {"a1": 2499, "b1": 2299, "c1": 2599, "a2": 1799, "b2": 999, "c2": 1099}
+    for url, price in prices.items():
+        db.execute("update scraped_bikes set price = %s where id = %s", (price, ids[url]))
+    # b1's price history: 2399 -> 2299 (a drop), with an unchanged listing beside it.
+    db.execute(
+        "insert into price_history (bike_id, price, currency, seen_at) values"
+        " (%s, 2399, 'EUR', now() - interval '2 days'), (%s, 2299, 'EUR', now()),"
+        " (%s, 2499, 'EUR', now() - interval '2 days')",
+        (ids["b1"], ids["b1"], ids["a1"]),
+    )
+    cluster(database_url)
+    row = db.execute(
+        "select shops, min_price, median_price, max_price, price_spread, cheapest_shop, name"
+        " from bike_clusters where listings = 3"
+    ).fetchone()
+    assert row == (3, 2299, 2499, 2599, 300, "shop-b.nl", "anchor.nl a1")
+    ranks = dict(
+        db.execute(
+            "select url, price_rank from bike_offers where url in ('a1', 'b1', 'c1')"
+        ).fetchall()
+    )
+    assert ranks == {"b1": 1, "a1": 2, "c1": 3}
+    changes = db.execute(
+        "select url, previous_price, price, price_change, cluster_id is not null from price_changes"
+    ).fetchall()
+    assert changes == [("b1", 2399, 2299, -100, True)]
