@@ -23,17 +23,30 @@ class _Group(click.Group):
     """Turns the errors a user can fix into one line on stderr and exit code 2."""
 
     def invoke(self, ctx: click.Context):
+        from scrapers.params import ShopConfigError
+
         try:
             return super().invoke(ctx)
-        except DatabaseError as exc:
+        except (DatabaseError, ShopConfigError) as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+
+
+def _ready_database() -> str:
+    """The URL of a reachable database with bikematch's schema (pending migrations applied)."""
+    from bikematch.migrations import apply_migrations
+
+    url = resolve_url(load_settings())
+    with connect(url) as conn:
+        apply_migrations(conn)
+    return url
 
 
 @click.group(cls=_Group)
 @click.version_option(__version__, prog_name="bikematch")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details to stderr.")
-def cli(verbose: bool) -> None:
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
     """Find the same e-bike across webshops and compare its offers.
 
     The database is DATABASE_URL (environment or .env); when it is unset,
@@ -43,10 +56,11 @@ def cli(verbose: bool) -> None:
     Example:
         bikematch db init
     """
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    ctx.obj = {"verbose": verbose}
+    if verbose:
+        logging.basicConfig(
+            level=logging.DEBUG, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
 
 
 @cli.group()
@@ -125,6 +139,154 @@ def db_status() -> None:
     with connect(url) as conn:
         version = conn.execute("show server_version").fetchone()[0]
     click.echo(f"connected to {mask_password(url)} (Postgres {version})")
+
+
+@db.command("env")
+def db_env() -> None:
+    """Print `export PG...=...` lines for the database in use (for plain dbt or psql).
+
+    \b
+    Example:
+        eval "$(bikematch db env)" && dbt build --profiles-dir .
+    """
+    import shlex
+
+    from bikematch.dbt import dbt_env
+
+    for name, value in dbt_env(resolve_url(load_settings())).items():
+        click.echo(f"export {name}={shlex.quote(value)}")
+
+
+def _parse_vars(pairs: tuple[str, ...]) -> dict:
+    import yaml
+
+    parsed = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{pair!r} is not NAME=VALUE", param_hint="--var")
+        parsed[name] = yaml.safe_load(value)
+    return parsed
+
+
+@cli.command()
+@click.option("--model", "embedding_model", help="Embedding model whose vectors to cluster.")
+@click.option("--anchor", "anchor_shop", help="The shop whose listings seed clusters.")
+@click.option("--threshold", type=float, help="Cosine similarity at which listings match.")
+@click.option("--var", "extra_vars", multiple=True, metavar="NAME=VALUE", help="Any dbt var.")
+@click.option("--full-refresh", is_flag=True, help="Rebuild incremental models from scratch.")
+def cluster(embedding_model, anchor_shop, threshold, extra_vars, full_refresh) -> None:
+    """Cluster listings into products: `dbt build` on the bikematch dbt project.
+
+    \b
+    Example:
+        bikematch cluster --model pe-core-l14-336 --anchor fietsvoordeelshop.nl
+    """
+    from bikematch.dbt import run_dbt
+
+    dbt_vars = _parse_vars(extra_vars)
+    for name, value in (
+        ("embedding_model", embedding_model),
+        ("anchor_shop", anchor_shop),
+        ("match_threshold", threshold),
+    ):
+        if value is not None:
+            dbt_vars[name] = value
+    command = ["build"] + (["--full-refresh"] if full_refresh else [])
+    run_dbt(command, resolve_url(load_settings()), dbt_vars=dbt_vars)
+
+
+@cli.command()
+@click.option(
+    "--shops",
+    "shops_file",
+    type=click.Path(dir_okay=False),
+    envvar="BIKEMATCH_SHOPS",
+    default="shops.yaml",
+    show_default=True,
+    help="The shops configuration.",
+)
+@click.option("--shop", "only", multiple=True, metavar="NAME", help="Only this shop (repeatable).")
+@click.option("--httpcache", is_flag=True, help="Replay cached pages (for development).")
+@click.pass_context
+def scrape(ctx, shops_file, only, httpcache) -> None:
+    """Scrape the configured webshops into scraped_bikes.
+
+    \b
+    Example:
+        bikematch scrape --shops shops.yaml --shop fietsvoordeelshop.nl
+    """
+    import os
+
+    from scrapers.params import ShopConfigError, load_shops
+    from scrapers.run import run_shops
+
+    shops = load_shops(shops_file)
+    if only:
+        unknown = sorted(set(only) - {shop.name for shop in shops})
+        if unknown:
+            raise ShopConfigError(f"{shops_file}: no shop named {', '.join(unknown)}")
+        shops = [shop for shop in shops if shop.name in only]
+    url = _ready_database()
+    os.environ["DATABASE_URL"] = url  # the item pipeline connects on its own
+
+    def progress(shop, pages, items):
+        click.echo(f"  {shop}: {pages} pages, {items} listings", err=True)
+
+    click.echo(f"scraping {len(shops)} shop(s): {', '.join(s.name for s in shops)}", err=True)
+    overrides = {"LOG_LEVEL": "DEBUG" if ctx.obj["verbose"] else "WARNING"}
+    if httpcache:
+        overrides["HTTPCACHE_ENABLED"] = True
+    summaries = run_shops(shops, overrides, progress=progress)
+    _print_scrape_summary(summaries)
+
+
+def _print_scrape_summary(summaries) -> None:
+    header = (
+        "shop",
+        "pages",
+        "stored",
+        "new",
+        "price changes",
+        "no price",
+        "dropped",
+        "HTTP errors",
+    )
+    rows = [
+        (
+            s.shop,
+            s.pages,
+            s.stored,
+            s.new,
+            s.price_changes,
+            s.price_unparsed,
+            ", ".join(f"{reason} {n}" for reason, n in sorted(s.dropped.items())) or "0",
+            s.http_errors,
+        )
+        for s in summaries
+    ]
+    widths = [max(len(str(v)) for v in column) for column in zip(header, *rows, strict=False)]
+    for row in (header, *rows):
+        click.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+@cli.command()
+@click.argument("page", type=click.File("rb"))
+@click.option("--url", required=True, help="The URL the page was fetched from (for links).")
+def extract(page, url) -> None:
+    """Print the main product of a saved product page as JSON.
+
+    Keys: name, price, currency, image_url, brand, gtin, sku, availability.
+
+    \b
+    Example:
+        bikematch extract page.html --url https://shop.example/bikes/x1
+    """
+    import json
+
+    from scrapers.extract import extract_product
+
+    click.echo(json.dumps(extract_product(page.read(), url), ensure_ascii=False, indent=2))
 
 
 def main() -> None:

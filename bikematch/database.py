@@ -10,6 +10,7 @@ an unprivileged `pgserver` system user, because Postgres refuses to run as root.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -66,7 +67,48 @@ def start_embedded(pgdata: Path) -> str:
             f"could not start the embedded Postgres in {pgdata}: {first_line} "
             f"(see {pgdata / 'log'})"
         ) from exc
-    return server.get_uri()
+    url = server.get_uri()
+    _size_memory(server, url)
+    return url
+
+
+#: Bump when the embedded server's settings below change, to apply them again.
+_TUNING_VERSION = "1"
+
+
+def _size_memory(server, url: str) -> None:
+    """Give the embedded server memory for vector work (once, at its first start).
+
+    Postgres' defaults (128 MB of shared buffers) leave an HNSW graph of a
+    few hundred MB thrashing. The settings are written with ALTER SYSTEM, so
+    they live in the data directory, and applied with one restart.
+    """
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    megabytes = total // 2**20
+    settings = {
+        "shared_buffers": f"{min(megabytes // 4, 4096)}MB",
+        "effective_cache_size": f"{megabytes // 2}MB",
+        "maintenance_work_mem": f"{min(megabytes // 8, 2048)}MB",
+        "work_mem": "64MB",
+        "bikematch.tuning": _TUNING_VERSION,
+    }
+    with psycopg.connect(url, autocommit=True) as conn:
+        current = conn.execute("select current_setting('bikematch.tuning', true)").fetchone()[0]
+        if current == _TUNING_VERSION:
+            return
+        for name, value in settings.items():
+            conn.execute(f'alter system set "{name}" = {_literal(value)}')
+    pgserver = _pgserver()
+    pgserver.pgexec.pgexec(
+        "pg_ctl",
+        ("-w", "-D", str(server.pgdata), "restart", "-m", "fast"),
+        bin_path=server.bin_path,
+        user=server.system_user,
+    )
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
 
 
 def embedded_running(pgdata: Path) -> bool:
@@ -130,6 +172,10 @@ def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection:
         ) from exc
     if pgvector_version(conn) is not None:
         register_vector(conn)
+    if not autocommit:
+        # Leave the connection idle, so `conn.transaction()` blocks commit
+        # rather than nest as savepoints inside this look-up's transaction.
+        conn.commit()
     return conn
 
 

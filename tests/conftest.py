@@ -45,12 +45,17 @@ def conn(database_url):
         yield connection
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = False, timeout=300):
+def run_cli(*args: str, env=None, check: bool = False, timeout=300, cwd=None):
     """Run the installed `bikematch` console script; returns the CompletedProcess."""
     full_env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     full_env.update(env or {})
     result = subprocess.run(
-        [BIKEMATCH, *args], env=full_env, capture_output=True, text=True, timeout=timeout
+        [BIKEMATCH, *args],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
     )
     if check and result.returncode != 0:
         raise AssertionError(

@@ -175,3 +175,11 @@ def test_database_without_pgvector_rights_names_create_extension(conn, database_
 def test_mask_password():
     assert mask_password("postgresql://u:pw@h:5432/d") == "postgresql://u:***@h:5432/d"
     assert mask_password("postgresql://u@h/d") == "postgresql://u@h/d"
+
+
+def test_database_url_is_read_from_dot_env(tmp_path):
+    (tmp_path / ".env").write_text("DATABASE_URL=postgresql://u:pw@127.0.0.1:7/fromdotenv\n")
+    result = run_cli("db", "url", cwd=tmp_path)
+    assert result.stdout.strip() == "postgresql://u:***@127.0.0.1:7/fromdotenv"
+    result = run_cli("db", "init", cwd=tmp_path)
+    assert result.returncode == 2 and "127.0.0.1:7" in result.stderr

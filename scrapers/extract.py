@@ -1,0 +1,426 @@
+"""Read the main product of one product page, from any site.
+
+Sources are tried in order of trust: JSON-LD, then microdata/RDFa (through
+extruct), then OpenGraph/meta tags, then visible-page heuristics; each later
+source only fills fields the earlier ones left empty. When the markup holds
+several products (related items, a carousel, variants), the main one is the
+product whose URL is the page's, whose name matches the page heading, that
+has an offer, and that is not nested under a "related" property.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import extruct
+import jstyleson
+from parsel import Selector
+from w3lib.url import canonicalize_url
+
+from scrapers import heuristics
+from scrapers.normalise import (
+    PriceError,
+    absolute_url,
+    availability,
+    clean_text,
+    currency_code,
+    parse_price,
+    valid_gtin,
+)
+
+log = logging.getLogger(__name__)
+
+FIELDS = ("name", "price", "currency", "image_url", "brand", "gtin", "sku", "availability")
+_PRODUCT_TYPES = {"product", "productgroup", "productmodel", "individualproduct", "vehicle"}
+# Properties under which a product is not the page's own product.
+_NOT_MAIN = {
+    "isrelatedto",
+    "issimilarto",
+    "isaccessoryorsparepartfor",
+    "isconsumablefor",
+    "itemlistelement",
+    "hasvariant",
+    "itemoffered",
+    "mentions",
+    "hasPart".lower(),
+}
+_LIST_PRICE_TYPES = ("listprice", "strikethroughprice", "msrp", "srp", "invoiceprice")
+_GTIN_KEYS = ("gtin13", "gtin", "gtin14", "gtin12", "gtin8", "ean", "upc")
+
+
+@dataclass
+class ProductPage:
+    """What one page says about its main product."""
+
+    name: str | None = None
+    price: Decimal | None = None
+    currency: str | None = None
+    image_url: str | None = None
+    brand: str | None = None
+    gtin: str | None = None
+    sku: str | None = None
+    availability: str | None = None
+    #: Why a price that was there could not be read (the listing is kept, price NULL).
+    price_error: str | None = None
+    #: Which source gave each field, for debugging extraction on a new shop.
+    sources: dict[str, str] = field(default_factory=dict)
+    #: The page is about one product (a top-level product in its markup, or
+    #: og:type product), as opposed to a category page or an article.
+    is_product: bool = False
+
+    def fill(self, source: str, **values) -> None:
+        for key, value in values.items():
+            if value is not None and value != "" and getattr(self, key) is None:
+                setattr(self, key, value)
+                self.sources[key] = source
+
+    def as_dict(self) -> dict:
+        """The public shape: exactly FIELDS, price as a decimal string."""
+        values = {key: getattr(self, key) for key in FIELDS}
+        values["price"] = f"{self.price:.2f}" if self.price is not None else None
+        return values
+
+
+def extract_product(html: str | bytes, url: str) -> dict:
+    """The main product of a page as a dict with exactly FIELDS."""
+    return read_product_page(html, url).as_dict()
+
+
+def read_product_page(html: str | bytes, url: str) -> ProductPage:
+    if isinstance(html, bytes):
+        html = html.decode("utf-8", errors="replace")
+    page = Selector(text=html or "<html></html>")
+    canonical = page.css("link[rel=canonical]::attr(href)").get()
+    page_urls = {_url_key(url)} | ({_url_key(absolute_url(canonical, url))} if canonical else set())
+    heading = heuristics.visible_title(page)
+    result = ProductPage()
+
+    for source, products in (
+        ("json-ld", _json_ld_products(page)),
+        ("microdata", _extruct_products(html, url, "microdata")),
+        ("rdfa", _extruct_products(html, url, "rdfa")),
+    ):
+        main = _choose_main(products, page_urls, heading, url)
+        if main is not None:
+            _fill_from_schema(result, main, url, source)
+        result.is_product = result.is_product or any(not nested for _, nested, _ in products)
+    og_type = (_meta(page, "og:type") or "").lower()
+    result.is_product = result.is_product or og_type in ("product", "og:product", "product.item")
+
+    _fill_from_meta(result, page, url)
+
+    if result.name is None:
+        result.fill("heuristic", name=heading)
+    if result.price is None:
+        amount, currency, error = heuristics.visible_price(page)
+        result.fill("heuristic", price=amount, currency=currency)
+        if amount is None and error and result.price_error is None:
+            result.price_error = error
+    if result.image_url is None:
+        result.fill("heuristic", image_url=absolute_url(heuristics.main_image(page), url))
+    if result.price is not None and result.price_error:
+        result.price_error = None
+    return result
+
+
+# ---------------------------------------------------------------- JSON-LD
+
+
+def _json_ld_products(page: Selector) -> list[tuple[dict, bool, int]]:
+    """(node, nested under a 'not main' property, document order) for each product."""
+    documents = []
+    for script in page.xpath("//script[contains(@type, 'ld+json')]/text()").getall():
+        text = script.strip().removeprefix("<!--").removesuffix("-->").strip()
+        if text.startswith("<![CDATA["):
+            text = text[9:].removesuffix("]]>")
+        try:
+            documents.append(json.loads(text, strict=False))
+        except ValueError:
+            try:  # comments and trailing commas, as some CMSs write them
+                documents.append(jstyleson.loads(text, strict=False))
+            except ValueError:
+                log.debug("skipping a JSON-LD block that is not JSON")
+    products: list[tuple[dict, bool, int]] = []
+    _walk(_inline_references(documents), False, products)
+    return products
+
+
+def _inline_references(documents):
+    """Replace `{"@id": X}` references by the node X they point to.
+
+    JSON-LD graphs (Yoast, Shopify apps) and extruct's RDFa output are flat:
+    a product's offers and brand are separate nodes linked by @id.
+    """
+    index: dict[str, dict] = {}
+
+    def collect(node) -> None:
+        if isinstance(node, list):
+            for item in node:
+                collect(item)
+        elif isinstance(node, dict):
+            if isinstance(node.get("@id"), str) and len(node) > 1:
+                index.setdefault(node["@id"], node)
+            for value in node.values():
+                collect(value)
+
+    def inline(node, depth: int):
+        if isinstance(node, list):
+            return [inline(item, depth) for item in node]
+        if not isinstance(node, dict):
+            return node
+        if set(node) == {"@id"} and node["@id"] in index and depth < 4:
+            return inline(index[node["@id"]], depth + 1)
+        return {key: inline(value, depth) for key, value in node.items()}
+
+    collect(documents)
+    return inline(documents, 0)
+
+
+def _walk(node, nested: bool, found: list) -> None:
+    if isinstance(node, list):
+        for item in node:
+            _walk(item, nested, found)
+        return
+    if not isinstance(node, dict):
+        return
+    if _types(node) & _PRODUCT_TYPES:
+        found.append((node, nested, len(found)))
+    for key, value in node.items():
+        if isinstance(value, dict | list):
+            _walk(value, nested or key.lower() in _NOT_MAIN, found)
+
+
+def _types(node: dict) -> set[str]:
+    kind = node.get("@type") or node.get("type") or []
+    kinds = kind if isinstance(kind, list) else [kind]
+    return {str(k).rsplit("/", 1)[-1].rsplit(":", 1)[-1].lower() for k in kinds}
+
+
+# ---------------------------------------------------------------- microdata / RDFa
+
+
+def _extruct_products(html: str, url: str, syntax: str) -> list[tuple[dict, bool, int]]:
+    try:
+        data = extruct.extract(html, base_url=url, syntaxes=[syntax], uniform=True)
+    except Exception:  # extruct raises whatever its parsers raise on broken markup
+        log.debug("extruct could not read %s on %s", syntax, url, exc_info=True)
+        return []
+    products: list[tuple[dict, bool, int]] = []
+    _walk(_inline_references(data.get(syntax, [])), False, products)
+    return products
+
+
+# ---------------------------------------------------------------- choosing the main product
+
+
+def _choose_main(products, page_urls: set[str], heading: str | None, url: str):
+    if not products:
+        return None
+    heading_words = _words(heading)
+
+    def score(entry) -> tuple:
+        node, nested, order = entry
+        own_url = node.get("url") or node.get("@id")
+        own_url = own_url if isinstance(own_url, str) else None
+        points = 0
+        if own_url and _url_key(absolute_url(own_url, url)) in page_urls:
+            points += 4
+        if node.get("offers"):
+            points += 2
+        name_words = _words(_first_text(node.get("name")))
+        if heading_words and name_words:
+            overlap = len(heading_words & name_words) / len(name_words)
+            points += 3 * overlap
+        if nested:
+            points -= 6
+        return (points, -order)
+
+    return max(products, key=score)[0]
+
+
+def _words(text: str | None) -> set[str]:
+    return set(re.findall(r"\w+", text.lower())) if text else set()
+
+
+def _url_key(url: str | None) -> str:
+    if not url:
+        return ""
+    return canonicalize_url(url.split("#", 1)[0]).rstrip("/")
+
+
+# ---------------------------------------------------------------- schema.org fields
+
+
+def _fill_from_schema(result: ProductPage, node: dict, url: str, source: str) -> None:
+    offers = _offers(node)
+    amount, currency, error = _lowest_offer_price(offers)
+    if amount is None and error and result.price_error is None:
+        result.price_error = error
+    gtin = None
+    for key in _GTIN_KEYS:
+        gtin = valid_gtin(_first_text(_prop(node, key))) or gtin
+        if gtin:
+            break
+    # In stock when any offer (variant, seller) is.
+    stocks = {availability(_first_text(_prop(offer, "availability"))) for offer in offers}
+    stock = "InStock" if "InStock" in stocks else "OutOfStock" if "OutOfStock" in stocks else None
+    result.fill(
+        source,
+        name=clean_text(_first_text(_prop(node, "name"))),
+        price=amount,
+        currency=currency,
+        image_url=absolute_url(_best_image(_prop(node, "image")), url),
+        brand=clean_text(_name_of(_prop(node, "brand")) or _name_of(_prop(node, "manufacturer"))),
+        gtin=gtin,
+        sku=clean_text(_first_text(_prop(node, "sku")) or _first_text(_prop(node, "mpn"))),
+        availability=stock,
+    )
+
+
+def _prop(node: dict, key: str):
+    """A property, whatever prefix the syntax gave it (schema:name, name)."""
+    if not isinstance(node, dict):
+        return None
+    for name, value in node.items():
+        if name.rsplit(":", 1)[-1].rsplit("/", 1)[-1].lower() == key.lower():
+            return value
+    return None
+
+
+def _offers(node: dict) -> list[dict]:
+    offers = _prop(node, "offers")
+    offers = offers if isinstance(offers, list) else [offers] if offers else []
+    found = []
+    for offer in offers:
+        if not isinstance(offer, dict):
+            continue
+        found.append(offer)
+        nested = _prop(offer, "offers")  # AggregateOffer listing its offers
+        if nested:
+            found.extend(o for o in (nested if isinstance(nested, list) else [nested]) if o)
+    for variant in _as_list(_prop(node, "hasVariant")):  # ProductGroup
+        if isinstance(variant, dict):
+            found.extend(_offers(variant))
+    return found
+
+
+def _lowest_offer_price(offers: list[dict]):
+    """The lowest current price of the offers (sale price over list price)."""
+    prices = []
+    error = None
+    for offer in offers:
+        candidates = [
+            (_prop(offer, "price"), _prop(offer, "priceCurrency")),
+            (_prop(offer, "lowPrice"), _prop(offer, "priceCurrency")),
+        ]
+        for spec in _as_list(_prop(offer, "priceSpecification")):
+            if not isinstance(spec, dict):
+                continue
+            kind = str(_prop(spec, "priceType") or "").rsplit("/", 1)[-1].lower()
+            if kind in _LIST_PRICE_TYPES:
+                continue
+            currency = _prop(spec, "priceCurrency") or _prop(offer, "priceCurrency")
+            candidates.append((_prop(spec, "price"), currency))
+        for value, currency in candidates:
+            value = _first_text(value) if isinstance(value, list | dict) else value
+            if value is None or value == "":
+                continue
+            try:
+                amount, code = parse_price(value, _first_text(currency))
+            except PriceError as exc:
+                error = str(exc)
+                continue
+            if amount is not None and amount > 0:
+                prices.append((amount, code))
+    if not prices:
+        return None, None, error
+    amount, code = min(prices, key=lambda p: p[0])
+    return amount, code, None
+
+
+def _best_image(value) -> str | None:
+    """The largest declared image, else the first."""
+    best, best_width = None, -1
+    for image in _as_list(value):
+        if isinstance(image, str):
+            src, width = image, 0
+        elif isinstance(image, dict):
+            src = _first_text(_prop(image, "contentUrl") or _prop(image, "url") or image.get("@id"))
+            try:
+                width = int(str(_first_text(_prop(image, "width")) or 0).rstrip("px") or 0)
+            except ValueError:
+                width = 0
+        else:
+            continue
+        if src and width > best_width:
+            best, best_width = src, width
+    return best
+
+
+def _name_of(value) -> str | None:
+    for item in _as_list(value):
+        if isinstance(item, dict):
+            name = _first_text(_prop(item, "name"))
+            if name:
+                return name
+        elif isinstance(item, str) and item.strip():
+            return item
+    return None
+
+
+def _first_text(value) -> str | None:
+    for item in _as_list(value):
+        if isinstance(item, dict):
+            item = item.get("@value") or item.get("@id")
+        if isinstance(item, str | int | float | Decimal) and not isinstance(item, bool):
+            text = str(item).strip()
+            if text:
+                return text
+    return None
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+# ---------------------------------------------------------------- OpenGraph and meta tags
+
+
+def _meta(page: Selector, *names: str) -> str | None:
+    for name in names:
+        value = page.xpath(
+            f"//meta[@property='{name}' or @name='{name}' or @itemprop='{name}']/@content"
+        ).get()
+        if value and value.strip():
+            return value.strip()
+    return None
+
+
+def _fill_from_meta(result: ProductPage, page: Selector, url: str) -> None:
+    amount = currency = None
+    text = _meta(page, "product:price:amount", "og:price:amount", "product:sale_price:amount")
+    if text is not None and result.price is None:
+        hint = _meta(page, "product:price:currency", "og:price:currency")
+        try:
+            amount, currency = parse_price(text, hint)
+        except PriceError as exc:
+            result.price_error = result.price_error or str(exc)
+    result.fill(
+        "meta",
+        name=clean_text(_meta(page, "og:title", "twitter:title")),
+        price=amount,
+        currency=currency or currency_code(_meta(page, "product:price:currency")),
+        image_url=absolute_url(
+            _meta(page, "og:image:secure_url", "og:image", "twitter:image"), url
+        ),
+        brand=clean_text(_meta(page, "product:brand", "og:brand")),
+        gtin=valid_gtin(_meta(page, "product:ean", "product:gtin", "product:upc")),
+        sku=clean_text(_meta(page, "product:retailer_item_id", "product:sku")),
+        availability=availability(_meta(page, "product:availability", "og:availability")),
+    )

@@ -1,0 +1,93 @@
+"""Last-resort guesses for pages without structured data: visible title, price, image.
+
+Kept apart from the structured extractors so their rules can be tested and
+tuned on their own. Each function takes a parsed page (a parsel Selector).
+"""
+
+from __future__ import annotations
+
+import re
+
+from parsel import Selector
+
+from scrapers.normalise import PriceError, clean_text, largest_from_srcset, parse_price
+
+# Class/id words that mark the price a buyer pays, and those that mark a price
+# that is struck through or otherwise not the current one.
+_CURRENT = re.compile(r"sale|special|current|actual|final|now|offer|aanbieding|prijs", re.I)
+_NOT_CURRENT = re.compile(
+    r"old|was|regular|list|strike|before|compare|msrp|van-?prijs|adviesprijs|original", re.I
+)
+_PRICE_CONTAINER = "[class*=price], [id*=price], [class*=Price], [class*=prijs], [id*=prijs]"
+
+
+def visible_title(page: Selector) -> str | None:
+    for query in ("h1", "title"):
+        title = clean_text(" ".join(page.css(f"{query} ::text").getall()))
+        if title:
+            return title
+    return None
+
+
+def visible_price(page: Selector):
+    """(amount, currency, error) from the most price-like element on the page."""
+    best = None
+    error = None
+    for rank, element in enumerate(page.css(_PRICE_CONTAINER)):
+        if element.root.tag in ("del", "s", "strike", "script", "style"):
+            continue
+        if element.xpath("ancestor::del | ancestor::s | ancestor::strike"):
+            continue
+        marks = " ".join(element.xpath("@class | @id").getall())
+        text = " ".join(
+            element.xpath(
+                ".//text()[not(ancestor::del) and not(ancestor::s) and not(ancestor::strike)]"
+            ).getall()
+        )
+        text = clean_text(text)
+        if not text or not re.search(r"\d", text) or len(text) > 80:
+            continue
+        try:
+            amount, currency = parse_price(text)
+        except PriceError as exc:
+            error = str(exc)
+            continue
+        if amount is None:
+            continue
+        score = (
+            (2 if _CURRENT.search(marks) else 0)
+            - (3 if _NOT_CURRENT.search(marks) else 0)
+            + (1 if currency else 0)
+        )
+        if best is None or score > best[0]:
+            best = (score, -rank, amount, currency)
+    if best is None:
+        return None, None, error
+    return best[2], best[3], None
+
+
+def main_image(page: Selector) -> str | None:
+    """The largest image of the product area, by declared size or srcset."""
+    linked = page.css("link[rel=image_src]::attr(href)").get()
+    if linked:
+        return linked
+    best, best_area = None, -1
+    scope = page.css("main, [class*=product], [id*=product]") or [page]
+    for image in scope[0].css("img"):
+        srcset = image.attrib.get("srcset") or image.attrib.get("data-srcset")
+        src = (
+            largest_from_srcset(srcset)
+            if srcset
+            else image.attrib.get("src") or image.attrib.get("data-src")
+        )
+        if not src or src.startswith("data:"):
+            continue
+        try:
+            area = int(image.attrib.get("width", 0)) * int(image.attrib.get("height", 0))
+        except ValueError:
+            area = 0
+        if srcset:
+            area = max(area, 10**6)
+        if area > best_area:
+            best, best_area = src, area
+    return best

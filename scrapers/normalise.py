@@ -1,0 +1,161 @@
+"""Turn scraped strings into clean values: prices, currencies, titles, GTINs, URLs."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+from urllib.parse import urljoin
+
+from price_parser import Price
+from w3lib.html import remove_tags, replace_entities
+
+# Symbols and local spellings price-parser reports, mapped to ISO 4217.
+_CURRENCY_CODES = {
+    "€": "EUR",
+    "eur": "EUR",
+    "euro": "EUR",
+    "£": "GBP",
+    "gbp": "GBP",
+    "$": "USD",
+    "us$": "USD",
+    "usd": "USD",
+    "chf": "CHF",
+    "fr.": "CHF",
+    "kr": "SEK",
+    "sek": "SEK",
+    "dkk": "DKK",
+    "nok": "NOK",
+    "zł": "PLN",
+    "pln": "PLN",
+    "kč": "CZK",
+    "czk": "CZK",
+}
+_ISO = re.compile(r"^[A-Z]{3}$")
+# "1.999 - 2.499", "€ 1.999 tot € 2.499", "1,999 to 2,499": ranges take the lowest.
+_RANGE = re.compile(r"\s+(?:-|–|—|tot|to|bis|à)\s+", re.IGNORECASE)
+_WHITESPACE = re.compile(r"\s+")
+_MAX_PRICE = Decimal("9999999999.99")  # numeric(12, 2)
+
+
+class PriceError(ValueError):
+    """A price that could not be read; the message says why (for logs and stats)."""
+
+
+def currency_code(text: str | None) -> str | None:
+    """ISO 4217 code for a currency symbol or code, or None when unknown."""
+    if not text:
+        return None
+    cleaned = text.strip()
+    if _ISO.match(cleaned.upper()) and len(cleaned) == 3 and cleaned.isalpha():
+        return cleaned.upper()
+    return _CURRENCY_CODES.get(cleaned.lower())
+
+
+def parse_price(value, currency_hint: str | None = None) -> tuple[Decimal | None, str | None]:
+    """(amount, ISO currency) from a number or a shop's price text.
+
+    Handles Dutch and English formats ("€ 2.499,00", "2,499.00", "vanaf € 1.999,-")
+    and ranges (the lowest bound). Raises PriceError when there is text but no price.
+    """
+    currency = currency_code(currency_hint) if currency_hint else None
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None, currency
+    if isinstance(value, bool):
+        raise PriceError(f"not a price: {value!r}")
+    if isinstance(value, int | float | Decimal):
+        amount = Decimal(str(value))
+    else:
+        text = _WHITESPACE.sub(" ", str(value)).strip()
+        parts = _RANGE.split(text)
+        amounts = []
+        for part in parts:
+            parsed = Price.fromstring(part, currency_hint=currency_hint)
+            if parsed.amount is not None:
+                amounts.append(parsed.amount)
+                currency = currency or currency_code(parsed.currency)
+        if not amounts:
+            raise PriceError(f"no price in {text[:60]!r}")
+        amount = min(amounts)
+    try:
+        amount = amount.quantize(Decimal("0.01"))
+    except InvalidOperation as exc:
+        raise PriceError(f"not a price: {value!r}") from exc
+    if amount < 0 or amount > _MAX_PRICE:
+        raise PriceError(f"price out of range: {amount}")
+    return amount, currency
+
+
+def clean_text(text) -> str | None:
+    """Tags stripped, entities decoded, whitespace collapsed; None when empty."""
+    if text is None:
+        return None
+    if isinstance(text, list):
+        text = " ".join(str(part) for part in text if part)
+    cleaned = _WHITESPACE.sub(" ", replace_entities(remove_tags(str(text)))).strip()
+    return cleaned or None
+
+
+def valid_gtin(value) -> str | None:
+    """The GTIN (8, 12, 13 or 14 digits) when its check digit is right, else None."""
+    if value is None:
+        return None
+    digits = re.sub(r"[\s-]", "", str(value))
+    if not digits.isdigit() or len(digits) not in (8, 12, 13, 14) or not digits.strip("0"):
+        return None
+    body, check = digits[:-1], int(digits[-1])
+    total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(body)))
+    return digits if (10 - total % 10) % 10 == check else None
+
+
+def absolute_url(url, base: str) -> str | None:
+    if not url or not isinstance(url, str):
+        return None
+    url = url.strip()
+    if url.startswith("data:"):
+        return None
+    return urljoin(base, url)
+
+
+def largest_from_srcset(srcset: str) -> str | None:
+    """The candidate with the largest width (or density) in an img srcset."""
+    best, best_size = None, -1.0
+    for candidate in srcset.split(","):
+        parts = candidate.strip().split()
+        if not parts:
+            continue
+        size = 1.0
+        if len(parts) > 1 and parts[1][:-1].replace(".", "", 1).isdigit():
+            size = float(parts[1][:-1])
+        if size > best_size:
+            best, best_size = parts[0], size
+    return best
+
+
+_AVAILABILITY = {
+    "instock": "InStock",
+    "in_stock": "InStock",
+    "in stock": "InStock",
+    "onlineonly": "InStock",
+    "limitedavailability": "InStock",
+    "instoreonly": "InStock",
+    "preorder": "InStock",
+    "presale": "InStock",
+    "outofstock": "OutOfStock",
+    "out_of_stock": "OutOfStock",
+    "out of stock": "OutOfStock",
+    "soldout": "OutOfStock",
+    "discontinued": "OutOfStock",
+    "backorder": "OutOfStock",
+    "true": "InStock",
+    "false": "OutOfStock",
+}
+
+
+def availability(value) -> str | None:
+    """ "InStock", "OutOfStock" or None from schema.org URLs, codes or booleans."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "InStock" if value else "OutOfStock"
+    key = str(value).strip().rsplit("/", 1)[-1].lower()
+    return _AVAILABILITY.get(key)

@@ -1,0 +1,57 @@
+"""Item pipeline: validate listings, write them to Postgres in batches."""
+
+from __future__ import annotations
+
+import logging
+
+from scrapy.exceptions import DropItem
+
+from bikematch.database import connect, resolve_url
+from bikematch.listings import Listing, store_listings
+from bikematch.settings import load_settings
+
+log = logging.getLogger(__name__)
+
+
+class ListingPipeline:
+    """Batched upserts into scraped_bikes; counts what was stored, new and dropped."""
+
+    def __init__(self, stats, batch_size: int) -> None:
+        self.stats = stats
+        self.batch_size = batch_size
+        self.batch: list[Listing] = []
+        self.conn = None
+
+    @classmethod
+    def from_crawler(cls, crawler):
+        return cls(crawler.stats, crawler.settings.getint("BIKEMATCH_BATCH_SIZE", 200))
+
+    def open_spider(self) -> None:
+        self.conn = connect(resolve_url(load_settings()))
+
+    def close_spider(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self.conn.close()
+
+    def process_item(self, item):
+        if not isinstance(item, Listing):
+            return item
+        for field in ("url", "name"):
+            if not getattr(item, field):
+                self.stats.inc_value(f"bikematch/dropped/missing_{field}")
+                raise DropItem(f"listing without {field}: {item.url or item.name!r}")
+        self.batch.append(item)
+        if len(self.batch) >= self.batch_size:
+            self.flush()
+        return item
+
+    def flush(self) -> None:
+        if not self.batch:
+            return
+        result = store_listings(self.conn, self.batch)
+        self.batch = []
+        self.stats.inc_value("bikematch/stored", result.stored)
+        self.stats.inc_value("bikematch/new", result.new)
+        self.stats.inc_value("bikematch/price_changes", result.price_changes)

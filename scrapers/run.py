@@ -1,0 +1,123 @@
+"""Run the configured shops in one Scrapy process and summarise each crawl."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from scrapy import signals
+from scrapy.crawler import Crawler, CrawlerProcess
+from scrapy.utils.project import get_project_settings
+from twisted.internet import task
+
+from scrapers.params import Shop
+from scrapers.spiders.shops import CssSpider, JsonLdSpider, ShopifySpider, WooCommerceSpider
+
+SPIDERS = {cls.name: cls for cls in (JsonLdSpider, ShopifySpider, WooCommerceSpider, CssSpider)}
+
+log = logging.getLogger("bikematch.scrape")
+
+
+@dataclass
+class CrawlSummary:
+    shop: str
+    pages: int = 0
+    stored: int = 0
+    new: int = 0
+    price_changes: int = 0
+    price_unparsed: int = 0
+    http_errors: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    finish_reason: str | None = None
+
+    @classmethod
+    def from_stats(cls, shop: str, stats: dict) -> CrawlSummary:
+        dropped = {
+            key.rsplit("/", 1)[-1]: value
+            for key, value in stats.items()
+            if key.startswith("bikematch/dropped/")
+        }
+        http_errors = sum(
+            value
+            for key, value in stats.items()
+            if key.startswith("downloader/response_status_count/")
+            and key.rsplit("/", 1)[-1][0] in "45"
+        ) + stats.get("downloader/exception_count", 0)
+        return cls(
+            shop=shop,
+            pages=stats.get("response_received_count", 0),
+            stored=stats.get("bikematch/stored", 0),
+            new=stats.get("bikematch/new", 0),
+            price_changes=stats.get("bikematch/price_changes", 0),
+            price_unparsed=stats.get("bikematch/price_unparsed", 0),
+            http_errors=http_errors,
+            dropped=dropped,
+            finish_reason=stats.get("finish_reason"),
+        )
+
+
+class CrawlError(RuntimeError):
+    """A shop's crawl could not run (its spider failed to start or crashed)."""
+
+
+def shop_spider(shop: Shop) -> type:
+    """The platform's spider with the shop's own politeness settings."""
+    base = SPIDERS[shop.platform]
+    custom = {
+        **(base.custom_settings or {}),
+        "CONCURRENT_REQUESTS_PER_DOMAIN": shop.concurrency,
+        "DOWNLOAD_DELAY": shop.delay,
+        "DEPTH_LIMIT": shop.max_depth,
+        "CLOSESPIDER_PAGECOUNT": shop.max_pages,
+    }
+    return type(base.__name__, (base,), {"custom_settings": custom})
+
+
+def run_shops(
+    shops: list[Shop], overrides: dict | None = None, progress=None
+) -> list[CrawlSummary]:
+    """Crawl the shops concurrently; return one summary per shop, in the given order.
+
+    `progress(shop, pages, items)` is called every few seconds while crawling.
+    Raises CrawlError if any shop's crawl failed to run.
+    """
+    settings = get_project_settings()
+    for key, value in (overrides or {}).items():
+        settings.set(key, value, priority="cmdline")
+    process = CrawlerProcess(settings)
+    crawlers: list[tuple[Shop, Crawler]] = []
+    failures: list[str] = []
+    for shop in shops:
+        crawler = process.create_crawler(shop_spider(shop))
+        crawlers.append((shop, crawler))
+        deferred = process.crawl(crawler, shop=shop)
+        deferred.addErrback(
+            lambda failure, name=shop.name: failures.append(f"{name}: {failure.getErrorMessage()}")
+        )
+
+    if progress is not None:
+
+        def report() -> None:
+            for shop, crawler in crawlers:
+                if crawler.stats is not None:
+                    progress(
+                        shop.name,
+                        crawler.stats.get_value("response_received_count", 0),
+                        crawler.stats.get_value("item_scraped_count", 0),
+                    )
+
+        def start_reporting() -> None:
+            # The reactor exists once an engine has started.
+            if not getattr(start_reporting, "started", False):
+                start_reporting.started = True
+                task.LoopingCall(report).start(5.0, now=False)
+
+        for _, crawler in crawlers:
+            crawler.signals.connect(start_reporting, signal=signals.engine_started)
+    process.start()
+    if failures:
+        raise CrawlError("; ".join(failures))
+    return [
+        CrawlSummary.from_stats(shop.name, crawler.stats.get_stats() if crawler.stats else {})
+        for shop, crawler in crawlers
+    ]

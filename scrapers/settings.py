@@ -1,0 +1,40 @@
+"""Scrapy settings: polite by default, observable, declarative."""
+
+import os
+
+BOT_NAME = "bikematch"
+SPIDER_MODULES = ["scrapers.spiders"]
+NEWSPIDER_MODULE = "scrapers.spiders"
+
+# Identify ourselves, with a way to reach the operator (set BIKEMATCH_CONTACT).
+CONTACT = os.environ.get("BIKEMATCH_CONTACT", "https://github.com/bikematch/bikematch")
+USER_AGENT = f"bikematch/0.1 (+{CONTACT})"
+
+ROBOTSTXT_OBEY = True
+AUTOTHROTTLE_ENABLED = True
+AUTOTHROTTLE_START_DELAY = 0.5
+AUTOTHROTTLE_TARGET_CONCURRENCY = 2.0
+CONCURRENT_REQUESTS = 32
+CONCURRENT_REQUESTS_PER_DOMAIN = 4
+DOWNLOAD_DELAY = 0.5
+DOWNLOAD_TIMEOUT = 30
+RETRY_TIMES = 2
+REDIRECT_MAX_TIMES = 5
+COOKIES_ENABLED = False
+TELNETCONSOLE_ENABLED = False
+
+# Development: BIKEMATCH_HTTPCACHE=1 replays pages from .scrapy/httpcache.
+HTTPCACHE_ENABLED = os.environ.get("BIKEMATCH_HTTPCACHE", "") not in ("", "0", "false")
+HTTPCACHE_EXPIRATION_SECS = 24 * 3600
+
+ITEM_PIPELINES = {"scrapers.pipelines.ListingPipeline": 300}
+#: Listings per database write.
+BIKEMATCH_BATCH_SIZE = 200
+#: Path of the shops configuration.
+BIKEMATCH_SHOPS = os.environ.get("BIKEMATCH_SHOPS", "shops.yaml")
+
+LOG_LEVEL = os.environ.get("BIKEMATCH_SCRAPY_LOG_LEVEL", "INFO")
+LOGSTATS_INTERVAL = 15
+REQUEST_FINGERPRINTER_IMPLEMENTATION = "2.7"
+TWISTED_REACTOR = "twisted.internet.asyncioreactor.AsyncioSelectorReactor"
+FEED_EXPORT_ENCODING = "utf-8"

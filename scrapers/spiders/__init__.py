@@ -1,0 +1,1 @@
+"""Spiders, one per shop platform: they only navigate; pages are read in scrapers.extract."""

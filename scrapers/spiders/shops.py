@@ -1,0 +1,296 @@
+"""Spiders for each shop platform. Each crawls one shop from shops.yaml.
+
+`scrapy crawl jsonld -a shop=NAME` (or shopify, woocommerce, css) from the
+repository root; `bikematch scrape` runs every configured shop at once.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from urllib.parse import urlsplit
+
+import scrapy
+from scrapy.http import TextResponse
+from scrapy.linkextractors import LinkExtractor
+from scrapy.utils.sitemap import Sitemap
+
+from bikematch.listings import Listing
+from scrapers.extract import ProductPage, read_product_page
+from scrapers.normalise import (
+    PriceError,
+    absolute_url,
+    availability,
+    clean_text,
+    parse_price,
+    valid_gtin,
+)
+from scrapers.params import Shop, ShopConfigError, load_shops
+
+
+class ShopSpider(scrapy.Spider):
+    """Common ground: the shop's configuration and turning a page into a Listing."""
+
+    def __init__(self, shop: Shop | str | None = None, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.shop_arg = shop
+
+    @classmethod
+    def from_crawler(cls, crawler, *args, **kwargs):
+        spider = super().from_crawler(crawler, *args, **kwargs)
+        shop = spider.shop_arg
+        if not isinstance(shop, Shop):
+            if not shop:
+                raise ShopConfigError(f"spider {cls.name} needs -a shop=NAME")
+            path = crawler.settings.get("BIKEMATCH_SHOPS")
+            by_name = {s.name: s for s in load_shops(path)}
+            if shop not in by_name:
+                raise ShopConfigError(f"{path}: no shop named {shop!r}")
+            shop = by_name[shop]
+        if shop.platform != cls.name:
+            raise ShopConfigError(f"shop {shop.name}: platform is {shop.platform}, not {cls.name}")
+        spider.shop = shop
+        hosts = {urlsplit(str(u)).hostname for u in shop.start_urls}
+        if shop.sitemap_url:
+            hosts.add(urlsplit(str(shop.sitemap_url)).hostname)
+        spider.allowed_domains = sorted(h for h in hosts if h)
+        return spider
+
+    def listing(self, url: str | None, page: ProductPage) -> Listing:
+        if page.price_error:
+            self.crawler.stats.inc_value("bikematch/price_unparsed")
+            self.logger.warning("price not read on %s: %s (stored as NULL)", url, page.price_error)
+        return Listing(
+            webshop=self.shop.name,
+            url=url,
+            name=page.name,
+            image_url=page.image_url,
+            price=page.price,
+            currency=page.currency or (self.shop.currency if page.price is not None else None),
+            brand=page.brand,
+            gtin=page.gtin,
+            sku=page.sku,
+            availability=page.availability,
+        )
+
+    def load_json(self, response):
+        try:
+            return json.loads(response.text)
+        except (ValueError, AttributeError):
+            self.crawler.stats.inc_value("bikematch/bad_json")
+            self.logger.error("not JSON: %s", response.url)
+            return None
+
+
+def _page_url(response: TextResponse) -> str:
+    """The page's canonical URL when it is on the same host, else the URL fetched."""
+    canonical = absolute_url(response.css("link[rel=canonical]::attr(href)").get(), response.url)
+    if canonical and urlsplit(canonical).hostname == urlsplit(response.url).hostname:
+        return canonical
+    return response.url
+
+
+class JsonLdSpider(ShopSpider):
+    """Listing pages (with pagination) or a sitemap lead to product pages read generically."""
+
+    name = "jsonld"
+
+    async def start(self):
+        if self.shop.sitemap_url:
+            yield scrapy.Request(str(self.shop.sitemap_url), callback=self.parse_sitemap)
+        for url in self.shop.start_urls:
+            yield scrapy.Request(str(url), callback=self.parse_page)
+
+    @property
+    def links(self) -> LinkExtractor:
+        return LinkExtractor(
+            allow=self.shop.allow,
+            deny=self.shop.deny,
+            restrict_css=self.shop.selectors.product_links,
+        )
+
+    def parse_sitemap(self, response):
+        try:
+            sitemap = Sitemap(response.body)
+        except Exception:  # lxml raises various errors on broken XML
+            self.crawler.stats.inc_value("bikematch/bad_sitemap")
+            self.logger.error("not a sitemap: %s", response.url)
+            return
+        for entry in sitemap:
+            location = entry.get("loc")
+            if not location:
+                continue
+            if sitemap.type == "sitemapindex":
+                yield scrapy.Request(location, callback=self.parse_sitemap)
+            elif self.links.matches(location):
+                yield scrapy.Request(location, callback=self.parse_page)
+
+    def parse_page(self, response):
+        if not isinstance(response, TextResponse):
+            return
+        page = read_product_page(response.text, response.url)
+        if page.is_product:
+            yield self.listing(_page_url(response), page)
+        yield from self.follow_links(response)
+
+    def follow_links(self, response):
+        for link in self.links.extract_links(response):
+            yield scrapy.Request(link.url, callback=self.parse_page)
+
+
+class CssSpider(JsonLdSpider):
+    """Sites without structured data: fields come from the configured selectors."""
+
+    name = "css"
+
+    def parse_page(self, response):
+        if not isinstance(response, TextResponse):
+            return
+        selectors = self.shop.selectors
+        name = _select(response, selectors.name)
+        if name:
+            yield self.listing(_page_url(response), self.read_page(response, name))
+        yield from self.follow_links(response)
+        next_page = _select(response, selectors.next_page)
+        if next_page:
+            yield response.follow(next_page, callback=self.parse_page)
+
+    def read_page(self, response: TextResponse, name: str) -> ProductPage:
+        """The configured selectors win; the generic reader fills what they leave."""
+        selectors = self.shop.selectors
+        page = read_product_page(response.text, response.url)
+        configured = {
+            "name": clean_text(name),
+            "image_url": absolute_url(_select(response, selectors.image), response.url),
+            "brand": clean_text(_select(response, selectors.brand)),
+            "sku": clean_text(_select(response, selectors.sku)),
+            "gtin": valid_gtin(_select(response, selectors.gtin)),
+            "availability": availability(_select(response, selectors.availability)),
+        }
+        for key, value in configured.items():
+            if value is not None:
+                setattr(page, key, value)
+        price_text = _select(response, selectors.price)
+        if price_text is not None:
+            try:
+                page.price, currency = parse_price(price_text, self.shop.currency)
+                page.currency = currency or page.currency
+                page.price_error = None
+            except PriceError as exc:
+                page.price, page.price_error = None, str(exc)
+        return page
+
+
+def _select(response: TextResponse, selector: str | None) -> str | None:
+    if not selector:
+        return None
+    if selector.startswith("xpath:"):
+        values = response.xpath(selector[6:]).getall()
+    else:
+        values = response.css(selector).getall()
+    text = " ".join(v for v in values if v and v.strip())
+    return text.strip() or None
+
+
+class ShopifySpider(ShopSpider):
+    """Shopify's public catalogue: /products.json?page=N, 250 products per page."""
+
+    name = "shopify"
+    page_size = 250
+
+    async def start(self):
+        yield self.page_request(1)
+
+    def page_request(self, page: int) -> scrapy.Request:
+        url = f"{self.shop.base_url}/products.json?limit={self.page_size}&page={page}"
+        return scrapy.Request(url, callback=self.parse_products, cb_kwargs={"page": page})
+
+    def parse_products(self, response, page: int):
+        data = self.load_json(response)
+        products = data.get("products") if isinstance(data, dict) else None
+        if not products:
+            return
+        for product in products:
+            if isinstance(product, dict):
+                yield self.product_listing(product, response.url)
+        yield self.page_request(page + 1)
+
+    def product_listing(self, product: dict, api_url: str) -> Listing:
+        """One row per product: its first image and its lowest variant price."""
+        variants = [v for v in product.get("variants") or [] if isinstance(v, dict)]
+        priced, error = [], None
+        for variant in variants:
+            try:
+                amount, _ = parse_price(variant.get("price"))
+            except PriceError as exc:
+                error = str(exc)
+                continue
+            if amount is not None:
+                priced.append((amount, variant))
+        amount, cheapest = min(priced, key=lambda pair: pair[0]) if priced else (None, {})
+        images = [i for i in product.get("images") or [] if isinstance(i, dict)]
+        known_stock = [v["available"] for v in variants if "available" in v]
+        page = ProductPage(
+            name=clean_text(product.get("title")),
+            price=amount,
+            image_url=absolute_url(images[0].get("src"), api_url) if images else None,
+            brand=clean_text(product.get("vendor")),
+            gtin=valid_gtin(cheapest.get("barcode")),
+            sku=clean_text(cheapest.get("sku")),
+            availability=availability(any(known_stock)) if known_stock else None,
+            price_error=None if priced else error,
+        )
+        handle = product.get("handle")
+        return self.listing(f"{self.shop.base_url}/products/{handle}" if handle else None, page)
+
+
+class WooCommerceSpider(ShopSpider):
+    """WooCommerce's Store API: /wp-json/wc/store/v1/products, paged."""
+
+    name = "woocommerce"
+    page_size = 100
+
+    async def start(self):
+        yield self.page_request(1)
+
+    def page_request(self, page: int) -> scrapy.Request:
+        url = (
+            f"{self.shop.base_url}/wp-json/wc/store/v1/products"
+            f"?per_page={self.page_size}&page={page}"
+        )
+        return scrapy.Request(url, callback=self.parse_products, cb_kwargs={"page": page})
+
+    def parse_products(self, response, page: int):
+        products = self.load_json(response)
+        if not isinstance(products, list) or not products:
+            return
+        for product in products:
+            if isinstance(product, dict):
+                yield self.product_listing(product, response.url)
+        total_pages = response.headers.get("X-WP-TotalPages")
+        if total_pages is None or page < int(total_pages):
+            yield self.page_request(page + 1)
+
+    def product_listing(self, product: dict, api_url: str) -> Listing:
+        prices = product.get("prices") or {}
+        amount, error = None, None
+        raw = prices.get("price")  # the current price: the sale price while on sale
+        if raw not in (None, ""):
+            try:
+                minor = int(prices.get("currency_minor_unit", 2))
+                amount = (Decimal(str(raw)) / (10**minor)).quantize(Decimal("0.01"))
+            except (ArithmeticError, ValueError) as exc:
+                error = f"not a price: {raw!r} ({exc})"
+        images = [i for i in product.get("images") or [] if isinstance(i, dict)]
+        brands = [b.get("name") for b in product.get("brands") or [] if isinstance(b, dict)]
+        page = ProductPage(
+            name=clean_text(product.get("name")),
+            price=amount,
+            currency=prices.get("currency_code") or None,
+            image_url=absolute_url(images[0].get("src"), api_url) if images else None,
+            brand=clean_text(brands[0]) if brands else None,
+            sku=clean_text(product.get("sku")),
+            availability=availability(product.get("is_in_stock")),
+            price_error=error,
+        )
+        return self.listing(absolute_url(product.get("permalink"), api_url), page)

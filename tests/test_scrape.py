@@ -1,0 +1,144 @@
+"""Real Scrapy crawls of four fixture shops served on 127.0.0.1."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from .conftest import run_cli
+from .fixture_shops import ShopServer
+
+
+@pytest.fixture
+def shops(tmp_path):
+    with ShopServer() as server:
+        config = tmp_path / "shops.yaml"
+        config.write_text(server.shops_yaml())
+        server.config = config
+        yield server
+
+
+def scrape(server, database_url, *extra):
+    result = run_cli(
+        "scrape", "--shops", str(server.config), *extra, env={"DATABASE_URL": database_url}
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    return result
+
+
+def listings(conn):
+    rows = conn.execute(
+        "select webshop, url, name, price, currency, image_url, brand, gtin, sku, availability"
+        " from scraped_bikes order by webshop, url"
+    ).fetchall()
+    return {
+        (
+            row[0],
+            row[1].rsplit("/", 2)[-2] if row[1].endswith("/") else row[1].rsplit("/", 1)[-1],
+        ): row
+        for row in rows
+    }
+
+
+def test_scrapes_every_platform(conn, database_url, shops):
+    result = scrape(shops, database_url)
+    rows = listings(conn)
+    per_shop = {}
+    for shop, _ in rows:
+        per_shop[shop] = per_shop.get(shop, 0) + 1
+    # jsonld: 4 bikes + the broken-JSON-LD page (read from OpenGraph) + the
+    # price-on-request page; the nameless product is dropped.
+    assert per_shop == {
+        "jsonld-shop.nl": 6,
+        "shopify-shop.nl": 3,
+        "woo-shop.nl": 4,
+        "css-shop.co.uk": 3,
+    }
+    ultimate = rows[("jsonld-shop.nl", "ultimate")]
+    assert ultimate[2] == "Gazelle Ultimate C380 HMB Elektrische Herenfiets 500Wh 2024"
+    assert ultimate[3] == Decimal("2999.00") and ultimate[4] == "EUR"
+    assert ultimate[5].endswith("/img/jsonld/ultimate-1200.jpg")  # the largest image
+    assert ultimate[6:] == ("Gazelle", "8712345678906", "NL-ULTIMATE", "InStock")
+    assert rows[("jsonld-shop.nl", "kapotte-data")][2:5] == (
+        "Qwic Premium i MN7 500Wh",
+        Decimal("2649.00"),
+        "EUR",
+    )
+    assert rows[("jsonld-shop.nl", "op-aanvraag")][3] is None  # unreadable price kept as NULL
+    # shopify: lowest variant price, first image, that variant's barcode
+    shopify = rows[("shopify-shop.nl", "ultimate-shopify")]
+    assert shopify[3:5] == (Decimal("2999.00"), "EUR")
+    assert shopify[7:10] == ("8712345678906", "ultimate-53", "InStock")
+    # woocommerce: minor units, entities decoded
+    woo = rows[("woo-shop.nl", "finez")]
+    assert woo[2] == "Batavus Finez E-go® Power Exclusive (625 Wh) - dames"
+    assert woo[3:5] == (Decimal("3299.00"), "EUR")
+    # css: English price format, the struck-through price ignored, title trimmed
+    css = rows[("css-shop.co.uk", "cgrid.html")]
+    assert css[2:5] == ("Sparta c-Grid Energy M8b, 500 Wh", Decimal("2199.00"), "GBP")
+    assert css[6] == "Sparta"
+    # robots.txt is obeyed; the 404, 500 and redirect were met
+    assert not any(path.startswith("/jsonld/private/") for path in shops.state.requested)
+    assert "/jsonld/fiets/verdwenen" in shops.state.requested
+    assert "/jsonld/kapot" in shops.state.requested
+    # the summary names every shop and what was dropped
+    assert "missing_name 1" in result.stdout
+    for shop in per_shop:
+        assert shop in result.stdout
+
+
+def test_rescrape_is_stable_and_price_changes_are_recorded_once(conn, database_url, shops):
+    scrape(shops, database_url)
+    ids = conn.execute("select id, webshop, url from scraped_bikes order by id").fetchall()
+    history = conn.execute("select count(*) from price_history").fetchone()[0]
+    assert (
+        history
+        == conn.execute("select count(*) from scraped_bikes where price is not null").fetchone()[0]
+    )
+
+    scrape(shops, database_url)
+    assert conn.execute("select id, webshop, url from scraped_bikes order by id").fetchall() == ids
+    assert conn.execute("select count(*) from price_history").fetchone()[0] == history
+
+    shops.state.price_changes[("woo", "finez")] = 2999.0
+    result = scrape(shops, database_url, "--shop", "woo-shop.nl")
+    assert conn.execute("select count(*) from price_history").fetchone()[0] == history + 1
+    latest = conn.execute(
+        "select price_history.price from price_history"
+        " join scraped_bikes on scraped_bikes.id = bike_id"
+        " where webshop = 'woo-shop.nl' and url like '%finez%' order by seen_at desc"
+    ).fetchall()
+    assert [row[0] for row in latest] == [Decimal("2999.00"), Decimal("3299.00")]
+    assert "woo-shop.nl" in result.stdout and "jsonld-shop.nl" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (
+            "- name: a.nl\n    platform: magento\n    start_urls: ['http://x']",
+            "shop a.nl: platform",
+        ),
+        ("- name: b.nl\n    platform: jsonld", "shop b.nl: shop: Value error, needs start_urls"),
+        (
+            "- name: c.nl\n    platform: shopify\n    start_urls: ['not a url']",
+            "shop c.nl: start_urls.0",
+        ),
+        (
+            "- name: d.nl\n    platform: jsonld\n    start_urls: ['http://x']\n    allow: ['(']",
+            "shop d.nl: allow",
+        ),
+        (
+            "- name: e.nl\n    platform: css\n    start_urls: ['http://x']",
+            "shop e.nl: shop: Value error, the css platform",
+        ),
+    ],
+)
+def test_bad_shop_config_names_shop_and_field(tmp_path, entry, message):
+    config = tmp_path / "shops.yaml"
+    config.write_text("shops:\n  " + entry + "\n")
+    result = run_cli("scrape", "--shops", str(config))
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert message in result.stderr, result.stderr
