@@ -13,6 +13,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[dev]"
+	# Reference implementations for the PE-Core equality test only. Both declare
+	# torchvision, which does not load with the CPU torch, so they go in without
+	# their declared dependencies (the test supplies a stand-in; see tests/reference).
+	$(BIN)/pip install --quiet --no-deps timm==1.0.31 open-clip-torch==3.3.0
 	touch $@
 
 setup: $(VENV)/.installed

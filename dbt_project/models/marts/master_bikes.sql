@@ -22,6 +22,11 @@
         materialized='incremental',
         unique_key='bike_id',
         incremental_strategy='delete+insert',
+        pre_hook=[
+            "set enable_nestloop = off",
+            "set work_mem = '256MB'",
+        ],
+        post_hook="reset enable_nestloop",
     )
 }}
 {% set shops = ordered_shops() %}

