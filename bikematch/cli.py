@@ -289,6 +289,163 @@ def extract(page, url) -> None:
     click.echo(json.dumps(extract_product(page.read(), url), ensure_ascii=False, indent=2))
 
 
+def _load_embedding_model(name, device, remote):
+    import os
+
+    if remote:
+        from embedder.remote import RemoteModel
+
+        return RemoteModel(
+            remote,
+            name=name,
+            token=os.environ.get("BIKEMATCH_REMOTE_TOKEN"),
+            timeout=float(os.environ.get("BIKEMATCH_REMOTE_TIMEOUT", "60")),
+        )
+    from perception_models import WeightsNotFound, load_model
+
+    try:
+        return load_model(name, device=device)
+    except (WeightsNotFound, FileNotFoundError, KeyError) as exc:
+        raise click.ClickException(str(exc).strip("'\"")) from exc
+
+
+def _fetch_settings(allow_private_hosts, cache_dir, workers):
+    import os
+    from pathlib import Path
+
+    from embedder.fetch import FetchSettings
+
+    allow = allow_private_hosts or os.environ.get("BIKEMATCH_ALLOW_PRIVATE_IMAGE_HOSTS") == "1"
+    cache = cache_dir or os.environ.get("BIKEMATCH_IMAGE_CACHE") or ".bikematch/image-cache"
+    return FetchSettings(allow_private=allow, cache_dir=Path(cache) if cache != "off" else None)
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--model", "model_name", default="pe-core-l14-336", show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True)
+@click.option("--limit", type=click.IntRange(1), help="Embed at most this many listings.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=2,
+    show_default=True,
+    help="Threads decoding and preprocessing images.",
+)
+@click.option(
+    "--text-only/--no-text-only",
+    default=True,
+    show_default=True,
+    help="Embed listings without an image from their title alone.",
+)
+@click.option(
+    "--image-weight",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Weight of the image half in the stored embedding.",
+)
+@click.option(
+    "--remote", metavar="URL", help="A hosted embedding endpoint instead of a local model."
+)
+@click.option(
+    "--allow-private-hosts",
+    is_flag=True,
+    help="Fetch images from private/loopback addresses (tests, intranets).",
+)
+@click.option("--cache-dir", help="Image cache directory ('off' for none).")
+@click.pass_context
+def embed(
+    ctx,
+    model_name,
+    batch_size,
+    limit,
+    device,
+    workers,
+    text_only,
+    image_weight,
+    remote,
+    allow_private_hosts,
+    cache_dir,
+) -> None:
+    """Embed pending listings' images and titles into vector_storage.
+
+    Pending: no vector for this model yet, or the title or image URL changed.
+    Safe to interrupt and rerun; several embedders can share one database.
+
+    \b
+    Example:
+        bikematch embed --model minilm-effnet-lite0 --batch-size 64
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from tqdm import tqdm
+
+    from embedder.job import EmbedSettings, run_embedding
+
+    url = _ready_database()
+    model = _load_embedding_model(model_name, device, remote)
+    settings = EmbedSettings(
+        batch_size=batch_size,
+        limit=limit,
+        workers=workers,
+        text_only=text_only,
+        image_weight=image_weight,
+        fetch=_fetch_settings(allow_private_hosts, cache_dir, workers),
+    )
+    bar = tqdm(unit=" listings", desc=f"embedding ({model.name})", file=sys.stderr, leave=False)
+
+    def progress(done, failed, total):
+        bar.total = total
+        bar.n = done + failed
+        bar.set_postfix(failed=failed, refresh=False)
+        bar.refresh()
+
+    try:
+        summary = run_embedding(url, model, settings, progress)
+    finally:
+        bar.close()
+    for line in summary.lines():
+        click.echo(line)
+
+
+@embed.command("compare")
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    required=True,
+    metavar="NAME",
+    help="Two models (a name, or remote:URL for a hosted backend).",
+)
+@click.option("--sample", type=click.IntRange(1), default=50, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@click.option("--allow-private-hosts", is_flag=True)
+def embed_compare(models, sample, device, allow_private_hosts) -> None:
+    """Cosine agreement of two models or backends on the same listings.
+
+    Above 0.95 means practically identical (seed 001).
+
+    \b
+    Example:
+        bikematch embed compare --model clip-vit-b-32 --model remote:https://emb.example/embed
+    """
+    from embedder.compare import compare_models
+
+    if len(models) != 2:
+        raise click.UsageError("give --model exactly twice")
+    loaded = []
+    for name in models:
+        if name.startswith("remote:"):
+            loaded.append(_load_embedding_model(name, device, name.removeprefix("remote:")))
+        else:
+            loaded.append(_load_embedding_model(name, device, None))
+    url = _ready_database()
+    fetch = _fetch_settings(allow_private_hosts, None, 2)
+    for line in compare_models(url, loaded[0], loaded[1], sample, fetch):
+        click.echo(line)
+
+
 def main() -> None:
     cli(prog_name="bikematch")
 

@@ -35,6 +35,10 @@ class EmbeddingModel(ABC):
     @abstractmethod
     def tokenize(self, texts: Sequence[str]): ...
 
+    def collate(self, images: list) -> torch.Tensor:
+        """A batch from preprocessed images (a tensor for local models)."""
+        return torch.stack(images)
+
     @abstractmethod
     def _image_features(self, pixels: torch.Tensor) -> torch.Tensor: ...
 
@@ -48,12 +52,16 @@ class EmbeddingModel(ABC):
 
     @torch.inference_mode()
     def embed_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        if not isinstance(pixels, torch.Tensor):  # a remote model's batch of encoded images
+            return F.normalize(self._image_features(pixels).float(), dim=-1)
         with self._autocast():
             features = self._image_features(pixels.to(self.device))
         return F.normalize(features.float(), dim=-1)
 
     @torch.inference_mode()
     def embed_texts(self, tokens) -> torch.Tensor:
+        if isinstance(tokens, list):  # a remote model takes the titles themselves
+            return F.normalize(self._text_features(tokens).float(), dim=-1)
         if isinstance(tokens, dict):
             tokens = {key: value.to(self.device) for key, value in tokens.items()}
         else:

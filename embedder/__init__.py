@@ -1,0 +1,1 @@
+"""The batch embedding job: listings' images and titles into vector_storage."""

@@ -1,0 +1,38 @@
+"""Turning fetched bytes into model input, off the event loop."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+from PIL import Image, UnidentifiedImageError
+
+#: Refuse images above this many pixels (decompression bombs, absurd scans).
+MAX_PIXELS = 40_000_000
+
+
+class DecodeError(Exception):
+    """Bytes that are not a usable image (truncated, corrupt, huge)."""
+
+
+def decode_image(data: bytes, preprocess):
+    """Decode fully (so truncation is caught here) and preprocess for the model."""
+    if not data:
+        raise DecodeError("0 bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise DecodeError(f"huge dimensions: {width}x{height}")
+            image.load()
+    except DecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DecodeError(f"huge dimensions: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise DecodeError("not an image PIL can read") from exc
+    except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
+        raise DecodeError(f"corrupt image: {exc}") from exc
+    return preprocess(image)

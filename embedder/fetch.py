@@ -1,0 +1,229 @@
+"""Fetching listing images: async, bounded, cached, and careful with untrusted URLs.
+
+Scraped image URLs are untrusted. Addresses on loopback, private, link-local
+(169.254.169.254, cloud metadata), multicast and reserved ranges are refused,
+at every redirect hop and at DNS resolution time (so a name that resolves to
+such an address is refused too), unless `allow_private` is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+# The first bytes of the image formats we accept.
+_MAGIC = (
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"GIF87a", "gif"),
+    (b"GIF89a", "gif"),
+    (b"RIFF", "webp"),  # followed by WEBP at offset 8
+    (b"BM", "bmp"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+)
+
+
+class FetchError(Exception):
+    """An image that could not be fetched; `retryable` for timeouts and server errors."""
+
+    def __init__(self, message: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    concurrency: int = 16
+    timeout: float = 20.0
+    retries: int = 2
+    backoff: float = 0.5
+    max_bytes: int = 20 * 2**20
+    max_redirects: int = 5
+    allow_private: bool = False
+    cache_dir: Path | None = None
+    user_agent: str = "bikematch-embedder/0.1"
+
+
+def address_allowed(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return not (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+    )
+
+
+class _PublicOnlyResolver(AbstractResolver):
+    """Resolves names and drops every address we must not connect to."""
+
+    def __init__(self) -> None:
+        self._resolver = aiohttp.ThreadedResolver()
+
+    async def resolve(self, host: str, port: int = 0, family=socket.AF_INET) -> list[ResolveResult]:
+        results = await self._resolver.resolve(host, port, family)
+        allowed = [r for r in results if address_allowed(r["host"])]
+        if not allowed:
+            raise OSError(f"{host} resolves only to private or reserved addresses")
+        return allowed
+
+    async def close(self) -> None:
+        await self._resolver.close()
+
+
+def image_kind(data: bytes) -> str | None:
+    for magic, kind in _MAGIC:
+        if data.startswith(magic):
+            if kind == "webp" and data[8:12] != b"WEBP":
+                continue
+            return kind
+    return None
+
+
+class ImageFetcher:
+    """`await fetcher.fetch(url)` -> bytes of a verified image, or FetchError."""
+
+    def __init__(self, settings: FetchSettings) -> None:
+        self.settings = settings
+        self.semaphore = asyncio.Semaphore(settings.concurrency)
+        self.session: aiohttp.ClientSession | None = None
+        self.cache_hits = 0
+
+    async def __aenter__(self) -> ImageFetcher:
+        connector = aiohttp.TCPConnector(
+            limit=self.settings.concurrency,
+            resolver=None if self.settings.allow_private else _PublicOnlyResolver(),
+        )
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
+            headers={"User-Agent": self.settings.user_agent, "Accept": "image/*"},
+        )
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.session.close()
+
+    # ------------------------------------------------------------ cache
+
+    def _cache_paths(self, url: str) -> tuple[Path, Path] | None:
+        if self.settings.cache_dir is None:
+            return None
+        key = hashlib.sha256(url.encode()).hexdigest()
+        return self.settings.cache_dir / "urls" / key, self.settings.cache_dir / "blobs"
+
+    def _cached(self, url: str) -> bytes | None:
+        paths = self._cache_paths(url)
+        if paths is None or not paths[0].exists():
+            return None
+        blob = paths[1] / paths[0].read_text().strip()
+        return blob.read_bytes() if blob.exists() else None
+
+    def _store(self, url: str, data: bytes) -> None:
+        paths = self._cache_paths(url)
+        if paths is None:
+            return
+        digest = hashlib.sha256(data).hexdigest()
+        paths[1].mkdir(parents=True, exist_ok=True)
+        paths[0].parent.mkdir(parents=True, exist_ok=True)
+        blob = paths[1] / digest
+        if not blob.exists():
+            temporary = blob.with_suffix(".tmp")
+            temporary.write_bytes(data)
+            temporary.replace(blob)
+        paths[0].write_text(digest)
+
+    # ------------------------------------------------------------ fetching
+
+    async def fetch(self, url: str) -> bytes:
+        cached = self._cached(url)
+        if cached is not None:
+            self.cache_hits += 1
+            return cached
+        attempt = 0
+        while True:
+            try:
+                async with self.semaphore:
+                    data = await self._fetch_once(url)
+                self._store(url, data)
+                return data
+            except FetchError as exc:
+                if not exc.retryable or attempt >= self.settings.retries:
+                    raise
+            attempt += 1
+            await asyncio.sleep(self.settings.backoff * 2 ** (attempt - 1))
+
+    async def _fetch_once(self, url: str) -> bytes:
+        for _ in range(self.settings.max_redirects + 1):
+            await self._check_url(url)
+            try:
+                async with self.session.get(url, allow_redirects=False) as response:
+                    if response.status in (301, 302, 303, 307, 308):
+                        location = response.headers.get("Location")
+                        if not location:
+                            raise FetchError(f"HTTP {response.status} without a Location")
+                        url = urljoin(url, location)
+                        continue
+                    if response.status >= 500 or response.status == 429:
+                        raise FetchError(f"HTTP {response.status}", retryable=True)
+                    if response.status != 200:
+                        raise FetchError(f"HTTP {response.status}")
+                    return await self._read_image(response)
+            except TimeoutError as exc:
+                raise FetchError(f"timed out after {self.settings.timeout:g} s", True) from exc
+            except aiohttp.ClientError as exc:
+                raise FetchError(f"{type(exc).__name__}: {exc}", retryable=True) from exc
+            except OSError as exc:
+                raise FetchError(str(exc)) from exc
+        raise FetchError(f"more than {self.settings.max_redirects} redirects")
+
+    async def _check_url(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise FetchError(f"not an http(s) URL: {url[:100]}")
+        if self.settings.allow_private:
+            return
+        try:
+            addresses = [str(ipaddress.ip_address(parts.hostname))]
+        except ValueError:
+            try:
+                infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, None)
+            except OSError as exc:
+                raise FetchError(f"cannot resolve {parts.hostname}: {exc}", True) from exc
+            addresses = [info[4][0] for info in infos]
+        # The resolver filters again at connect time, against DNS rebinding.
+        if not any(address_allowed(address) for address in addresses):
+            raise FetchError(f"refused: {parts.hostname} is a private or reserved address")
+
+    async def _read_image(self, response: aiohttp.ClientResponse) -> bytes:
+        content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if content_type and not (
+            content_type.startswith("image/") or content_type == "application/octet-stream"
+        ):
+            raise FetchError(f"not an image: Content-Type {content_type}")
+        declared = response.content_length
+        if declared is not None and declared > self.settings.max_bytes:
+            raise FetchError(f"too large: {declared} bytes")
+        data = bytearray()
+        async for chunk in response.content.iter_chunked(65536):
+            data.extend(chunk)
+            if len(data) > self.settings.max_bytes:
+                raise FetchError(f"too large: over {self.settings.max_bytes} bytes")
+        if not data:
+            raise FetchError("empty response (0 bytes)")
+        if image_kind(bytes(data[:16])) is None:
+            raise FetchError("not an image: unknown file signature")
+        return bytes(data)

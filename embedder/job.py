@@ -1,0 +1,252 @@
+"""The embedding job: claim pending listings, fetch and decode images, embed, write.
+
+Batches are pipelined: while the model embeds batch N (in a worker thread,
+torch releases the GIL), the event loop claims batch N+1 and fetches and
+decodes its images. Each batch commits on its own connection, so a crash
+loses at most the batches in flight, and the next run resumes from what is
+still pending. Claims use `FOR NO KEY UPDATE SKIP LOCKED`, so embedders on
+several machines sharing one database never embed a listing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from bikematch.database import connect
+from embedder import store
+from embedder.decode import DecodeError, decode_image
+from embedder.fetch import FetchError, FetchSettings, ImageFetcher
+from perception_models import EmbeddingModel, combine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EmbedSettings:
+    batch_size: int = 32
+    limit: int | None = None
+    workers: int = 2
+    text_only: bool = True
+    max_attempts: int = 5
+    image_weight: float = 0.5
+    fetch: FetchSettings = field(default_factory=FetchSettings)
+
+
+@dataclass
+class EmbedSummary:
+    model: str
+    embedded: int = 0
+    text_only: int = 0
+    skipped: int = 0
+    failed: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+    cache_hits: int = 0
+
+    @property
+    def rate(self) -> float:
+        return (self.embedded + sum(self.failed.values())) / self.seconds if self.seconds else 0.0
+
+    def lines(self) -> list[str]:
+        failed = ", ".join(f"{stage} {n}" for stage, n in sorted(self.failed.items())) or "none"
+        return [
+            f"model {self.model}: embedded {self.embedded} ({self.text_only} text-only), "
+            f"skipped {self.skipped}, failed {sum(self.failed.values())} ({failed})",
+            f"{self.rate:.1f} listings/s over {self.seconds:.1f} s; "
+            f"{self.cache_hits} images from the local cache",
+        ]
+
+
+@dataclass
+class _Prepared:
+    work: store.Work
+    pixels: torch.Tensor | None = None
+    image_bytes: bytes = b""
+
+
+def input_hash(title: str, image: bytes) -> str:
+    """Hash of exactly what was embedded: the title and the image bytes."""
+    digest = hashlib.sha256()
+    digest.update(title.encode("utf-8"))
+    digest.update(b"\x1f")
+    digest.update(image)
+    return digest.hexdigest()
+
+
+def register(conn, model: EmbeddingModel) -> None:
+    conn.execute(
+        "select bikematch_register_model(%s, %s, %s)",
+        (model.name, model.image_dims, model.text_dims),
+    )
+    conn.commit()
+
+
+def run_embedding(url: str, model: EmbeddingModel, settings: EmbedSettings, progress=None):
+    """Embed everything pending for `model`; returns an EmbedSummary.
+
+    `progress(done, failed, total)` is called after each batch.
+    """
+    return asyncio.run(_Job(url, model, settings, progress).run())
+
+
+class _Job:
+    def __init__(self, url, model, settings, progress) -> None:
+        self.url = url
+        self.model = model
+        self.settings = settings
+        self.progress = progress
+        self.summary = EmbedSummary(model=model.name)
+        self.decoders = ThreadPoolExecutor(settings.workers, thread_name_prefix="decode")
+
+    async def run(self) -> EmbedSummary:
+        started = time.perf_counter()
+        connections = [connect(self.url), connect(self.url)]
+        try:
+            register(connections[0], self.model)
+            total = store.count_pending(connections[0], self.model.name, self.settings.max_attempts)
+            connections[0].commit()
+            if self.settings.limit is not None:
+                total = min(total, self.settings.limit)
+            async with ImageFetcher(self.settings.fetch) as fetcher:
+                await self._pipeline(connections, fetcher, total)
+                self.summary.cache_hits = fetcher.cache_hits
+        finally:
+            for conn in connections:
+                conn.close()
+            self.decoders.shutdown()
+        self.summary.seconds = time.perf_counter() - started
+        return self.summary
+
+    async def _pipeline(self, connections, fetcher, total: int) -> None:
+        after = uuid.UUID(int=0)
+        running = None
+        batch_number = 0
+        claimed = 0
+        while self.settings.limit is None or claimed < self.settings.limit:
+            conn = connections[batch_number % 2]
+            size = self.settings.batch_size
+            if self.settings.limit is not None:
+                size = min(size, self.settings.limit - claimed)
+            works = await asyncio.to_thread(self._claim, conn, after, size)
+            if works is None:
+                break
+            if works:
+                after = works[-1].bike_id
+            claimed += len(works)
+            prepared, failures = await self._prepare(works, fetcher)
+            if running is not None:
+                await running
+            running = asyncio.create_task(
+                asyncio.to_thread(self._embed_and_write, conn, prepared, failures, total)
+            )
+            batch_number += 1
+        if running is not None:
+            await running
+
+    def _claim(self, conn, after: uuid.UUID, size: int) -> list[store.Work] | None:
+        """The next page of pending work (possibly empty after re-checks), None at the end."""
+        works = store.claim(conn, self.model.name, after, size, self.settings.max_attempts)
+        if not works:
+            conn.rollback()
+            return None
+        # Locked now; drop any another embedder finished between our snapshot and the lock.
+        still = {
+            row[0]
+            for row in conn.execute(
+                "select bike_id from bikematch_listings_to_embed(%s, %s) where bike_id = any(%s)",
+                (self.model.name, self.settings.max_attempts, [w.bike_id for w in works]),
+            )
+        }
+        kept = [w for w in works if w.bike_id in still]
+        if not kept:
+            conn.rollback()  # others did this page; the next claim moves past it
+        return kept
+
+    async def _prepare(self, works: list[store.Work], fetcher: ImageFetcher):
+        loop = asyncio.get_running_loop()
+
+        async def one(work: store.Work):
+            if not work.image_url:
+                if not self.settings.text_only:
+                    return None
+                return _Prepared(work)
+            try:
+                data = await fetcher.fetch(work.image_url)
+            except FetchError as exc:
+                return store.Failure(work.bike_id, "fetch", str(exc), work.source_hash)
+            try:
+                pixels = await loop.run_in_executor(
+                    self.decoders, decode_image, data, self.model.preprocess
+                )
+            except DecodeError as exc:
+                return store.Failure(work.bike_id, "decode", str(exc), work.source_hash)
+            return _Prepared(work, pixels, data)
+
+        results = await asyncio.gather(*(one(work) for work in works))
+        prepared = [r for r in results if isinstance(r, _Prepared)]
+        failures = [r for r in results if isinstance(r, store.Failure)]
+        self.summary.skipped += sum(1 for r in results if r is None)
+        return prepared, failures
+
+    def _embed_and_write(self, conn, prepared: list[_Prepared], failures, total: int) -> None:
+        embedded = []
+        if prepared:
+            try:
+                embedded = self._embed(prepared)
+            except Exception as exc:  # a model error must not stop the whole job
+                log.exception("embedding a batch failed")
+                failures = failures + [
+                    store.Failure(
+                        p.work.bike_id, "embed", f"{type(exc).__name__}: {exc}", p.work.source_hash
+                    )
+                    for p in prepared
+                ]
+        store.write(conn, self.model.name, embedded, failures)
+        conn.commit()
+        self.summary.embedded += len(embedded)
+        self.summary.text_only += sum(1 for item in embedded if item.image is None)
+        self.summary.failed.update(failure.stage for failure in failures)
+        if self.progress:
+            self.progress(self.summary.embedded, sum(self.summary.failed.values()), total)
+
+    def _embed(self, prepared: list[_Prepared]) -> list[store.Embedded]:
+        model = self.model
+        texts = model.embed_texts(model.tokenize([p.work.name for p in prepared]))
+        with_image = [i for i, p in enumerate(prepared) if p.pixels is not None]
+        images = {}
+        if with_image:
+            vectors = model.embed_images(model.collate([prepared[i].pixels for i in with_image]))
+            images = dict(zip(with_image, vectors, strict=True))
+        embedded = []
+        for i, item in enumerate(prepared):
+            image = images.get(i)
+            joined = combine(
+                None if image is None else image[None],
+                texts[i][None],
+                self.settings.image_weight,
+                image_dims=model.image_dims,
+            )[0]
+            embedded.append(
+                store.Embedded(
+                    bike_id=item.work.bike_id,
+                    image=None if image is None else image.numpy(),
+                    text=texts[i].numpy(),
+                    joined=joined.numpy(),
+                    input_hash=input_hash(item.work.name, item.image_bytes),
+                    source_hash=item.work.source_hash,
+                )
+            )
+        return embedded
+
+
+def default_cache_dir() -> Path:
+    return Path(".bikematch") / "image-cache"

@@ -1,0 +1,129 @@
+"""The embedder's database side: claiming work, writing vectors and failures."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+import psycopg
+from pgvector import HalfVector, Vector
+
+# Pending listings after `after` in id order, locked so that a second
+# embedder skips them (and waits for nothing). The lock lasts until the
+# batch's transaction commits its vectors.
+_CLAIM = """
+select listing.id, listing.name, listing.image_url, pending.source_hash
+from bikematch_listings_to_embed(%(model)s, %(max_attempts)s) as pending
+inner join scraped_bikes as listing on pending.bike_id = listing.id
+where listing.id > %(after)s
+order by listing.id
+limit %(limit)s
+for no key update of listing skip locked
+"""
+
+_COUNT = "select count(*) from bikematch_listings_to_embed(%s, %s)"
+
+
+@dataclass
+class Work:
+    bike_id: uuid.UUID
+    name: str
+    image_url: str | None
+    source_hash: str
+
+
+@dataclass
+class Embedded:
+    bike_id: uuid.UUID
+    image: np.ndarray | None
+    text: np.ndarray
+    joined: np.ndarray
+    input_hash: str
+    source_hash: str
+
+
+@dataclass
+class Failure:
+    bike_id: uuid.UUID
+    stage: str
+    error: str
+    source_hash: str
+
+
+def count_pending(conn: psycopg.Connection, model: str, max_attempts: int) -> int:
+    return conn.execute(_COUNT, (model, max_attempts)).fetchone()[0]
+
+
+def claim(conn, model: str, after: uuid.UUID, limit: int, max_attempts: int) -> list[Work]:
+    """Lock the next page of pending listings in conn's open transaction."""
+    rows = conn.execute(
+        _CLAIM, {"model": model, "after": after, "limit": limit, "max_attempts": max_attempts}
+    ).fetchall()
+    return [Work(*row) for row in rows]
+
+
+def write(conn, model: str, embedded: list[Embedded], failures: list[Failure]) -> None:
+    """Vectors by binary COPY (through a temporary table, then one upsert); failures counted."""
+    if embedded:
+        conn.execute(
+            "create temporary table if not exists incoming_vectors"
+            " (like vector_storage including defaults) on commit delete rows"
+        )
+        columns = (
+            "bike_id, model, image_embedding, text_embedding, embedding, text_only,"
+            " input_hash, source_hash"
+        )
+        with conn.cursor().copy(
+            f"copy incoming_vectors ({columns}) from stdin with (format binary)"
+        ) as copy:
+            copy.set_types(["uuid", "text", "vector", "vector", "halfvec", "bool", "text", "text"])
+            for item in embedded:
+                copy.write_row(
+                    (
+                        item.bike_id,
+                        model,
+                        None if item.image is None else Vector(item.image),
+                        Vector(item.text),
+                        HalfVector(item.joined),
+                        item.image is None,
+                        item.input_hash,
+                        item.source_hash,
+                    )
+                )
+        conn.execute(
+            f"""
+            insert into vector_storage ({columns}, embedded_at)
+            select {columns}, now() from incoming_vectors
+            on conflict (bike_id, model) do update set
+                image_embedding = excluded.image_embedding,
+                text_embedding = excluded.text_embedding,
+                embedding = excluded.embedding,
+                text_only = excluded.text_only,
+                input_hash = excluded.input_hash,
+                source_hash = excluded.source_hash,
+                embedded_at = excluded.embedded_at
+            """  # noqa: S608 (a constant column list; values come by COPY)
+        )
+        conn.execute(
+            "delete from embedding_failures where model = %s and bike_id = any(%s)",
+            (model, [item.bike_id for item in embedded]),
+        )
+    for failure in failures:
+        conn.execute(
+            """
+            insert into embedding_failures (bike_id, model, stage, error, source_hash)
+            values (%s, %s, %s, %s, %s)
+            on conflict (bike_id, model) do update set
+                stage = excluded.stage,
+                error = excluded.error,
+                attempts = case
+                    when embedding_failures.source_hash is distinct from excluded.source_hash
+                        then 1
+                    else embedding_failures.attempts + 1
+                end,
+                source_hash = excluded.source_hash,
+                last_attempt_at = now()
+            """,
+            (failure.bike_id, model, failure.stage, failure.error[:500], failure.source_hash),
+        )

@@ -1,0 +1,104 @@
+"""A local image server for embedder tests: good images and every way an image goes wrong."""
+
+from __future__ import annotations
+
+import io
+import struct
+import threading
+import time
+import zlib
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from PIL import Image
+
+
+def jpeg(color, size=(64, 48), mode="RGB", exif_rotate=False) -> bytes:
+    image = Image.new(mode, size, color)
+    buffer = io.BytesIO()
+    if exif_rotate:
+        exif = Image.Exif()
+        exif[0x0112] = 6  # rotate 90 degrees
+        image.save(buffer, format="JPEG", exif=exif)
+    else:
+        image.save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def huge_png(width=20000, height=20000) -> bytes:
+    """A tiny file that claims a 400-megapixel image (a decompression bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 1000))
+        + chunk(b"IEND", b"")
+    )
+
+
+def palette_with_alpha() -> bytes:
+    image = Image.new("RGBA", (40, 40), (255, 0, 0, 0))
+    return png(image.convert("P"))
+
+
+class ImageServer:
+    """Serves /img/<name>; `delay` slows every image; `requests` counts them."""
+
+    def __init__(self) -> None:
+        self.images: dict[str, tuple[int, str, bytes]] = {}
+        self.requests: Counter = Counter()
+        self.delay = 0.0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):  # noqa: N802
+                server.requests[self.path] += 1
+                if self.path.startswith("/slow/"):
+                    time.sleep(5)
+                if server.delay:
+                    time.sleep(server.delay)
+                if self.path.startswith("/redirect/"):
+                    self.send_response(302)
+                    self.send_header("Location", "/img/" + self.path.rsplit("/", 1)[-1])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                status, content_type, body = server.images.get(
+                    self.path.rsplit("/", 1)[-1], (404, "text/html", b"not found")
+                )
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def add(self, name: str, body: bytes, content_type="image/jpeg", status=200) -> str:
+        self.images[name] = (status, content_type, body)
+        return f"{self.base}/img/{name}"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()

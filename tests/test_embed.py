@@ -1,0 +1,295 @@
+"""The embedding job against a local image server, with the tiny random model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+from PIL import Image
+
+from bikematch.listings import Listing, store_listings
+from embedder.fetch import FetchSettings
+from embedder.job import EmbedSettings, run_embedding
+from embedder.remote import RemoteModel
+from perception_models import load_model
+
+from .conftest import BIKEMATCH
+from .image_server import ImageServer, huge_png, jpeg, palette_with_alpha, png
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("tiny-random", device="cpu")
+
+
+@pytest.fixture
+def images():
+    with ImageServer() as server:
+        yield server
+
+
+def settings(tmp_path, **overrides) -> EmbedSettings:
+    fetch = FetchSettings(
+        allow_private=True, cache_dir=tmp_path / "cache", timeout=2, retries=1, backoff=0.05
+    )
+    values = {"batch_size": 4, "fetch": fetch, **overrides}
+    return EmbedSettings(**values)
+
+
+def add(conn, shop, url, name, image_url):
+    store_listings(conn, [Listing(webshop=shop, url=url, name=name, image_url=image_url)])
+    return conn.execute(
+        "select id from scraped_bikes where webshop = %s and url = %s", (shop, url)
+    ).fetchone()[0]
+
+
+def vectors(conn, model="tiny-random"):
+    return {
+        row[0]: row[1:]
+        for row in conn.execute(
+            "select url, text_only, image_embedding is null, input_hash, embedded_at"
+            " from vector_storage join scraped_bikes on id = bike_id where model = %s",
+            (model,),
+        )
+    }
+
+
+def failures(conn):
+    return {
+        row[0]: row[1:]
+        for row in conn.execute(
+            "select url, stage, error, attempts from embedding_failures"
+            " join scraped_bikes on id = bike_id"
+        )
+    }
+
+
+def test_good_and_broken_images(conn, database_url, images, tmp_path, tiny):
+    cases = {
+        "ok": images.add("ok.jpg", jpeg((200, 0, 0))),
+        "cmyk": images.add("cmyk.jpg", jpeg((0, 100, 100, 0), mode="CMYK")),
+        "palette": images.add("palette.png", palette_with_alpha(), "image/png"),
+        "rotated": images.add("rotated.jpg", jpeg((0, 0, 200), exif_rotate=True)),
+        "redirected": f"{images.base}/redirect/ok.jpg",
+        "missing": f"{images.base}/img/nothing.jpg",
+        "html": images.add("page.jpg", b"<html>not an image</html>", "text/html"),
+        "fake": images.add("fake.jpg", b"GIF89a but not really", "image/jpeg"),
+        "truncated": images.add("cut.jpg", jpeg((9, 9, 9), size=(400, 300))[:600]),
+        "empty": images.add("empty.jpg", b""),
+        "huge": images.add("huge.png", huge_png(), "image/png"),
+        "server-error": images.add("boom.jpg", b"", status=500),
+        "timeout": f"{images.base}/slow/ok.jpg",
+        "no-image": None,
+    }
+    for name, url in cases.items():
+        add(conn, "shop.nl", name, f"Bike {name}", url)
+    summary = run_embedding(database_url, tiny, settings(tmp_path))
+    stored, failed = vectors(conn), failures(conn)
+    assert set(stored) == {"ok", "cmyk", "palette", "rotated", "redirected", "no-image"}
+    assert stored["no-image"][:2] == (True, True)  # text-only, no image vector
+    assert stored["ok"][:2] == (False, False)
+    expected = {
+        "missing": ("fetch", "HTTP 404"),
+        "html": ("fetch", "not an image: Content-Type text/html"),
+        "fake": ("decode", "not an image"),
+        "truncated": ("decode", "corrupt image"),
+        "empty": ("fetch", "0 bytes"),
+        "huge": ("decode", "huge dimensions"),
+        "server-error": ("fetch", "HTTP 500"),
+        "timeout": ("fetch", "timed out"),
+    }
+    assert set(failed) == set(expected)
+    for name, (stage, error) in expected.items():
+        assert failed[name][0] == stage and error in failed[name][1], (name, failed[name])
+        assert failed[name][2] == 1
+    assert summary.embedded == 6 and summary.text_only == 1
+    assert sum(summary.failed.values()) == 8
+    assert images.requests["/img/boom.jpg"] == 2  # retried once
+
+
+def test_failures_are_retried_up_to_a_cap_and_changes_reset_them(
+    conn, database_url, images, tmp_path, tiny
+):
+    bike = add(conn, "shop.nl", "p", "Bike", f"{images.base}/img/later.jpg")
+    run_embedding(database_url, tiny, settings(tmp_path, max_attempts=2))
+    # Not pending again until its backoff passes; then retried; then capped.
+    pending = "select count(*) from bikematch_listings_to_embed('tiny-random', 2)"
+    assert conn.execute(pending).fetchone()[0] == 0
+    conn.execute("update embedding_failures set last_attempt_at = now() - interval '1 day'")
+    assert conn.execute(pending).fetchone()[0] == 1
+    run_embedding(database_url, tiny, settings(tmp_path, max_attempts=2))
+    assert failures(conn)["p"][2] == 2
+    conn.execute("update embedding_failures set last_attempt_at = now() - interval '1 day'")
+    assert conn.execute(pending).fetchone()[0] == 0  # capped
+    # A new image URL is new input: pending at once, and it works now.
+    url = images.add("later2.jpg", jpeg((1, 2, 3)))
+    conn.execute("update scraped_bikes set image_url = %s where id = %s", (url, bike))
+    run_embedding(database_url, tiny, settings(tmp_path, max_attempts=2))
+    assert "p" in vectors(conn) and failures(conn) == {}
+
+
+def test_changed_title_or_image_is_embedded_again_and_cached_images_not_refetched(
+    conn, database_url, images, tmp_path, tiny
+):
+    for i in range(3):
+        add(conn, "shop.nl", f"p{i}", f"Bike {i}", images.add(f"{i}.jpg", jpeg((i * 50, 0, 0))))
+    run_embedding(database_url, tiny, settings(tmp_path))
+    before = vectors(conn)
+    again = run_embedding(database_url, tiny, settings(tmp_path))
+    assert again.embedded == 0 and vectors(conn) == before
+
+    conn.execute("update scraped_bikes set name = 'Bike 0, renamed' where url = 'p0'")
+    new_image = images.add("new.jpg", jpeg((0, 255, 0)))
+    conn.execute("update scraped_bikes set image_url = %s where url = 'p1'", (new_image,))
+    summary = run_embedding(database_url, tiny, settings(tmp_path))
+    after = vectors(conn)
+    assert summary.embedded == 2
+    assert after["p0"][2] != before["p0"][2] and after["p1"][2] != before["p1"][2]
+    assert after["p2"] == before["p2"]
+    assert images.requests["/img/0.jpg"] == 1  # the renamed listing's image came from the cache
+    assert summary.cache_hits == 1
+
+
+def test_text_only_can_be_switched_off(conn, database_url, tmp_path, tiny):
+    add(conn, "shop.nl", "p", "Bike without a picture", None)
+    summary = run_embedding(database_url, tiny, settings(tmp_path, text_only=False))
+    assert summary.skipped == 1 and vectors(conn) == {}
+
+
+def test_private_addresses_are_refused_unless_allowed(conn, database_url, images, tmp_path, tiny):
+    add(conn, "shop.nl", "loopback", "Bike", images.add("a.jpg", jpeg((1, 1, 1))))
+    named = images.add("b.jpg", jpeg((2, 2, 2))).replace("127.0.0.1", "localhost")
+    add(conn, "shop.nl", "named", "Bike", named)
+    add(conn, "shop.nl", "metadata", "Bike", "http://169.254.169.254/latest/meta-data/x.jpg")
+    strict = settings(tmp_path, fetch=FetchSettings(cache_dir=None, timeout=2, retries=0))
+    run_embedding(database_url, tiny, strict)
+    failed = failures(conn)
+    assert set(failed) == {"loopback", "named", "metadata"}
+    for name in failed:
+        assert "refused" in failed[name][1] and "private or reserved" in failed[name][1]
+    assert images.requests["/img/a.jpg"] == 0 and images.requests["/img/b.jpg"] == 0
+
+
+def _embed_process(database_url, *args):
+    return subprocess.Popen(
+        [
+            BIKEMATCH,
+            "embed",
+            "--model",
+            "tiny-random",
+            "--device",
+            "cpu",
+            "--allow-private-hosts",
+            "--cache-dir",
+            "off",
+            *args,
+        ],
+        env={"DATABASE_URL": database_url, "PATH": "/usr/bin:/bin"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_resume_after_a_kill(conn, database_url, images, tmp_path):
+    for i in range(12):
+        add(conn, "shop.nl", f"p{i}", f"Bike {i}", images.add(f"{i}.jpg", jpeg((i * 20, 5, 5))))
+    images.delay = 0.3
+    process = _embed_process(database_url, "--batch-size", "2")
+    deadline = time.time() + 60
+    while time.time() < deadline and not vectors(conn):
+        time.sleep(0.1)
+    process.kill()
+    process.wait()
+    partial = len(vectors(conn))
+    assert 0 < partial < 12
+    images.delay = 0
+    rerun = _embed_process(database_url, "--batch-size", "4")
+    out, err = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, err
+    assert f"embedded {12 - partial} " in out
+    assert len(vectors(conn)) == 12
+
+
+def test_two_embedders_never_embed_the_same_listing(conn, database_url, images):
+    for i in range(24):
+        add(conn, "shop.nl", f"p{i}", f"Bike {i}", images.add(f"{i}.jpg", jpeg((i * 10, 5, 5))))
+    images.delay = 0.05
+    first = _embed_process(database_url, "--batch-size", "3")
+    second = _embed_process(database_url, "--batch-size", "3")
+    outputs = [process.communicate(timeout=180) for process in (first, second)]
+    assert first.returncode == 0 and second.returncode == 0, outputs
+    embedded = [int(out.split("embedded ")[1].split(" ")[0]) for out, _ in outputs]
+    assert sum(embedded) == 24, outputs
+    assert min(embedded) > 0  # both did a share
+    assert len(vectors(conn)) == 24
+
+
+class _RemoteService:
+    """A hosted backend speaking the remote contract, serving the tiny model."""
+
+    def __init__(self, model, token):
+        service = self
+        self.calls = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):  # noqa: N802
+                service.calls += 1
+                if self.headers.get("Authorization") != f"Bearer {token}":
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if "texts" in payload:
+                    vectors = model.embed_texts(model.tokenize(payload["texts"]))
+                else:
+                    import base64
+                    import io
+
+                    pixels = [
+                        model.preprocess(Image.open(io.BytesIO(base64.b64decode(item))))
+                        for item in payload["images"]
+                    ]
+                    vectors = model.embed_images(torch.stack(pixels))
+                body = json.dumps({"embeddings": vectors.tolist()}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/embed"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+def test_remote_backend_has_the_same_contract(conn, database_url, images, tmp_path, tiny):
+    service = _RemoteService(tiny, "secret")
+    remote = RemoteModel(service.url, name="tiny-remote", token="secret", batch_size=2)
+    assert (remote.image_dims, remote.text_dims) == (32, 32)
+    for i in range(5):
+        add(
+            conn,
+            "shop.nl",
+            f"p{i}",
+            f"Bike {i}",
+            images.add(f"{i}.png", png(Image.new("RGB", (40, 30), (i * 40, 0, 0)))),
+        )
+    summary = run_embedding(database_url, remote, settings(tmp_path))
+    assert summary.embedded == 5 and len(vectors(conn, "tiny-remote")) == 5
+
+    from embedder.compare import compare_models
+
+    lines = compare_models(database_url, tiny, remote, 5, settings(tmp_path).fetch)
+    assert "image: mean cosine 1.0000" in lines[1] or "image: mean cosine 0.99" in lines[1], lines
+    assert "100% above 0.95" in lines[2], lines
+    with pytest.raises(Exception, match="HTTP 401"):
+        RemoteModel(service.url, name="x", token="wrong", retries=0)
