@@ -289,7 +289,7 @@ def extract(page, url) -> None:
     click.echo(json.dumps(extract_product(page.read(), url), ensure_ascii=False, indent=2))
 
 
-def _load_embedding_model(name, device, remote):
+def _load_embedding_model(name, device, remote, dtype="auto"):
     import os
 
     if remote:
@@ -301,10 +301,14 @@ def _load_embedding_model(name, device, remote):
             token=os.environ.get("BIKEMATCH_REMOTE_TOKEN"),
             timeout=float(os.environ.get("BIKEMATCH_REMOTE_TIMEOUT", "60")),
         )
+    import torch
+
     from perception_models import WeightsNotFound, load_model
 
     try:
-        return load_model(name, device=device)
+        return load_model(
+            name, device=device, dtype=None if dtype == "auto" else getattr(torch, dtype)
+        )
     except (WeightsNotFound, FileNotFoundError, KeyError) as exc:
         raise click.ClickException(str(exc).strip("'\"")) from exc
 
@@ -321,10 +325,23 @@ def _fetch_settings(allow_private_hosts, cache_dir, workers):
 
 
 @cli.group(invoke_without_command=True)
-@click.option("--model", "model_name", default="pe-core-l14-336", show_default=True)
+@click.option(
+    "--model",
+    "model_name",
+    default="pe-core-l14-336",
+    show_default=True,
+    help="pe-core-l14-336, clip-vit-b-32, minilm-effnet-lite0 or tiny-random.",
+)
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True)
 @click.option("--limit", type=click.IntRange(1), help="Embed at most this many listings.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+    default="auto",
+    show_default=True,
+    help="Inference precision: auto is float32 on CPU, bfloat16 autocast on CUDA.",
+)
 @click.option(
     "--workers",
     type=click.IntRange(1, 64),
@@ -361,6 +378,7 @@ def embed(
     batch_size,
     limit,
     device,
+    dtype,
     workers,
     text_only,
     image_weight,
@@ -384,7 +402,7 @@ def embed(
     from embedder.job import EmbedSettings, run_embedding
 
     url = _ready_database()
-    model = _load_embedding_model(model_name, device, remote)
+    model = _load_embedding_model(model_name, device, remote, dtype)
     settings = EmbedSettings(
         batch_size=batch_size,
         limit=limit,

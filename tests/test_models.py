@@ -193,3 +193,15 @@ def test_registry_lists_every_model_with_a_threshold():
     assert MODELS["pe-core-l14-336"].default_threshold == 0.96
     with pytest.raises(KeyError, match="known"):
         load_model("no-such-model")
+
+
+def test_cpu_defaults_to_float32_and_bfloat16_text_agrees():
+    """bf16 on CPU is only worth using where vectors agree with fp32 at cosine >= 0.999:
+    true for MiniLM's text, not for EfficientNet-Lite0's images (about 0.99, see
+    docs/benchmarks.md), so float32 stays the CPU default."""
+    full = load_model("minilm-effnet-lite0", device="cpu")
+    assert full.dtype == torch.float32
+    half = load_model("minilm-effnet-lite0", device="cpu", dtype=torch.bfloat16)
+    tokens = full.tokenize(TITLES[:3])
+    agreement = (full.embed_texts(tokens) * half.embed_texts(tokens)).sum(-1)
+    assert agreement.min() >= 0.999, agreement

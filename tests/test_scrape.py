@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from decimal import Decimal
 
 import pytest
@@ -142,3 +143,28 @@ def test_bad_shop_config_names_shop_and_field(tmp_path, entry, message):
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert message in result.stderr, result.stderr
+
+
+def test_scrapy_crawl_works_from_the_repository_root(conn, database_url, shops):
+    import os
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    scrapy = Path(sys.executable).parent / "scrapy"
+    env = {**os.environ, "DATABASE_URL": database_url, "BIKEMATCH_SHOPS": str(shops.config)}
+    result = subprocess.run(
+        [str(scrapy), "crawl", "shopify", "-a", "shop=shopify-shop.nl", "-s", "LOG_LEVEL=WARNING"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (
+        conn.execute(
+            "select count(*) from scraped_bikes where webshop = 'shopify-shop.nl'"
+        ).fetchone()[0]
+        == 3
+    )

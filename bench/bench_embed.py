@@ -1,0 +1,127 @@
+"""Embedding job benchmark: end-to-end listings/s next to model-only throughput.
+
+Serves `--listings` distinct 640x480 JPEG product photos from a local server,
+runs the real job (claim, fetch, decode, embed, COPY) into a throwaway embedded
+Postgres, and compares with the model alone on the same batches already in
+memory. The ratio is what the pipeline loses to I/O and Python.
+
+clip-vit-b-32 and pe-core-l14-336 use random weights of their real shapes
+(same cost as the real weights; no download).
+
+Usage: python bench/bench_embed.py [--models ...] [--listings 256] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.bench_models import build  # noqa: E402
+from bikematch.database import connect, start_embedded, stop_embedded  # noqa: E402
+from bikematch.listings import Listing, store_listings  # noqa: E402
+from bikematch.migrations import apply_migrations  # noqa: E402
+from embedder.fetch import FetchSettings  # noqa: E402
+from embedder.job import EmbedSettings, run_embedding  # noqa: E402
+from tests.image_server import ImageServer  # noqa: E402
+
+
+def photo(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, size=(48, 64, 3), dtype=np.uint8)
+    image = Image.fromarray(base).resize((640, 480), Image.Resampling.BICUBIC)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def model_only(model, photos: list[bytes], titles: list[str], batch: int) -> float:
+    """Listings/s for preprocess-free inference on in-memory batches."""
+    pixels = [model.preprocess(Image.open(io.BytesIO(data))) for data in photos[:batch]]
+    stacked = torch.stack(pixels)
+    tokens = model.tokenize(titles[:batch])
+    model.embed_images(stacked), model.embed_texts(tokens)  # warm-up
+    done, started = 0, time.perf_counter()
+    while done < len(photos):
+        model.embed_images(stacked)
+        model.embed_texts(tokens)
+        done += batch
+    return done / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--models", nargs="+", default=["minilm-effnet-lite0", "clip-vit-b-32", "pe-core-l14-336"]
+    )
+    parser.add_argument("--listings", type=int, default=256)
+    parser.add_argument("--pe-core-listings", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="bikematch-bench-embed-"))
+    url = start_embedded(root / "pgdata")
+    try:
+        with connect(url) as conn:
+            apply_migrations(conn)
+        with ImageServer() as server:
+            count = max(args.listings, args.pe_core_listings)
+            photos = [photo(i) for i in range(count)]
+            titles = [f"E-bike model {i} 500Wh 2024 heren" for i in range(count)]
+            listings = [
+                Listing(
+                    webshop="bench.example",
+                    url=f"/p/{i}",
+                    name=titles[i],
+                    image_url=server.add(f"{i}.jpg", photos[i]),
+                )
+                for i in range(count)
+            ]
+            with connect(url) as conn:
+                store_listings(conn, listings)
+            print(
+                f"device {args.device}, torch threads {torch.get_num_threads()}, "
+                f"decode workers {args.workers}, batch {args.batch_size}"
+            )
+            print(
+                f"{'model':22} {'listings':>8} {'model-only/s':>13} "
+                f"{'end-to-end/s':>13} {'ratio':>6}"
+            )
+            for name in args.models:
+                model = build(name, args.device, torch.float32)
+                n = args.pe_core_listings if name == "pe-core-l14-336" else args.listings
+                alone = model_only(model, photos[:n], titles[:n], min(args.batch_size, n))
+                settings = EmbedSettings(
+                    batch_size=args.batch_size,
+                    limit=n,
+                    workers=args.workers,
+                    fetch=FetchSettings(allow_private=True, cache_dir=None),
+                )
+                summary = run_embedding(url, model, settings)
+                assert summary.embedded == n, summary.lines()
+                print(
+                    f"{name:22} {n:>8} {alone:>13.1f} {summary.rate:>13.1f} "
+                    f"{summary.rate / alone:>6.0%}",
+                    flush=True,
+                )
+                with connect(url) as conn:
+                    conn.execute("delete from vector_storage")
+    finally:
+        stop_embedded(root / "pgdata")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
