@@ -314,7 +314,7 @@ def _load_embedding_model(name, device, remote, dtype="auto"):
         raise click.ClickException(str(exc).strip("'\"")) from exc
 
 
-def _fetch_settings(allow_private_hosts, cache_dir, workers):
+def _fetch_settings(allow_private_hosts, cache_dir):
     import os
     from pathlib import Path
 
@@ -410,7 +410,7 @@ def embed(
         workers=workers,
         text_only=text_only,
         image_weight=image_weight,
-        fetch=_fetch_settings(allow_private_hosts, cache_dir, workers),
+        fetch=_fetch_settings(allow_private_hosts, cache_dir),
     )
     bar = tqdm(unit=" listings", desc=f"embedding ({model.name})", file=sys.stderr, leave=False)
 
@@ -460,7 +460,7 @@ def embed_compare(models, sample, device, allow_private_hosts) -> None:
         else:
             loaded.append(_load_embedding_model(name, device, None))
     url = _ready_database()
-    fetch = _fetch_settings(allow_private_hosts, None, 2)
+    fetch = _fetch_settings(allow_private_hosts, None)
     for line in compare_models(url, loaded[0], loaded[1], sample, fetch):
         click.echo(line)
 
@@ -510,7 +510,7 @@ def run(ctx, shops_file, model_name, anchor_shop, device, batch_size) -> None:
         stage = "embed"
         click.echo("== embed")
         model = _load_embedding_model(model_name, device, None)
-        settings = EmbedSettings(batch_size=batch_size, fetch=_fetch_settings(False, None, 2))
+        settings = EmbedSettings(batch_size=batch_size, fetch=_fetch_settings(False, None))
         for line in pipeline.embed(url, model, settings).lines():
             click.echo(line)
         stage = "cluster"
@@ -562,7 +562,7 @@ def demo(port, report_dir) -> None:
     url = resolve_url(load_settings())
     work_dir = Path(".bikematch") / "demo"
     try:
-        result = run_demo(url, work_dir, port, echo=click.echo)
+        run_demo(url, work_dir, port, echo=click.echo)
     except OSError as exc:
         if "Address already in use" in str(exc):
             raise click.ClickException(f"port {port} is in use: pass --port") from exc
@@ -571,7 +571,6 @@ def demo(port, report_dir) -> None:
 
     index = write_report(url, Path(report_dir), image_cache=work_dir / "image-cache")
     click.echo(f"report: {index}")
-    del result
 
 
 @cli.command()
@@ -634,6 +633,155 @@ def search(image, text, model_name, count, threshold, device) -> None:
         shop, name, price, currency, listing_url, similarity = row
         price_text = f"{currency or ''} {price}" if price is not None else "-"
         click.echo(f"{similarity:.3f}  {shop:22}  {price_text:>12}  {name}  {listing_url}")
+
+
+@cli.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True))
+@click.option("--shop", required=True, help="The webshop these listings belong to.")
+@click.option("--delimiter", help="CSV delimiter (guessed when not given).")
+@click.option(
+    "--map",
+    "mappings",
+    multiple=True,
+    metavar="FIELD=COLUMN",
+    help="Which column fills a field: url, name, price, currency, image_url, brand, "
+    "gtin, sku (repeatable).",
+)
+@click.option("--currency", help="ISO 4217 currency for prices without one.")
+def import_command(file, shop, delimiter, mappings, currency) -> None:
+    """Load listings from a CSV or JSONL file (a shop feed, a benchmark) into scraped_bikes.
+
+    The same upsert as scraped listings: rerunning changes nothing, a changed
+    price adds one price_history row. `url` may be any unique key of the shop.
+
+    \b
+    Example:
+        bikematch import feed.csv --shop abt.com --map url=id --map name=title
+    """
+    from pathlib import Path
+
+    from bikematch.importing import ImportError_, import_file, parse_mapping
+
+    url = _ready_database()
+    try:
+        with connect(url) as conn:
+            summary = import_file(
+                conn, Path(file), shop, parse_mapping(list(mappings)), delimiter, currency
+            )
+    except ImportError_ as exc:
+        raise click.ClickException(str(exc)) from exc
+    for line in summary.lines():
+        click.echo(line)
+
+
+@cli.command("eval")
+@click.option(
+    "--truth",
+    "truth_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="CSV with webshop_a, url_a, webshop_b, url_b: every listed pair matches.",
+)
+@click.option(
+    "--model",
+    "model_name",
+    default="pe-core-l14-336",
+    show_default=True,
+    help="The model whose similarities to show for false merges and misses.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object with the scores.")
+def eval_command(truth_file, model_name, as_json) -> None:
+    """Score master_bikes against labelled matches: pairwise and B-cubed precision/recall.
+
+    Every listed pair is a match; every other cross-shop pair of listed listings
+    is not. Also lists the worst false merges and misses with both titles.
+
+    \b
+    Example:
+        bikematch eval --truth labelled_pairs.csv --json
+    """
+    import json
+
+    from bikematch.evaluation import evaluate_truth, read_truth
+
+    try:
+        pairs = read_truth(truth_file)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    with connect(resolve_url(load_settings())) as conn:
+        result = evaluate_truth(conn, pairs, model_name)
+    if as_json:
+        click.echo(json.dumps(result.as_json()))
+    else:
+        for line in result.lines():
+            click.echo(line)
+
+
+def _sweep(text: str) -> list[float]:
+    start, stop, step = (float(part) for part in text.split(":"))
+    values, value = [], start
+    while value <= stop + 1e-9:
+        values.append(round(value, 4))
+        value += step
+    return values
+
+
+@cli.command()
+@click.option("--truth", "truth_file", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--model", "model_name", default="pe-core-l14-336", show_default=True)
+@click.option("--anchor", "anchor_shop", help="The shop whose listings seed clusters.")
+@click.option(
+    "--thresholds",
+    default="0.70:0.98:0.02",
+    show_default=True,
+    help="START:STOP:STEP of the similarity thresholds to try.",
+)
+@click.option(
+    "--weights",
+    default="0.3:0.7:0.2",
+    show_default=True,
+    help="START:STOP:STEP of image weights to try (when listings have images).",
+)
+def calibrate(truth_file, model_name, anchor_shop, thresholds, weights) -> None:
+    """Sweep the match threshold (and image/text weight) on labelled pairs; print the curve.
+
+    Clusters at each setting with dbt and scores it like `bikematch eval`; ends
+    with the database clustered at the best setting.
+
+    \b
+    Example:
+        bikematch calibrate --truth labelled_pairs.csv --model minilm-effnet-lite0
+    """
+    from bikematch.calibration import calibrate as sweep
+    from bikematch.calibration import has_images
+    from bikematch.dbt import run_dbt
+    from bikematch.evaluation import read_truth
+
+    url = resolve_url(load_settings())
+    pairs = read_truth(truth_file)
+    dbt_vars = {"anchor_shop": anchor_shop} if anchor_shop else {}
+    run_dbt(["run"], url, dbt_vars={**dbt_vars, "embedding_model": model_name}, capture=True)
+    weight_values = _sweep(weights) if has_images(url, model_name) else [None]
+    click.echo(f"{'threshold':>9} {'image w':>7} {'precision':>9} {'recall':>7} {'F1':>7}")
+
+    def show(result):
+        weight = "-" if result.image_weight is None else f"{result.image_weight:.2f}"
+        click.echo(
+            f"{result.threshold:>9.3f} {weight:>7} {result.precision:>9.4f} "
+            f"{result.recall:>7.4f} {result.f1:>7.4f}"
+        )
+
+    results = sweep(url, pairs, model_name, _sweep(thresholds), weight_values, dbt_vars, show)
+    best = results[0]
+    final = {**dbt_vars, "embedding_model": model_name, "match_threshold": best.threshold}
+    if best.image_weight is not None:
+        final["image_weight"] = best.image_weight
+    run_dbt(["build"], url, dbt_vars=final, capture=True)
+    click.echo(
+        f"best: threshold {best.threshold}"
+        + (f", image weight {best.image_weight}" if best.image_weight is not None else "")
+        + f" (F1 {best.f1:.4f}); clustered at it"
+    )
 
 
 def main() -> None:

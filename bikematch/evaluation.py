@@ -40,3 +40,136 @@ def score(predicted: Mapping[Hashable, Hashable], truth: Mapping[Hashable, Hasha
         bcubed_precision=bcubed_p / n,
         bcubed_recall=bcubed_r / n,
     )
+
+
+@dataclass
+class TruthReport:
+    scores: Scores
+    listed: int
+    missing: int
+    false_merges: list[tuple]
+    misses: list[tuple]
+
+    def as_json(self) -> dict:
+        return {
+            "precision": round(self.scores.precision, 6),
+            "recall": round(self.scores.recall, 6),
+            "f1": round(self.scores.f1, 6),
+            "bcubed_precision": round(self.scores.bcubed_precision, 6),
+            "bcubed_recall": round(self.scores.bcubed_recall, 6),
+        }
+
+    def lines(self) -> list[str]:
+        s = self.scores
+        out = [
+            f"{self.listed} labelled listings ({self.missing} not found in the database)",
+            f"pairwise precision {s.precision:.4f}, recall {s.recall:.4f}, F1 {s.f1:.4f}",
+            f"B-cubed precision {s.bcubed_precision:.4f}, recall {s.bcubed_recall:.4f}",
+        ]
+        for title, rows in (
+            ("worst false merges", self.false_merges),
+            ("worst misses", self.misses),
+        ):
+            if rows:
+                out.append(f"{title}:")
+                out.extend(
+                    f"  {similarity if similarity is None else f'{similarity:.3f}'}  "
+                    f"{a!r}  <->  {b!r}"
+                    for similarity, a, b in rows
+                )
+        return out
+
+
+def read_truth(path) -> list[tuple[tuple[str, str], tuple[str, str]]]:
+    """Pairs ((webshop_a, url_a), (webshop_b, url_b)) from a labelled CSV."""
+    import csv
+    from pathlib import Path
+
+    text = Path(path).read_text(encoding="utf-8")
+    dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t|#")
+    rows = csv.DictReader(text.splitlines(), dialect=dialect)
+    needed = {"webshop_a", "url_a", "webshop_b", "url_b"}
+    if not needed <= set(rows.fieldnames or []):
+        raise ValueError(f"{path}: needs columns {', '.join(sorted(needed))}")
+    return [((r["webshop_a"], r["url_a"]), (r["webshop_b"], r["url_b"])) for r in rows]
+
+
+def evaluate_truth(conn, pairs, model: str, worst: int = 10) -> TruthReport:
+    """Score master_bikes against labelled pairs; cross-shop pairs only, as labelled."""
+    listed = sorted({key for pair in pairs for key in pair})
+    rows = conn.execute(
+        """
+        select listing.webshop, listing.url, listing.id, listing.name, master.cluster_id
+        from unnest(%s::text[], %s::text[]) as wanted (webshop, url)
+        inner join scraped_bikes as listing using (webshop, url)
+        left join master_bikes as master on listing.id = master.bike_id
+        """,
+        ([k[0] for k in listed], [k[1] for k in listed]),
+    ).fetchall()
+    found = {(shop, url): (bike_id, name, cluster) for shop, url, bike_id, name, cluster in rows}
+    # Listings never clustered (no vector) stand alone.
+    cluster_of = {key: value[2] or ("alone", key) for key, value in found.items()}
+
+    def ordered(a, b):
+        return (a, b) if a <= b else (b, a)
+
+    truth_pairs = {ordered(a, b) for a, b in pairs if a in found and b in found and a[0] != b[0]}
+    members: dict = {}
+    for key, cluster in cluster_of.items():
+        members.setdefault(cluster, []).append(key)
+    predicted_pairs = {
+        ordered(a, b)
+        for group in members.values()
+        for i, a in enumerate(group)
+        for b in group[i + 1 :]
+        if a[0] != b[0]
+    }
+    common = len(truth_pairs & predicted_pairs)
+    precision = common / len(predicted_pairs) if predicted_pairs else 1.0
+    recall = common / len(truth_pairs) if truth_pairs else 1.0
+
+    # B-cubed over the listed listings: truth clusters are the labelled pairs' components.
+    parent = {key: key for key in found}
+
+    def root(key):
+        while parent[key] != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    for a, b in truth_pairs:
+        parent[root(a)] = root(b)
+    bcubed = score(cluster_of, {key: root(key) for key in found})
+
+    def with_similarity(keys_pairs):
+        if not keys_pairs:
+            return []
+        left = [found[a][0] for a, _ in keys_pairs]
+        right = [found[b][0] for _, b in keys_pairs]
+        result = conn.execute(
+            """
+            select pair.position, 1 - (a.embedding <=> b.embedding)
+            from unnest(%s::uuid[], %s::uuid[]) with ordinality as pair (a_id, b_id, position)
+            left join vector_storage as a on a.bike_id = pair.a_id and a.model = %s
+            left join vector_storage as b on b.bike_id = pair.b_id and b.model = %s
+            """,
+            (left, right, model, model),
+        ).fetchall()
+        similarity = {position: value for position, value in result}
+        return [
+            (similarity.get(i + 1), found[a][1], found[b][1]) for i, (a, b) in enumerate(keys_pairs)
+        ]
+
+    false_merges = sorted(
+        with_similarity(sorted(predicted_pairs - truth_pairs)), key=lambda row: -(row[0] or 0)
+    )[:worst]
+    misses = sorted(
+        with_similarity(sorted(truth_pairs - predicted_pairs)), key=lambda row: -(row[0] or 0)
+    )[:worst]
+    return TruthReport(
+        scores=Scores(precision, recall, bcubed.bcubed_precision, bcubed.bcubed_recall),
+        listed=len(listed),
+        missing=len(listed) - len(found),
+        false_merges=false_merges,
+        misses=misses,
+    )

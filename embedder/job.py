@@ -18,7 +18,6 @@ import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -246,7 +245,3 @@ class _Job:
                 )
             )
         return embedded
-
-
-def default_cache_dir() -> Path:
-    return Path(".bikematch") / "image-cache"

@@ -28,7 +28,6 @@ class CrawlSummary:
     price_unparsed: int = 0
     http_errors: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
-    finish_reason: str | None = None
 
     @classmethod
     def from_stats(cls, shop: str, stats: dict) -> CrawlSummary:
@@ -52,7 +51,6 @@ class CrawlSummary:
             price_unparsed=stats.get("bikematch/price_unparsed", 0),
             http_errors=http_errors,
             dropped=dropped,
-            finish_reason=stats.get("finish_reason"),
         )
 
 

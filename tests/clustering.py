@@ -31,8 +31,10 @@ def concatenate(vector: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return image, text, np.concatenate([image, text]) / np.sqrt(2)
 
 
-def add_listing(conn, shop, url, vector, *, gtin=None, price=None, name=None, model=MODEL):
-    """Insert a listing and its vectors; returns its id."""
+def add_listing(
+    conn, shop, url, vector, *, gtin=None, price=None, name=None, model=MODEL, text_only=False
+):
+    """Insert a listing and its vectors (text_only: no image half); returns its id."""
     conn.execute("select bikematch_register_model(%s, %s, %s)", (model, HALF_DIMS, HALF_DIMS))
     bike_id = conn.execute(
         """
@@ -43,26 +45,37 @@ def add_listing(conn, shop, url, vector, *, gtin=None, price=None, name=None, mo
         """,
         (shop, url, name or f"{shop} {url}", gtin, price),
     ).fetchone()[0]
-    set_vector(conn, bike_id, vector, model=model)
+    set_vector(conn, bike_id, vector, model=model, text_only=text_only)
     return bike_id
 
 
-def set_vector(conn, bike_id, vector, *, model=MODEL):
+def set_vector(conn, bike_id, vector, *, model=MODEL, text_only=False):
     image, text, joined = concatenate(np.asarray(vector, dtype=np.float64))
+    if text_only:  # as the embedder stores it: [zeros, text], the text half the whole vector
+        image, joined = None, np.concatenate([np.zeros(HALF_DIMS), text])
     input_hash = hashlib.sha256(joined.tobytes()).hexdigest()
     conn.execute(
         """
         insert into vector_storage
-            (bike_id, model, image_embedding, text_embedding, embedding, input_hash)
-        values (%s, %s, %s, %s, %s, %s)
+            (bike_id, model, image_embedding, text_embedding, embedding, text_only, input_hash)
+        values (%s, %s, %s, %s, %s, %s, %s)
         on conflict (bike_id, model) do update set
             image_embedding = excluded.image_embedding,
             text_embedding = excluded.text_embedding,
             embedding = excluded.embedding,
+            text_only = excluded.text_only,
             input_hash = excluded.input_hash,
             embedded_at = now()
         """,
-        (bike_id, model, Vector(image), Vector(text), HalfVector(joined), input_hash),
+        (
+            bike_id,
+            model,
+            None if image is None else Vector(image),
+            Vector(text),
+            HalfVector(joined),
+            text_only,
+            input_hash,
+        ),
     )
 
 

@@ -244,3 +244,22 @@ def test_marts_compare_prices_and_track_changes(db, database_url):
         "select url, previous_price, price, price_change, cluster_id is not null from price_changes"
     ).fetchall()
     assert changes == [("b1", 2399, 2299, -100, True)]
+
+
+def test_text_only_listings_match_on_their_text_cosine(db, database_url):
+    anchor = product_vector(500)
+    add_listing(db, "anchor.nl", "a", anchor)
+    # The same text, no image: its combined cosine with "a" is only about 0.7,
+    # but it is matched on the text cosine, undiluted by the empty image half.
+    text_twin = near(anchor, 0.02, 501)
+    add_listing(db, "shop-b.nl", "b", text_twin, text_only=True)
+    cluster(database_url)
+    assert frozenset({"a", "b"}) in cluster_sets(db)
+    similarity = db.execute(
+        "select similarity from master_bikes join scraped_bikes on id = bike_id where url = 'b'"
+    ).fetchone()[0]
+    from .clustering import HALF_DIMS, concatenate
+
+    expected = float(concatenate(anchor)[1] @ concatenate(text_twin)[1])
+    assert abs(similarity - expected) < 1e-4 and similarity > 0.95
+    assert HALF_DIMS == 16

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from bikematch import pipeline
@@ -16,20 +15,14 @@ DEMO_MODEL = "minilm-effnet-lite0"
 DEFAULT_PORT = 8377
 
 
-@dataclass
-class DemoResult:
-    lines: list[str]
-    scores: Scores
-    embedded: int
-
-
 def truth_key(url: str) -> str | None:
     """Every demo listing URL carries its product key (p000) in the handle."""
     match = re.search(r"/(p\d{3})-", url)
     return match.group(1) if match else None
 
 
-def run_demo(url: str, work_dir: Path, port: int = DEFAULT_PORT, echo=print) -> DemoResult:
+def run_demo(url: str, work_dir: Path, port: int = DEFAULT_PORT, echo=print) -> Scores:
+    """Serve, scrape, embed, cluster; echo a summary; return the scores against the truth."""
     from embedder.fetch import FetchSettings
     from embedder.job import EmbedSettings
     from perception_models import MODELS, load_model
@@ -88,7 +81,7 @@ def run_demo(url: str, work_dir: Path, port: int = DEFAULT_PORT, echo=print) -> 
     )
     for line in lines:
         echo(line)
-    return DemoResult(lines, scores, embedded.embedded)
+    return scores
 
 
 def demo_scores(url: str) -> Scores:

@@ -2,7 +2,12 @@
 -- nearest neighbours at or above var('match_threshold'), in both directions,
 -- and pairs with the same valid GTIN whatever their similarity. Pairs whose
 -- valid GTINs differ are never candidates.
-{% set dims = embedding_dims(var('embedding_model')) %}
+--
+-- A pair's similarity is the cosine of the combined [image, text] embeddings
+-- the search found, except: where either listing has no image it is the text
+-- cosine alone (not diluted by an empty image half), and with
+-- var('image_weight') set it is recomputed from the two halves with that
+-- weight (for calibration; the search itself used the stored combination).
 
 with
 
@@ -37,65 +42,91 @@ current_neighbours as (
             and neighbours.neighbour_input_hash = neighbour.input_hash
 ),
 
-embedding_pairs as (
+found_pairs as (
     -- Similarity is symmetric: a listing found as another's neighbour is a
     -- candidate for both, so a new listing can attract older ones.
     select
         bike_id,
         neighbour_id,
-        similarity,
+        similarity as search_similarity,
         'embedding' as evidence
     from current_neighbours
-    where similarity >= {{ var('match_threshold') }}
     union
     select
         neighbour_id as bike_id,
         bike_id as neighbour_id,
-        similarity,
+        similarity as search_similarity,
         'embedding' as evidence
     from current_neighbours
-    where similarity >= {{ var('match_threshold') }}
-),
-
-gtin_pairs as (
+    union
     select
         listing.bike_id,
         neighbour.bike_id as neighbour_id,
-        {% if dims is none -%}
-            null::float8 as similarity,
-        {%- else -%}
-            1 - (
-                listing_vector.embedding::halfvec({{ dims }})
-                <=> neighbour_vector.embedding::halfvec({{ dims }})
-            ) as similarity,
-        {%- endif %}
+        null::float8 as search_similarity,
         'gtin' as evidence
     from listings as listing
     inner join listings as neighbour
         on
             listing.valid_gtin = neighbour.valid_gtin
             and listing.webshop <> neighbour.webshop
-    inner join vectors as listing_vector on listing.bike_id = listing_vector.bike_id
-    inner join vectors as neighbour_vector on neighbour.bike_id = neighbour_vector.bike_id
 ),
 
 pairs as (
     -- One row per pair; GTIN evidence wins over similarity.
     select distinct on (bike_id, neighbour_id) *
-    from (
-        select * from gtin_pairs
-        union all
-        select * from embedding_pairs
-    ) as all_pairs
-    order by bike_id asc, neighbour_id asc, evidence = 'gtin' desc, similarity desc
+    from found_pairs
+    order by bike_id asc, neighbour_id asc, evidence = 'gtin' desc
+),
+
+to_score as (
+    select
+        pairs.bike_id,
+        pairs.neighbour_id,
+        pairs.evidence,
+        pairs.search_similarity,
+        listing.text_only or neighbour.text_only as text_only
+    from pairs
+    inner join listings as listing on pairs.bike_id = listing.bike_id
+    inner join listings as neighbour on pairs.neighbour_id = neighbour.bike_id
+    {% if var('image_weight', none) is none -%}
+        -- Only pairs that can still pass need their vectors.
+        where
+            pairs.evidence = 'gtin'
+            or pairs.search_similarity >= {{ var('match_threshold') }}
+            or listing.text_only
+            or neighbour.text_only
+    {%- endif %}
+),
+
+scored as (
+    select
+        to_score.bike_id,
+        to_score.neighbour_id,
+        to_score.evidence,
+        case
+            {% if var('image_weight', none) is none -%}
+                when not to_score.text_only and to_score.search_similarity is not null
+                    then to_score.search_similarity
+            {%- endif %}
+            when to_score.text_only
+                then 1 - (listing_vector.text_embedding <=> neighbour_vector.text_embedding)
+            else
+                {{ var('image_weight', 0.5) }}
+                * (1 - (listing_vector.image_embedding <=> neighbour_vector.image_embedding))
+                + (1 - {{ var('image_weight', 0.5) }})
+                * (1 - (listing_vector.text_embedding <=> neighbour_vector.text_embedding))
+        end as similarity
+    from to_score
+    inner join vectors as listing_vector on to_score.bike_id = listing_vector.bike_id
+    inner join vectors as neighbour_vector on to_score.neighbour_id = neighbour_vector.bike_id
 ),
 
 candidates as (
     select
-        pairs.bike_id,
-        pairs.neighbour_id,
-        pairs.similarity,
-        pairs.evidence,
+        scored.bike_id,
+        scored.neighbour_id,
+        scored.similarity,
+        scored.evidence,
         listing.webshop,
         listing.url,
         listing.shop_rank,
@@ -104,11 +135,12 @@ candidates as (
         neighbour.url as neighbour_url,
         neighbour.shop_rank as neighbour_shop_rank,
         neighbour.is_anchor as neighbour_is_anchor
-    from pairs
-    inner join listings as listing on pairs.bike_id = listing.bike_id
-    inner join listings as neighbour on pairs.neighbour_id = neighbour.bike_id
+    from scored
+    inner join listings as listing on scored.bike_id = listing.bike_id
+    inner join listings as neighbour on scored.neighbour_id = neighbour.bike_id
     where
         listing.webshop <> neighbour.webshop
+        and (scored.evidence = 'gtin' or scored.similarity >= {{ var('match_threshold') }})
         and (
             listing.valid_gtin is null
             or neighbour.valid_gtin is null

@@ -49,6 +49,10 @@ active_embedded as (
         vectors.model,
         vectors.input_hash,
         vectors.text_only,
+        -- The embedder's own definition (sql/0004): false while a changed
+        -- title or image waits to be embedded again.
+        vectors.source_hash is not distinct from
+        bikematch_embedding_source(listings.name, listings.image_url) as vector_is_current,
         listings.webshop = {{ sql_literal(var('anchor_shop')) }} as is_anchor
     from listings
     inner join vectors on listings.bike_id = vectors.bike_id

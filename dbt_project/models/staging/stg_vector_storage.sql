@@ -16,8 +16,10 @@ renamed as (
         text_embedding,
         text_only,
 
-        ---------- versions: a new input_hash means the listing must be matched again
+        ---------- versions: a new input_hash means the listing must be matched again;
+        ---------- source_hash says which title and image URL the vector was made from
         input_hash,
+        source_hash,
 
         ---------- timestamps
         embedded_at

@@ -1,0 +1,137 @@
+"""End-to-end matching quality on the labelled product benchmarks in ../shared/data/er-benchmarks.
+
+For each benchmark: import both shops with `bikematch import`'s code path,
+embed titles text-only with minilm-effnet-lite0, cluster with dbt (anchor =
+the first shop), and score with `bikematch eval`'s code. Prints F1 at each
+threshold of a sweep, so the best threshold is visible; a threshold picked on
+one benchmark is also applied to the other (no tuning on the test data).
+
+Usage: python bench/er_benchmarks.py [--data DIR] [--thresholds 0.6:0.95:0.025] [--var NAME=VALUE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bikematch.database import connect, start_embedded, stop_embedded  # noqa: E402
+from bikematch.dbt import run_dbt  # noqa: E402
+from bikematch.evaluation import evaluate_truth  # noqa: E402
+from bikematch.importing import import_file  # noqa: E402
+from bikematch.migrations import apply_migrations  # noqa: E402
+from embedder.fetch import FetchSettings  # noqa: E402
+from embedder.job import EmbedSettings, run_embedding  # noqa: E402
+from perception_models import load_model  # noqa: E402
+
+MODEL = "minilm-effnet-lite0"
+BENCHMARKS = {
+    "amazon-google": {
+        "separator": "#",
+        "shops": [("amazon.csv", "amazon"), ("google.csv", "google")],
+        "mapping": {"url": "id", "name": "title", "brand": "manufacturer", "price": "price"},
+    },
+    "walmart-amazon": {
+        "separator": "|",
+        "shops": [("walmart.csv", "walmart"), ("amazon.csv", "amazon")],
+        "mapping": {
+            "url": "id",
+            "name": "title",
+            "brand": "brand",
+            "sku": "modelno",
+            "price": "price",
+        },
+    },
+}
+
+
+def truth_pairs(folder: Path, spec: dict) -> list:
+    (first, shop_a), (second, shop_b) = spec["shops"]
+    with (folder / "truth.csv").open(encoding="utf-8") as handle:
+        rows = csv.reader(handle, delimiter=spec["separator"])
+        next(rows)
+        return [((shop_a, a), (shop_b, b)) for a, b in rows]
+
+
+def run(name: str, folder: Path, thresholds: list[float], extra_vars: dict) -> dict[float, dict]:
+    spec = BENCHMARKS[name]
+    root = Path(tempfile.mkdtemp(prefix=f"bikematch-er-{name}-"))
+    url = start_embedded(root / "pgdata")
+    try:
+        with connect(url) as conn:
+            apply_migrations(conn)
+        with connect(url) as conn:
+            for file, shop in spec["shops"]:
+                summary = import_file(
+                    conn, folder / file, shop, spec["mapping"], spec["separator"], "USD"
+                )
+                print(f"{name}: {shop}: {summary.lines()[0]}", flush=True)
+        model = load_model(MODEL, device="cpu")
+        embedded = run_embedding(
+            url, model, EmbedSettings(batch_size=64, fetch=FetchSettings(cache_dir=None))
+        )
+        print(f"{name}: {embedded.lines()[0]}; {embedded.lines()[1]}", flush=True)
+        pairs = truth_pairs(folder, spec)
+        base = {"embedding_model": MODEL, "anchor_shop": spec["shops"][0][1], **extra_vars}
+        run_dbt(
+            ["run"],
+            url,
+            dbt_vars={**base, "match_threshold": thresholds[0]},
+            capture=True,
+            work_dir=root,
+        )
+        results = {}
+        for threshold in thresholds:
+            run_dbt(
+                ["run", "--select", "+master_bikes"],
+                url,
+                dbt_vars={**base, "match_threshold": threshold},
+                capture=True,
+                work_dir=root,
+            )
+            with connect(url) as conn:
+                report = evaluate_truth(conn, pairs, MODEL, worst=3)
+            results[threshold] = report.as_json()
+            print(f"{name}: threshold {threshold:.3f}: {json.dumps(report.as_json())}", flush=True)
+        return results
+    finally:
+        stop_embedded(root / "pgdata")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "er-benchmarks"))
+    parser.add_argument("--thresholds", default="0.60:0.95:0.025")
+    parser.add_argument("--only", choices=list(BENCHMARKS))
+    parser.add_argument("--var", action="append", default=[], metavar="NAME=VALUE")
+    args = parser.parse_args()
+    start, stop, step = (float(x) for x in args.thresholds.split(":"))
+    thresholds = [round(start + i * step, 4) for i in range(int(round((stop - start) / step)) + 1)]
+    extra = {}
+    for pair in args.var:
+        key, _, value = pair.partition("=")
+        extra[key] = json.loads(value) if value[:1] in "[{0123456789.-tf" else value
+    scores = {}
+    for name in [args.only] if args.only else BENCHMARKS:
+        scores[name] = run(name, Path(args.data) / name, thresholds, extra)
+    for name, by_threshold in scores.items():
+        best = max(by_threshold, key=lambda t: by_threshold[t]["f1"])
+        print(f"{name}: best F1 {by_threshold[best]['f1']:.4f} at threshold {best}")
+        for other, other_scores in scores.items():
+            if other != name:
+                theirs = max(other_scores, key=lambda t: other_scores[t]["f1"])
+                print(
+                    f"  at {other}'s best threshold ({theirs}): F1 {by_threshold[theirs]['f1']:.4f}"
+                )
+
+
+if __name__ == "__main__":
+    main()

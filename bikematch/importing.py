@@ -1,0 +1,126 @@
+"""Loading listings from CSV or JSONL files: shop feeds and labelled benchmarks alike.
+
+Rows go through the scrapers' normalisation and the same upsert as scraped
+listings (bikematch.listings). A row without a url or name is rejected and
+counted by reason; an unreadable price is stored as NULL and counted.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bikematch.listings import Listing, StoreResult, store_in_batches
+from scrapers.normalise import PriceError, clean_text, currency_code, parse_price, valid_gtin
+
+FIELDS = ("url", "name", "price", "currency", "image_url", "brand", "gtin", "sku")
+
+
+class ImportError_(ValueError):
+    """A file that cannot be imported at all (the message says why)."""
+
+
+@dataclass
+class ImportSummary:
+    read: int = 0
+    stored: StoreResult = field(default_factory=StoreResult)
+    rejected: Counter = field(default_factory=Counter)
+    price_unreadable: int = 0
+
+    def lines(self) -> list[str]:
+        rejected = ", ".join(f"{why} {n}" for why, n in sorted(self.rejected.items())) or "none"
+        return [
+            f"read {self.read} rows: stored {self.stored.stored} ({self.stored.new} new, "
+            f"{self.stored.price_changes} price changes), rejected {sum(self.rejected.values())} "
+            f"({rejected}), price unreadable {self.price_unreadable}"
+        ]
+
+
+def parse_mapping(pairs: list[str]) -> dict[str, str]:
+    """`dest=src` pairs: which source column fills each listing field."""
+    mapping = {}
+    for pair in pairs:
+        destination, sep, source = pair.partition("=")
+        if not sep or destination not in FIELDS or not source:
+            raise ImportError_(
+                f"--map {pair!r}: expected FIELD=COLUMN with FIELD one of {', '.join(FIELDS)}"
+            )
+        mapping[destination] = source
+    return mapping
+
+
+def read_rows(path: Path, delimiter: str | None = None) -> Iterator[dict]:
+    if not path.exists():
+        raise ImportError_(f"{path}: no such file")
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        with path.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError as exc:
+                    raise ImportError_(f"{path}:{number}: not JSON ({exc})") from exc
+                yield row if isinstance(row, dict) else {}
+        return
+    with path.open(encoding="utf-8", newline="") as handle:
+        if delimiter is None:
+            sample = handle.read(8192)
+            handle.seek(0)
+            try:
+                delimiter = csv.Sniffer().sniff(sample, delimiters=",;\t|#").delimiter
+            except csv.Error:
+                delimiter = ","
+        yield from csv.DictReader(handle, delimiter=delimiter)
+
+
+def import_file(
+    conn,
+    path: Path,
+    shop: str,
+    mapping: dict[str, str] | None = None,
+    delimiter: str | None = None,
+    currency: str | None = None,
+) -> ImportSummary:
+    summary = ImportSummary()
+    mapping = {name: (mapping or {}).get(name, name) for name in FIELDS}
+
+    def listings() -> Iterator[Listing]:
+        for row in read_rows(path, delimiter):
+            summary.read += 1
+            value = {name: row.get(source) for name, source in mapping.items()}
+            url = str(value["url"]).strip() if value["url"] not in (None, "") else None
+            name = clean_text(value["name"])
+            if not url:
+                summary.rejected["missing_url"] += 1
+                continue
+            if not name:
+                summary.rejected["missing_name"] += 1
+                continue
+            try:
+                price, found_currency = parse_price(value["price"], value["currency"] or currency)
+            except PriceError:
+                price, found_currency = None, None
+                summary.price_unreadable += 1
+            if price is not None and price == 0:
+                price = None  # feeds write 0 for "unknown"; no bike costs nothing
+            yield Listing(
+                webshop=shop,
+                url=url,
+                name=name,
+                image_url=clean_text(value["image_url"]),
+                price=price,
+                currency=(currency_code(value["currency"]) or found_currency or currency)
+                if price is not None
+                else None,
+                brand=clean_text(value["brand"]),
+                gtin=valid_gtin(value["gtin"]),
+                sku=clean_text(value["sku"]),
+            )
+
+    summary.stored = store_in_batches(conn, listings())
+    return summary
