@@ -8,6 +8,14 @@
 -- cosine alone (not diluted by an empty image half), and with
 -- var('image_weight') set it is recomputed from the two halves with that
 -- weight (for calibration; the search itself used the stored combination).
+--
+-- Identifiers are evidence too (var('identifier_evidence')): a shared
+-- model-number token raises the pair's score, different model numbers of the
+-- same kind (C380 vs C7, 400WH vs 625WH), different brands or a price gap
+-- beyond var('price_ratio_limit') lower it. A pair is a candidate when its
+-- score reaches var('match_threshold'); `matched_via` spells out what counted.
+{% set evidence = var('identifier_evidence') %}
+{% set bonus = var('code_agree_bonus') if evidence else 0 %}
 
 with
 
@@ -92,7 +100,7 @@ to_score as (
         -- Only pairs that can still pass need their vectors.
         where
             pairs.evidence = 'gtin'
-            or pairs.search_similarity >= {{ var('match_threshold') }}
+            or pairs.search_similarity >= {{ var('match_threshold') }} - {{ bonus }}
             or listing.text_only
             or neighbour.text_only
     {%- endif %}
@@ -121,7 +129,7 @@ scored as (
     inner join vectors as neighbour_vector on to_score.neighbour_id = neighbour_vector.bike_id
 ),
 
-candidates as (
+judged as (
     select
         scored.bike_id,
         scored.neighbour_id,
@@ -134,18 +142,62 @@ candidates as (
         neighbour.webshop as neighbour_webshop,
         neighbour.url as neighbour_url,
         neighbour.shop_rank as neighbour_shop_rank,
-        neighbour.is_anchor as neighbour_is_anchor
+        neighbour.is_anchor as neighbour_is_anchor,
+        {% if evidence -%}
+            listing.model_codes && neighbour.model_codes as codes_agree,
+            exists(
+                select from unnest(listing.model_codes) as mine
+                inner join unnest(neighbour.model_codes) as theirs
+                    on {{ code_kind('mine') }} = {{ code_kind('theirs') }}
+                where not ({{ code_kind('mine') }} = any(
+                    select {{ code_kind('shared') }}
+                    from unnest(listing.model_codes) as shared
+                    where shared = any(neighbour.model_codes)
+                ))
+            ) as codes_conflict,
+            coalesce(listing.brand_key <> neighbour.brand_key, false) as brand_conflict,
+            coalesce(
+                greatest(listing.price, neighbour.price)
+                > {{ var('price_ratio_limit') }} * least(listing.price, neighbour.price),
+                false
+            ) as price_conflict
+        {%- else -%}
+            false as codes_agree,
+            false as codes_conflict,
+            false as brand_conflict,
+            false as price_conflict
+        {%- endif %}
     from scored
     inner join listings as listing on scored.bike_id = listing.bike_id
     inner join listings as neighbour on scored.neighbour_id = neighbour.bike_id
     where
         listing.webshop <> neighbour.webshop
-        and (scored.evidence = 'gtin' or scored.similarity >= {{ var('match_threshold') }})
         and (
             listing.valid_gtin is null
             or neighbour.valid_gtin is null
             or listing.valid_gtin = neighbour.valid_gtin
         )
+),
+
+candidates as (
+    select
+        judged.*,
+        judged.similarity
+        + case when judged.codes_agree then {{ bonus }} else 0 end
+        - case when judged.codes_conflict then {{ var('code_conflict_penalty') }} else 0 end
+        - case when judged.brand_conflict then {{ var('brand_conflict_penalty') }} else 0 end
+        - case when judged.price_conflict then {{ var('price_conflict_penalty') }} else 0 end
+            as score,
+        judged.evidence
+        || case when judged.codes_agree then '+codes' else '' end
+        || case when judged.codes_conflict then '-codes' else '' end
+        || case when judged.brand_conflict then '-brand' else '' end
+        || case when judged.price_conflict then '-price' else '' end
+            as matched_via
+    from judged
 )
 
 select * from candidates
+where
+    evidence = 'gtin'
+    or score >= {{ var('match_threshold') }}

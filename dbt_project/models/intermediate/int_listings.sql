@@ -45,14 +45,18 @@ active_embedded as (
         listings.currency,
         listings.image_url,
         listings.availability,
+        {{ model_codes('listings.name', 'listings.sku') }} as model_codes,
+        lower(regexp_replace(listings.brand, '[^[:alnum:]]', '', 'g')) as brand_key,
         shop_ranks.shop_rank,
         vectors.model,
         vectors.input_hash,
         vectors.text_only,
         -- The embedder's own definition (sql/0004): false while a changed
         -- title or image waits to be embedded again.
-        vectors.source_hash is not distinct from
-        bikematch_embedding_source(listings.name, listings.image_url) as vector_is_current,
+        (
+            vectors.source_hash
+            is not distinct from bikematch_embedding_source(listings.name, listings.image_url)
+        ) as vector_is_current,
         listings.webshop = {{ sql_literal(var('anchor_shop')) }} as is_anchor
     from listings
     inner join vectors on listings.bike_id = vectors.bike_id

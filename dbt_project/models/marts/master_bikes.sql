@@ -4,7 +4,8 @@
     Shops are processed one at a time in ordered_shops() order. The anchor
     shop's listings seed clusters. Each later shop's listings join the cluster
     of their preferred candidate among the listings already placed: equal
-    valid GTIN first, then an anchor listing, then the highest similarity,
+    valid GTIN first, then an anchor listing, then the highest score (the
+    similarity with the identifier evidence of int_candidate_matches),
     then the neighbour's (webshop, url) so that ties never depend on row
     order. A cluster takes at most var('max_listings_per_shop') listings of a
     shop (the best matches); a listing with no candidate, or that lost its
@@ -50,6 +51,7 @@ placed_0 as (
         'anchor' as matched_via,
         null::uuid as matched_bike_id,
         null::float8 as similarity,
+        null::float8 as score,
         valid_gtin
     from listings
     where shop_rank = 0
@@ -72,14 +74,16 @@ placed_0 as (
             placed.cluster_id,
             candidates.neighbour_id as matched_bike_id,
             candidates.similarity,
+            candidates.score,
             candidates.evidence,
+            candidates.matched_via,
             candidates.url,
             row_number() over (
                 partition by candidates.bike_id
                 order by
                     candidates.evidence = 'gtin' desc,
                     candidates.neighbour_is_anchor desc,
-                    candidates.similarity desc,
+                    candidates.score desc,
                     candidates.neighbour_webshop asc,
                     candidates.neighbour_url asc
             ) as preference
@@ -102,7 +106,7 @@ placed_0 as (
             *,
             row_number() over (
                 partition by cluster_id
-                order by evidence = 'gtin' desc, similarity desc, url asc
+                order by evidence = 'gtin' desc, score desc, url asc
             ) as place_in_cluster
         from options_{{ rank }}
         where preference = 1
@@ -120,7 +124,7 @@ placed_0 as (
             end as cluster_id,
             case
                 when choices.place_in_cluster <= {{ var('max_listings_per_shop') }}
-                    then choices.evidence
+                    then choices.matched_via
                 else 'seed'
             end as matched_via,
             case
@@ -131,6 +135,10 @@ placed_0 as (
                 when choices.place_in_cluster <= {{ var('max_listings_per_shop') }}
                     then choices.similarity
             end as similarity,
+            case
+                when choices.place_in_cluster <= {{ var('max_listings_per_shop') }}
+                    then choices.score
+            end as score,
             listings.valid_gtin
         from listings
         left join choices_{{ rank }} as choices on listings.bike_id = choices.bike_id
@@ -147,6 +155,7 @@ assignments as (
         placed.matched_via,
         placed.matched_bike_id,
         placed.similarity,
+        placed.score,
         listings.model,
         listings.input_hash
     from placed_{{ shops | length - 1 }} as placed
@@ -167,6 +176,7 @@ changed as (
                 and previous.matched_via = assignments.matched_via
                 and previous.matched_bike_id is not distinct from assignments.matched_bike_id
                 and previous.similarity is not distinct from assignments.similarity
+                and previous.score is not distinct from assignments.score
                 and previous.model = assignments.model
                 and previous.input_hash = assignments.input_hash
         )
