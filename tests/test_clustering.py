@@ -263,3 +263,28 @@ def test_text_only_listings_match_on_their_text_cosine(db, database_url):
     expected = float(concatenate(anchor)[1] @ concatenate(text_twin)[1])
     assert abs(similarity - expected) < 1e-4 and similarity > 0.95
     assert HALF_DIMS == 16
+
+
+def test_a_listing_that_loses_its_place_tries_its_next_choice(db, database_url):
+    import numpy as np
+
+    from .clustering import concatenate
+
+    def unit(v):
+        return v / np.linalg.norm(v)
+
+    p1, p2 = unit(product_vector(81)), unit(product_vector(82))
+    between = 0.75 * p1 + 0.66 * p2  # nearer P1, but also like P2
+    rows = [
+        ("anchor.nl", "a1", p1),
+        ("anchor.nl", "a2", p2),
+        ("shop-b.nl", "b1", near(p1, 0.02, 83)),  # the better P1 match: takes a1's place
+        ("shop-b.nl", "bx", between),
+    ]
+    load(db, rows)
+    joined = {url: concatenate(vector)[2] for _, url, vector in rows}
+    assert joined["bx"] @ joined["a1"] > joined["bx"] @ joined["a2"] > 0.5
+    cluster(database_url, match_threshold=0.5)
+    assert cluster_sets(db) == {frozenset({"a1", "b1"}), frozenset({"a2", "bx"})}
+    cluster(database_url, match_threshold=0.5, assignment_rounds=1)
+    assert frozenset({"bx"}) in cluster_sets(db)  # one round: it seeds a cluster instead

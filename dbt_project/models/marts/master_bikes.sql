@@ -8,10 +8,11 @@
     similarity with the identifier evidence of int_candidate_matches),
     then the neighbour's (webshop, url) so that ties never depend on row
     order. A cluster takes at most var('max_listings_per_shop') listings of a
-    shop (the best matches); a listing with no candidate, or that lost its
-    place, seeds a cluster of its own, so bikes the anchor shop doesn't sell
-    still merge across the other shops. A listing never joins a cluster
-    holding a different valid GTIN.
+    shop (the best matches); a listing that lost its place to a better match
+    of its own shop tries its next choice, for var('assignment_rounds')
+    rounds; a listing left without a cluster seeds one of its own, so bikes
+    the anchor shop doesn't sell still merge across the other shops. A
+    listing never joins a cluster holding a different valid GTIN.
 
     Incremental: the assignment is recomputed from the stored candidate pairs
     (cheap), and only rows that changed are written, so a rerun with no new
@@ -100,48 +101,81 @@ placed_0 as (
             )
     ),
 
-    choices_{{ rank }} as (
-    -- Each listing's first choice; the cluster keeps its best few from this shop.
+    won_{{ rank }}_0 as (
         select
-            *,
-            row_number() over (
-                partition by cluster_id
-                order by evidence = 'gtin' desc, score desc, url asc
-            ) as place_in_cluster
-        from options_{{ rank }}
-        where preference = 1
+            null::uuid as bike_id,
+            null::uuid as cluster_id,
+            null::uuid as matched_bike_id,
+            null::float8 as similarity,
+            null::float8 as score,
+            null::text as matched_via
+        where false
     ),
+
+    {% for round in range(1, var('assignment_rounds') + 1) %}
+
+        filled_{{ rank }}_{{ round }} as (
+            select
+                cluster_id,
+                count(*) as taken
+            from won_{{ rank }}_{{ round - 1 }}
+            group by cluster_id
+        ),
+
+        firsts_{{ rank }}_{{ round }} as (
+        -- Each listing not placed yet claims its best cluster that has room left.
+            select distinct on (options.bike_id)
+                options.*,
+                coalesce(filled.taken, 0) as taken
+            from options_{{ rank }} as options
+            left join filled_{{ rank }}_{{ round }} as filled
+                on options.cluster_id = filled.cluster_id
+            where
+                options.bike_id not in (select won.bike_id from won_{{ rank }}_{{ round - 1 }} as won)
+                and coalesce(filled.taken, 0) < {{ var('max_listings_per_shop') }}
+            order by options.bike_id asc, options.preference asc
+        ),
+
+        won_{{ rank }}_{{ round }} as (
+        -- A cluster keeps its best claims (GTIN first, then score) while it has room.
+            select * from won_{{ rank }}_{{ round - 1 }}
+            union all
+            select
+                ranked.bike_id,
+                ranked.cluster_id,
+                ranked.matched_bike_id,
+                ranked.similarity,
+                ranked.score,
+                ranked.matched_via
+            from (
+                select
+                    firsts.*,
+                    firsts.taken + row_number() over (
+                        partition by firsts.cluster_id
+                        order by firsts.evidence = 'gtin' desc, firsts.score desc, firsts.url asc
+                    ) as place
+                from firsts_{{ rank }}_{{ round }} as firsts
+            ) as ranked
+            where ranked.place <= {{ var('max_listings_per_shop') }}
+        ),
+
+    {% endfor %}
 
     placed_{{ rank }} as (
         select * from placed_{{ rank - 1 }}
         union all
         select
             listings.bike_id,
-            case
-                when choices.place_in_cluster <= {{ var('max_listings_per_shop') }}
-                    then choices.cluster_id
-                else {{ cluster_id('listings.webshop', 'listings.url') }}
-            end as cluster_id,
-            case
-                when choices.place_in_cluster <= {{ var('max_listings_per_shop') }}
-                    then choices.matched_via
-                else 'seed'
-            end as matched_via,
-            case
-                when choices.place_in_cluster <= {{ var('max_listings_per_shop') }}
-                    then choices.matched_bike_id
-            end as matched_bike_id,
-            case
-                when choices.place_in_cluster <= {{ var('max_listings_per_shop') }}
-                    then choices.similarity
-            end as similarity,
-            case
-                when choices.place_in_cluster <= {{ var('max_listings_per_shop') }}
-                    then choices.score
-            end as score,
+            coalesce(won.cluster_id, {{ cluster_id('listings.webshop', 'listings.url') }})
+                as cluster_id,
+            coalesce(won.matched_via, 'seed') as matched_via,
+            won.matched_bike_id,
+            won.similarity,
+            won.score,
             listings.valid_gtin
         from listings
-        left join choices_{{ rank }} as choices on listings.bike_id = choices.bike_id
+        left join won_{{ rank }}_{{ var('assignment_rounds') }} as won
+            on listings.bike_id = won.bike_id
         where listings.shop_rank = {{ rank }}
     ),
 
