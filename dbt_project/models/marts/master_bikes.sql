@@ -131,7 +131,9 @@ placed_0 as (
             left join filled_{{ rank }}_{{ round }} as filled
                 on options.cluster_id = filled.cluster_id
             where
-                options.bike_id not in (select won.bike_id from won_{{ rank }}_{{ round - 1 }} as won)
+                options.bike_id not in (
+                    select won.bike_id from won_{{ rank }}_{{ round - 1 }} as won
+                )
                 and coalesce(filled.taken, 0) < {{ var('max_listings_per_shop') }}
             order by options.bike_id asc, options.preference asc
         ),
