@@ -75,8 +75,8 @@ MODELS: dict[str, ModelSpec] = {
             "minilm-effnet-lite0",
             "offline: all-MiniLM-L6-v2 text (384-d) + EfficientNet-Lite0 image (1280-d)",
             _minilm,
-            0.80,
-            "best F1 on the demo catalogue (0.84; sweep in docs/benchmarks.md)",
+            0.70,
+            "best F1 on the demo catalogue (images and titles; docs/quality.md)",
         ),
         ModelSpec(
             "tiny-random",

@@ -1,8 +1,9 @@
 {#-
     The model-number-like tokens of a listing's title and SKU, normalised:
-    upper case, without - / . separators, mixing letters and digits, at least
-    three characters ("KDL-40V4100" -> KDL40V4100, "625Wh" -> 625WH, "C7+").
-    Pure numbers (years, sizes) are left out: they say too little alone.
+    upper case, without - / . separators, at least three characters, mixing
+    letters and digits ("KDL-40V4100" -> KDL40V4100, "625Wh" -> 625WH, "C7+")
+    or all digits from five up (article numbers such as 96438). Shorter
+    numbers (sizes, years) say too little alone.
 -#}
 {% macro model_codes(name, sku) -%}
     array(
@@ -13,9 +14,12 @@
             'g'
         ) as token
         where
-            token[1] ~ '[A-Z]'
-            and token[1] ~ '[0-9]'
-            and length(regexp_replace(token[1], '[-/.]', '', 'g')) >= 3
+            (
+                token[1] ~ '[A-Z]'
+                and token[1] ~ '[0-9]'
+                and length(regexp_replace(token[1], '[-/.]', '', 'g')) >= 3
+            )
+            or token[1] ~ '^[0-9]{5,}$'
     )
 {%- endmacro %}
 

@@ -14,6 +14,8 @@
 -- same kind (C380 vs C7, 400WH vs 625WH), different brands or a price gap
 -- beyond var('price_ratio_limit') lower it. A pair is a candidate when its
 -- score reaches var('match_threshold'); `matched_via` spells out what counted.
+-- Listings sharing a rare model number are candidates too, found or not by
+-- the similarity search.
 {% set evidence = var('identifier_evidence') %}
 {% set bonus = var('code_agree_bonus') if evidence else 0 %}
 
@@ -50,6 +52,45 @@ current_neighbours as (
             and neighbours.neighbour_input_hash = neighbour.input_hash
 ),
 
+{% if evidence -%}
+    listing_codes as (
+        select
+            bike_id,
+            webshop,
+            unnest(model_codes) as code
+        from listings
+    ),
+
+    rare_codes as (
+    -- A model number few listings carry identifies; a common one ("USB3") does not.
+        select code
+        from listing_codes
+        group by code
+        having count(*) <= {{ var('code_block_max_listings') }}
+    ),
+
+    listing_rare_codes as (
+        select
+            listing_codes.bike_id,
+            array_agg(listing_codes.code) as codes
+        from listing_codes
+        where listing_codes.code in (select rare_codes.code from rare_codes)
+        group by listing_codes.bike_id
+    ),
+
+    code_pairs as (
+    -- Listings of different shops sharing a rare model number are candidates
+    -- even when the similarity search did not bring them together.
+        select distinct
+            listing.bike_id,
+            neighbour.bike_id as neighbour_id
+        from listing_codes as listing
+        inner join listing_codes as neighbour
+            on listing.code = neighbour.code and listing.webshop <> neighbour.webshop
+        where listing.code in (select rare_codes.code from rare_codes)
+    ),
+{%- endif %}
+
 found_pairs as (
     -- Similarity is symmetric: a listing found as another's neighbour is a
     -- candidate for both, so a new listing can attract older ones.
@@ -66,6 +107,15 @@ found_pairs as (
         similarity as search_similarity,
         'embedding' as evidence
     from current_neighbours
+    {% if evidence -%}
+        union
+        select
+            bike_id,
+            neighbour_id,
+            null::float8 as search_similarity,
+            'embedding' as evidence
+        from code_pairs
+    {%- endif %}
     union
     select
         listing.bike_id,
@@ -83,7 +133,11 @@ pairs as (
     -- One row per pair; GTIN evidence wins over similarity.
     select distinct on (bike_id, neighbour_id) *
     from found_pairs
-    order by bike_id asc, neighbour_id asc, evidence = 'gtin' desc
+    order by
+        bike_id asc,
+        neighbour_id asc,
+        evidence = 'gtin' desc,
+        search_similarity is null asc
 ),
 
 to_score as (
@@ -100,6 +154,7 @@ to_score as (
         -- Only pairs that can still pass need their vectors.
         where
             pairs.evidence = 'gtin'
+            or pairs.search_similarity is null
             or pairs.search_similarity >= {{ var('match_threshold') }} - {{ bonus }}
             or listing.text_only
             or neighbour.text_only
@@ -144,11 +199,26 @@ judged as (
         neighbour.shop_rank as neighbour_shop_rank,
         neighbour.is_anchor as neighbour_is_anchor,
         {% if evidence -%}
-            listing.model_codes && neighbour.model_codes as codes_agree,
+            -- Only rare model numbers count ("1993UP" on forty listings says
+            -- nothing); one may extend the other (MC359LL vs MC359LLA).
+            coalesce(exists (
+                select from unnest(listing_codes.codes) as mine
+                inner join unnest(neighbour_codes.codes) as theirs
+                    on
+                        mine = theirs
+                        or (
+                            least(length(mine), length(theirs)) >= 5
+                            and (mine like theirs || '%' or theirs like mine || '%')
+                        )
+            ), false) as codes_agree,
+            -- Different model numbers of the same kind, and none of that kind
+            -- shared: C380 vs C7, 400WH vs 625WH (common or rare alike).
             exists(
                 select from unnest(listing.model_codes) as mine
                 inner join unnest(neighbour.model_codes) as theirs
-                    on {{ code_kind('mine') }} = {{ code_kind('theirs') }}
+                    on
+                        {{ code_kind('mine') }} = {{ code_kind('theirs') }}
+                        and mine <> theirs
                 where not ({{ code_kind('mine') }} = any(
                     select {{ code_kind('shared') }}
                     from unnest(listing.model_codes) as shared
@@ -170,6 +240,11 @@ judged as (
     from scored
     inner join listings as listing on scored.bike_id = listing.bike_id
     inner join listings as neighbour on scored.neighbour_id = neighbour.bike_id
+    {% if evidence -%}
+        left join listing_rare_codes as listing_codes on scored.bike_id = listing_codes.bike_id
+        left join listing_rare_codes as neighbour_codes
+            on scored.neighbour_id = neighbour_codes.bike_id
+    {%- endif %}
     where
         listing.webshop <> neighbour.webshop
         and (

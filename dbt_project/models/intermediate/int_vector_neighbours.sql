@@ -7,14 +7,19 @@
     The lookup is `order by embedding <=> x limit k` in a lateral join, which
     the model's HNSW index serves (a threshold join could not use it). The
     cast to halfvec(dims) and `model = ...` must match the partial expression
-    index that bikematch_register_model() created.
+    index that bikematch_register_model() created. Neighbours come from other
+    shops only; pgvector's iterative index scan (0.8+) keeps scanning past a
+    shop's own listings until k are found.
 -#}
 {{
     config(
         materialized='incremental',
         unique_key=['model', 'bike_id', 'neighbour_id'],
         incremental_strategy='delete+insert',
-        pre_hook="set hnsw.ef_search = " ~ var('hnsw_ef_search'),
+        pre_hook=[
+            "set hnsw.ef_search = " ~ var('hnsw_ef_search'),
+            "{{ iterative_scan_setting() }}",
+        ],
         post_hook="
             delete from {{ this }} as neighbours
             where not exists (
@@ -45,7 +50,8 @@ listings_to_match as (
         vectors.bike_id,
         vectors.model,
         vectors.input_hash,
-        vectors.embedding
+        vectors.embedding,
+        listings.webshop
     from vectors
     inner join listings on vectors.bike_id = listings.bike_id
     {% if is_incremental() %}
@@ -89,10 +95,14 @@ neighbours as (
             -- The source table itself: the HNSW index lives there, and the
             -- planner does not flatten the staging view inside a lateral join.
             from {{ source('bikematch', 'vector_storage') }} as candidate
+            inner join {{ source('bikematch', 'scraped_bikes') }} as candidate_listing
+                on candidate.bike_id = candidate_listing.id
             where
                 -- a literal, so the planner can use the model's partial index
                 candidate.model = {{ sql_literal(var('embedding_model')) }}
                 and candidate.bike_id <> listings_to_match.bike_id
+                -- Other shops only: a shop's own look-alikes would fill the k places.
+                and candidate_listing.webshop <> listings_to_match.webshop
             order by
                 candidate.embedding::halfvec({{ dims }})
                 <=> listings_to_match.embedding::halfvec({{ dims }})
