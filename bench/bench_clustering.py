@@ -200,7 +200,8 @@ def main() -> None:
             found = found_matches = exact_matches = 0
             for i in sample:
                 similarity = joined @ joined[i]
-                similarity[i] = -2
+                similarity[shop_of == shop_of[i]] = -2  # neighbours come from other shops
+
                 exact = np.argpartition(-similarity, args.k)[: args.k]
                 found += len(set(exact.tolist()) & stored.get(int(i), set()))
                 # The neighbours that matter: those at or above the threshold.
