@@ -34,11 +34,10 @@ class _Group(click.Group):
 
 def _ready_database() -> str:
     """The URL of a reachable database with bikematch's schema (pending migrations applied)."""
-    from bikematch.migrations import apply_migrations
+    from bikematch.pipeline import prepare_database
 
     url = resolve_url(load_settings())
-    with connect(url) as conn:
-        apply_migrations(conn)
+    prepare_database(url)
     return url
 
 

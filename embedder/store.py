@@ -109,8 +109,8 @@ def write(conn, model: str, embedded: list[Embedded], failures: list[Failure]) -
             "delete from embedding_failures where model = %s and bike_id = any(%s)",
             (model, [item.bike_id for item in embedded]),
         )
-    for failure in failures:
-        conn.execute(
+    if failures:
+        conn.cursor().executemany(
             """
             insert into embedding_failures (bike_id, model, stage, error, source_hash)
             values (%s, %s, %s, %s, %s)
@@ -125,5 +125,5 @@ def write(conn, model: str, embedded: list[Embedded], failures: list[Failure]) -
                 source_hash = excluded.source_hash,
                 last_attempt_at = now()
             """,
-            (failure.bike_id, model, failure.stage, failure.error[:500], failure.source_hash),
+            [(f.bike_id, model, f.stage, f.error[:500], f.source_hash) for f in failures],
         )
