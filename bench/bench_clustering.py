@@ -17,6 +17,7 @@ Usage: python bench/bench_clustering.py --listings 100000
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -33,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bikematch.database import connect, start_embedded, stop_embedded  # noqa: E402
 from bikematch.dbt import run_dbt  # noqa: E402
 from bikematch.migrations import apply_migrations  # noqa: E402
+from bikematch.settings import PROJECT_ROOT  # noqa: E402
 
 MODEL = "bench-model"
 
@@ -40,8 +42,9 @@ MODEL = "bench-model"
 def make_catalogue(listings: int, shops: int, dims: int, seed: int):
     """(shop index, product id, image vector, text vector) per listing, unit halves."""
     rng = np.random.default_rng(seed)
-    # Each product is sold by ~4 shops on average; families of 3 look-alike variants.
-    products = max(1, listings // 4)
+    # Each product is sold by 3-4 shops (3.5 on average, fewer after the cut
+    # to `listings` below); families of 3 look-alike variants.
+    products = max(1, int(listings / 3.5 * 1.1) + 1)
     families = rng.normal(size=(products // 3 + 1, 2, dims)).astype(np.float32)
     family_of = np.arange(products) // 3
     product_vectors = families[family_of] + 0.22 * rng.normal(size=(products, 2, dims))
@@ -54,6 +57,8 @@ def make_catalogue(listings: int, shops: int, dims: int, seed: int):
         for shop in sorted(sellers):
             shop_of.append(shop)
             product_of.append(product)
+    if len(shop_of) < listings:
+        raise ValueError(f"made {len(shop_of)} listings, fewer than the {listings} asked for")
     order = rng.permutation(len(shop_of))[:listings]
     shop_of = np.array(shop_of)[order]
     product_of = np.array(product_of)[order]
@@ -88,6 +93,16 @@ def load(conn, shop_of, product_of, vectors, start: int) -> list[uuid.UUID]:
                 )
     conn.commit()
     return ids
+
+
+def slowest_nodes(count: int = 6) -> str:
+    """The dbt nodes of the last run that took longest, from target/run_results.json."""
+    results = json.loads((PROJECT_ROOT / "target" / "run_results.json").read_text())["results"]
+    results.sort(key=lambda result: -result["execution_time"])
+    return ", ".join(
+        f"{result['unique_id'].split('.')[-1]} {result['execution_time']:.1f} s"
+        for result in results[:count]
+    )
 
 
 def pairwise(labels_true: np.ndarray, labels_pred: np.ndarray) -> tuple[float, float]:
@@ -177,7 +192,7 @@ def main() -> None:
         started = time.perf_counter()
         run_dbt(["build"], url, dbt_vars=dbt_vars, capture=True, work_dir=root)
         full_s = time.perf_counter() - started
-        print(f"dbt build, full: {full_s:.1f} s")
+        print(f"dbt build, full: {full_s:.1f} s ({slowest_nodes()})")
 
         with connect(url) as conn:
             ids += load(conn, shop_of[n:], product_of[n:], vectors[n:], n)
@@ -186,7 +201,7 @@ def main() -> None:
         started = time.perf_counter()
         run_dbt(["build"], url, dbt_vars=dbt_vars, capture=True, work_dir=root)
         incremental_s = time.perf_counter() - started
-        print(f"dbt build, incremental (+1%): {incremental_s:.1f} s")
+        print(f"dbt build, incremental (+1%): {incremental_s:.1f} s ({slowest_nodes()})")
 
         index_of = {bike_id: i for i, bike_id in enumerate(ids)}
         joined = vectors.reshape(len(vectors), -1) / np.sqrt(2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from psycopg import sql
 
 from bikematch.dbt import run_dbt
 
@@ -182,12 +183,34 @@ def test_candidate_search_uses_the_hnsw_index(db, database_url):
     rows = [(f"shop-{i % 5}.nl", f"u{i}", product_vector(1000 + i)) for i in range(1500)]
     load(db, rows)
     db.execute("analyze vector_storage")
+    db.commit()
+    index = db.execute("select bikematch_hnsw_index_name(%s)", (MODEL,)).fetchone()[0]
+    scans = "select idx_scan from pg_stat_user_indexes where indexrelname = %s"
+    before = db.execute(scans, (index,)).fetchone()[0]
     cluster(database_url)
-    from bikematch.settings import PROJECT_ROOT
+    db.execute("select pg_stat_clear_snapshot()")
+    # dbt's sessions have ended, so their statistics have reached the server.
+    after = db.execute(scans, (index,)).fetchone()[0]
+    assert after - before >= len(rows), (before, after)
 
-    compiled = next(PROJECT_ROOT.glob("target/compiled/**/int_vector_neighbours.sql"))
-    plan = "\n".join(row[0] for row in db.execute("explain " + compiled.read_text()).fetchall())
-    assert "Index Scan using vector_storage_hnsw_test_model_" in plan, plan
+    # The search itself: an index scan of the model's HNSW index, ordered by distance.
+    body = db.execute(
+        "select prosrc from pg_proc where proname = 'int_vector_neighbours__search'"
+    ).fetchone()[0]
+    query = body.split("return query", 1)[1].rsplit(";", 1)[0]
+    for number, name in enumerate(["query_embedding", "query_bike_id", "query_webshop"], 1):
+        query = query.replace(name, f"${number}")
+    db.execute(f"prepare search (halfvec, uuid, text) as {query}")
+    try:
+        bike_id, embedding = db.execute(
+            "select bike_id::text, embedding::text from vector_storage limit 1"
+        ).fetchone()
+        explain = sql.SQL("explain execute search ({}::halfvec, {}::uuid, 'shop-0.nl')")
+        plan = db.execute(explain.format(sql.Literal(embedding), sql.Literal(bike_id))).fetchall()
+    finally:
+        db.execute("deallocate search")
+    plan = "\n".join(row[0] for row in plan)
+    assert f"Index Scan using {index}" in plan, plan
 
 
 def test_cli_cluster_and_plain_dbt_build(db, database_url):

@@ -4,12 +4,10 @@
     current vector has not been looked up yet (new listings, changed titles or
     images) are searched, so a nightly run costs in proportion to what changed.
 
-    The lookup is `order by embedding <=> x limit k` in a lateral join, which
-    the model's HNSW index serves (a threshold join could not use it). The
-    cast to halfvec(dims) and `model = ...` must match the partial expression
-    index that bikematch_register_model() created. Neighbours come from other
-    shops only; pgvector's iterative index scan (0.8+) keeps scanning past a
-    shop's own listings until k are found.
+    The lookup is `order by embedding <=> x limit k` on the model's HNSW index
+    (a threshold join could not use it), in a function the pre-hook creates
+    (macros/neighbour_search.sql) so that Postgres runs the searches in
+    parallel workers. Neighbours come from other shops only.
 -#}
 {{
     config(
@@ -19,6 +17,7 @@
         pre_hook=[
             "set hnsw.ef_search = " ~ var('hnsw_ef_search'),
             "{{ iterative_scan_setting() }}",
+            "{{ create_neighbour_search() }}",
         ],
         post_hook="
             delete from {{ this }} as neighbours
@@ -65,13 +64,27 @@ listings_to_match as (
     {% endif %}
 ),
 
+{% if dims is not none -%}
+searched as (
+    -- (a set-returning function in the select list: the subquery is never
+    -- flattened, so each listing is searched once)
+    select
+        bike_id,
+        model,
+        input_hash,
+        {{ neighbour_search_function() }}(embedding, bike_id, webshop) as nearest
+    from listings_to_match
+),
+{%- endif %}
+
 neighbours as (
     {% if dims is none %}
-        -- No vectors for this model yet: an empty table of the right shape.
+        -- No vectors for this model yet (and no search function): an empty
+        -- table of the right shape.
         select
-            listings_to_match.bike_id,
-            listings_to_match.model,
-            listings_to_match.input_hash,
+            bike_id,
+            model,
+            input_hash,
             null::uuid as neighbour_id,
             null::text as neighbour_input_hash,
             null::float8 as similarity
@@ -79,35 +92,13 @@ neighbours as (
         where false
     {% else %}
         select
-            listings_to_match.bike_id,
-            listings_to_match.model,
-            listings_to_match.input_hash,
-            nearest.bike_id as neighbour_id,
-            nearest.input_hash as neighbour_input_hash,
-            1 - nearest.distance as similarity
-        from listings_to_match
-        cross join lateral (
-            select
-                candidate.bike_id,
-                candidate.input_hash,
-                candidate.embedding::halfvec({{ dims }})
-                <=> listings_to_match.embedding::halfvec({{ dims }}) as distance
-            -- The source table itself: the HNSW index lives there, and the
-            -- planner does not flatten the staging view inside a lateral join.
-            from {{ source('bikematch', 'vector_storage') }} as candidate
-            inner join {{ source('bikematch', 'scraped_bikes') }} as candidate_listing
-                on candidate.bike_id = candidate_listing.id
-            where
-                -- a literal, so the planner can use the model's partial index
-                candidate.model = {{ sql_literal(var('embedding_model')) }}
-                and candidate.bike_id <> listings_to_match.bike_id
-                -- Other shops only: a shop's own look-alikes would fill the k places.
-                and candidate_listing.webshop <> listings_to_match.webshop
-            order by
-                candidate.embedding::halfvec({{ dims }})
-                <=> listings_to_match.embedding::halfvec({{ dims }})
-            limit {{ var('candidate_k') }}
-        ) as nearest
+            bike_id,
+            model,
+            input_hash,
+            (nearest).neighbour_id,
+            (nearest).neighbour_input_hash,
+            1 - (nearest).distance as similarity
+        from searched
     {% endif %}
 )
 
