@@ -16,8 +16,13 @@
 -- score reaches var('match_threshold'); `matched_via` spells out what counted.
 -- Listings sharing a rare model number are candidates too, found or not by
 -- the similarity search.
+--
+-- Everything is symmetric, so each pair is judged once, as (first_id,
+-- second_id) with first_id < second_id, and written in both directions.
 {% set evidence = var('identifier_evidence') %}
 {% set bonus = var('code_agree_bonus') if evidence else 0 %}
+{% set image_weight = var('image_weight', none) %}
+{{ config(pre_hook="set work_mem = '256MB'") }}
 
 with
 
@@ -35,200 +40,209 @@ vectors as (
     where model = {{ sql_literal(var('embedding_model')) }}
 ),
 
-current_neighbours as (
-    -- Drop pairs looked up for an older vector of either listing.
-    select
-        neighbours.bike_id,
-        neighbours.neighbour_id,
-        neighbours.similarity
-    from neighbours
-    inner join listings as listing
-        on
-            neighbours.bike_id = listing.bike_id
-            and neighbours.input_hash = listing.input_hash
-    inner join listings as neighbour
-        on
-            neighbours.neighbour_id = neighbour.bike_id
-            and neighbours.neighbour_input_hash = neighbour.input_hash
-),
-
-{% if evidence -%}
-    listing_codes as (
-        select
-            bike_id,
-            webshop,
-            unnest(model_codes) as code
-        from listings
-    ),
-
-    rare_codes as (
-    -- A model number few listings carry identifies; a common one ("USB3") does not.
-        select code
-        from listing_codes
-        group by code
-        having count(*) <= {{ var('code_block_max_listings') }}
-    ),
-
-    listing_rare_codes as (
-        select
-            listing_codes.bike_id,
-            array_agg(listing_codes.code) as codes
-        from listing_codes
-        where listing_codes.code in (select rare_codes.code from rare_codes)
-        group by listing_codes.bike_id
-    ),
-
-    code_pairs as (
-    -- Listings of different shops sharing a rare model number are candidates
-    -- even when the similarity search did not bring them together.
-        select distinct
-            listing.bike_id,
-            neighbour.bike_id as neighbour_id
-        from listing_codes as listing
-        inner join listing_codes as neighbour
-            on listing.code = neighbour.code and listing.webshop <> neighbour.webshop
-        where listing.code in (select rare_codes.code from rare_codes)
-    ),
-{%- endif %}
-
-found_pairs as (
-    -- Similarity is symmetric: a listing found as another's neighbour is a
-    -- candidate for both, so a new listing can attract older ones.
+listing_codes as (
     select
         bike_id,
-        neighbour_id,
-        similarity as search_similarity,
-        'embedding' as evidence
-    from current_neighbours
-    union
+        webshop,
+        unnest(model_codes) as code
+    from listings
+),
+
+rare_codes as (
+    -- A model number few listings carry identifies; a common one ("USB3") does not.
+    select code
+    from listing_codes
+    group by code
+    having count(*) <= {{ var('code_block_max_listings') }}
+),
+
+listing_rare_codes as (
     select
-        neighbour_id as bike_id,
-        bike_id as neighbour_id,
+        listing_codes.bike_id,
+        array_agg(listing_codes.code) as codes
+    from listing_codes
+    where listing_codes.code in (select rare_codes.code from rare_codes)
+    group by listing_codes.bike_id
+),
+
+features as (
+    -- What judging a pair needs of each listing, worked out once per listing.
+    select
+        listings.bike_id,
+        listings.webshop,
+        listings.url,
+        listings.shop_rank,
+        listings.is_anchor,
+        listings.valid_gtin,
+        listings.brand_key,
+        listings.price,
+        listings.text_only,
+        listings.model_codes,
+        array(
+            select {{ code_kind('code') }}
+            from unnest(listings.model_codes) as code
+        ) as code_kinds,
+        listing_rare_codes.codes as rare_codes
+    from listings
+    left join listing_rare_codes on listings.bike_id = listing_rare_codes.bike_id
+),
+
+found_pairs as (
+    -- Each way a pair was found, with first_id < second_id: by the similarity
+    -- search from either listing (a listing found as another's neighbour is a
+    -- candidate for both, so a new listing can attract older ones), by a
+    -- shared rare model number, or by an equal valid GTIN.
+    select
+        least(bike_id, neighbour_id) as first_id,
+        greatest(bike_id, neighbour_id) as second_id,
+        case when bike_id < neighbour_id then input_hash else neighbour_input_hash end
+            as first_hash,
+        case when bike_id < neighbour_id then neighbour_input_hash else input_hash end
+            as second_hash,
         similarity as search_similarity,
-        'embedding' as evidence
-    from current_neighbours
+        false as same_gtin
+    from neighbours
     {% if evidence -%}
-        union
-        select
-            bike_id,
-            neighbour_id,
+        union all
+        select distinct
+            listing.bike_id as first_id,
+            neighbour.bike_id as second_id,
+            null::text as first_hash,
+            null::text as second_hash,
             null::float8 as search_similarity,
-            'embedding' as evidence
-        from code_pairs
+            false as same_gtin
+        from listing_codes as listing
+        inner join listing_codes as neighbour
+            on
+                listing.code = neighbour.code
+                and listing.webshop <> neighbour.webshop
+                and listing.bike_id < neighbour.bike_id
+        where listing.code in (select rare_codes.code from rare_codes)
     {%- endif %}
-    union
+    union all
     select
-        listing.bike_id,
-        neighbour.bike_id as neighbour_id,
+        listing.bike_id as first_id,
+        neighbour.bike_id as second_id,
+        null::text as first_hash,
+        null::text as second_hash,
         null::float8 as search_similarity,
-        'gtin' as evidence
+        true as same_gtin
     from listings as listing
     inner join listings as neighbour
         on
             listing.valid_gtin = neighbour.valid_gtin
             and listing.webshop <> neighbour.webshop
+            and listing.bike_id < neighbour.bike_id
 ),
 
 pairs as (
-    -- One row per pair; GTIN evidence wins over similarity.
-    select distinct on (bike_id, neighbour_id) *
+    -- One row per pair of active listings. A search result for an older
+    -- vector of either listing no longer counts.
+    select
+        found_pairs.first_id,
+        found_pairs.second_id,
+        bool_or(found_pairs.same_gtin) as same_gtin,
+        max(found_pairs.search_similarity) filter (
+            where
+            found_pairs.first_hash = first_listing.input_hash
+            and found_pairs.second_hash = second_listing.input_hash
+        ) as search_similarity
     from found_pairs
-    order by
-        bike_id asc,
-        neighbour_id asc,
-        evidence = 'gtin' desc,
-        search_similarity is null asc
-),
-
-to_score as (
-    select
-        pairs.bike_id,
-        pairs.neighbour_id,
-        pairs.evidence,
-        pairs.search_similarity,
-        listing.text_only or neighbour.text_only as text_only
-    from pairs
-    inner join listings as listing on pairs.bike_id = listing.bike_id
-    inner join listings as neighbour on pairs.neighbour_id = neighbour.bike_id
-    {% if var('image_weight', none) is none -%}
-        -- Only pairs that can still pass need their vectors.
-        where
-            pairs.evidence = 'gtin'
-            or pairs.search_similarity is null
-            or pairs.search_similarity >= {{ var('match_threshold') }} - {{ bonus }}
-            or listing.text_only
-            or neighbour.text_only
-    {%- endif %}
-),
-
-scored as (
-    select
-        to_score.bike_id,
-        to_score.neighbour_id,
-        to_score.evidence,
-        case
-            {% if var('image_weight', none) is none -%}
-                when not to_score.text_only and to_score.search_similarity is not null
-                    then to_score.search_similarity
-            {%- endif %}
-            when to_score.text_only
-                then 1 - (listing_vector.text_embedding <=> neighbour_vector.text_embedding)
-            else
-                {{ var('image_weight', 0.5) }}
-                * (1 - (listing_vector.image_embedding <=> neighbour_vector.image_embedding))
-                + (1 - {{ var('image_weight', 0.5) }})
-                * (1 - (listing_vector.text_embedding <=> neighbour_vector.text_embedding))
-        end as similarity
-    from to_score
-    inner join vectors as listing_vector on to_score.bike_id = listing_vector.bike_id
-    inner join vectors as neighbour_vector on to_score.neighbour_id = neighbour_vector.bike_id
+    inner join listings as first_listing on found_pairs.first_id = first_listing.bike_id
+    inner join listings as second_listing on found_pairs.second_id = second_listing.bike_id
+    group by found_pairs.first_id, found_pairs.second_id
+    having bool_or(
+        found_pairs.first_hash is null
+        or (
+            found_pairs.first_hash = first_listing.input_hash
+            and found_pairs.second_hash = second_listing.input_hash
+        )
+    )
 ),
 
 judged as (
     select
-        scored.bike_id,
-        scored.neighbour_id,
-        scored.similarity,
-        scored.evidence,
-        listing.webshop,
-        listing.url,
-        listing.shop_rank,
-        listing.valid_gtin,
-        neighbour.webshop as neighbour_webshop,
-        neighbour.url as neighbour_url,
-        neighbour.shop_rank as neighbour_shop_rank,
-        neighbour.is_anchor as neighbour_is_anchor,
+        pairs.first_id,
+        pairs.second_id,
+        case when pairs.same_gtin then 'gtin' else 'embedding' end as evidence,
+        case
+            {% if image_weight is none -%}
+                when
+                    not first_listing.text_only
+                    and not second_listing.text_only
+                    and pairs.search_similarity is not null
+                    then pairs.search_similarity
+            {%- endif %}
+            when first_listing.text_only or second_listing.text_only
+                then 1 - (first_vector.text_embedding <=> second_vector.text_embedding)
+            else
+                {{ image_weight if image_weight is not none else 0.5 }}
+                * (1 - (first_vector.image_embedding <=> second_vector.image_embedding))
+                + (1 - {{ image_weight if image_weight is not none else 0.5 }})
+                * (1 - (first_vector.text_embedding <=> second_vector.text_embedding))
+        end as similarity,
+        first_listing.webshop as first_webshop,
+        first_listing.url as first_url,
+        first_listing.shop_rank as first_shop_rank,
+        first_listing.valid_gtin as first_valid_gtin,
+        first_listing.is_anchor as first_is_anchor,
+        second_listing.webshop as second_webshop,
+        second_listing.url as second_url,
+        second_listing.shop_rank as second_shop_rank,
+        second_listing.valid_gtin as second_valid_gtin,
+        second_listing.is_anchor as second_is_anchor,
         {% if evidence -%}
             -- Only rare model numbers count ("1993UP" on forty listings says
             -- nothing); one may extend the other (MC359LL vs MC359LLA).
-            coalesce(exists (
-                select from unnest(listing_codes.codes) as mine
-                inner join unnest(neighbour_codes.codes) as theirs
-                    on
-                        mine = theirs
-                        or (
-                            least(length(mine), length(theirs)) >= 5
-                            and (mine like theirs || '%' or theirs like mine || '%')
-                        )
-            ), false) as codes_agree,
+            case
+                when first_listing.rare_codes is null or second_listing.rare_codes is null
+                    then false
+                when first_listing.rare_codes && second_listing.rare_codes then true
+                else exists (
+                    select from unnest(first_listing.rare_codes) as mine
+                    inner join unnest(second_listing.rare_codes) as theirs
+                        on
+                            mine = theirs
+                            or (
+                                least(length(mine), length(theirs)) >= 5
+                                and (mine like theirs || '%' or theirs like mine || '%')
+                            )
+                )
+            end as codes_agree,
             -- Different model numbers of the same kind, and none of that kind
             -- shared: C380 vs C7, 400WH vs 625WH (common or rare alike).
-            exists(
-                select from unnest(listing.model_codes) as mine
-                inner join unnest(neighbour.model_codes) as theirs
-                    on
-                        {{ code_kind('mine') }} = {{ code_kind('theirs') }}
-                        and mine <> theirs
-                where not ({{ code_kind('mine') }} = any(
-                    select {{ code_kind('shared') }}
-                    from unnest(listing.model_codes) as shared
-                    where shared = any(neighbour.model_codes)
-                ))
-            ) as codes_conflict,
-            coalesce(listing.brand_key <> neighbour.brand_key, false) as brand_conflict,
+            case
+                when not first_listing.code_kinds && second_listing.code_kinds then false
+                when
+                    first_listing.model_codes @> second_listing.model_codes
+                    and second_listing.model_codes @> first_listing.model_codes
+                    then false
+                else exists (
+                    select
+                    from
+                        unnest(first_listing.model_codes, first_listing.code_kinds)
+                            as mine (code, kind)
+                    inner join
+                        unnest(second_listing.model_codes, second_listing.code_kinds)
+                            as theirs (code, kind)
+                        on mine.kind = theirs.kind and mine.code <> theirs.code
+                    where mine.kind <> all(
+                        array(
+                            select shared.kind
+                            from
+                                unnest(first_listing.model_codes, first_listing.code_kinds)
+                                    as shared (code, kind)
+                            where shared.code = any(second_listing.model_codes)
+                        )
+                    )
+                )
+            end as codes_conflict,
+            coalesce(first_listing.brand_key <> second_listing.brand_key, false)
+                as brand_conflict,
             coalesce(
-                greatest(listing.price, neighbour.price)
-                > {{ var('price_ratio_limit') }} * least(listing.price, neighbour.price),
+                greatest(first_listing.price, second_listing.price)
+                > {{ var('price_ratio_limit') }}
+                * least(first_listing.price, second_listing.price),
                 false
             ) as price_conflict
         {%- else -%}
@@ -237,42 +251,97 @@ judged as (
             false as brand_conflict,
             false as price_conflict
         {%- endif %}
-    from scored
-    inner join listings as listing on scored.bike_id = listing.bike_id
-    inner join listings as neighbour on scored.neighbour_id = neighbour.bike_id
-    {% if evidence -%}
-        left join listing_rare_codes as listing_codes on scored.bike_id = listing_codes.bike_id
-        left join listing_rare_codes as neighbour_codes
-            on scored.neighbour_id = neighbour_codes.bike_id
-    {%- endif %}
+    from pairs
+    inner join features as first_listing on pairs.first_id = first_listing.bike_id
+    inner join features as second_listing on pairs.second_id = second_listing.bike_id
+    inner join vectors as first_vector on pairs.first_id = first_vector.bike_id
+    inner join vectors as second_vector on pairs.second_id = second_vector.bike_id
     where
-        listing.webshop <> neighbour.webshop
+        first_listing.webshop <> second_listing.webshop
         and (
-            listing.valid_gtin is null
-            or neighbour.valid_gtin is null
-            or listing.valid_gtin = neighbour.valid_gtin
+            first_listing.valid_gtin is null
+            or second_listing.valid_gtin is null
+            or first_listing.valid_gtin = second_listing.valid_gtin
         )
+        {% if image_weight is none -%}
+            -- Only pairs that can still pass need their similarity worked out.
+            and (
+                pairs.same_gtin
+                or pairs.search_similarity is null
+                or pairs.search_similarity >= {{ var('match_threshold') }} - {{ bonus }}
+                or first_listing.text_only
+                or second_listing.text_only
+            )
+        {%- endif %}
+),
+
+scored as (
+    select
+        *,
+        similarity
+        + case when codes_agree then {{ bonus }} else 0 end
+        - case when codes_conflict then {{ var('code_conflict_penalty') }} else 0 end
+        - case when brand_conflict then {{ var('brand_conflict_penalty') }} else 0 end
+        - case when price_conflict then {{ var('price_conflict_penalty') }} else 0 end
+            as score,
+        evidence
+        || case when codes_agree then '+codes' else '' end
+        || case when codes_conflict then '-codes' else '' end
+        || case when brand_conflict then '-brand' else '' end
+        || case when price_conflict then '-price' else '' end
+            as matched_via
+    from judged
+),
+
+passing as (
+    select * from scored
+    where
+        evidence = 'gtin'
+        or score >= {{ var('match_threshold') }}
 ),
 
 candidates as (
     select
-        judged.*,
-        judged.similarity
-        + case when judged.codes_agree then {{ bonus }} else 0 end
-        - case when judged.codes_conflict then {{ var('code_conflict_penalty') }} else 0 end
-        - case when judged.brand_conflict then {{ var('brand_conflict_penalty') }} else 0 end
-        - case when judged.price_conflict then {{ var('price_conflict_penalty') }} else 0 end
-            as score,
-        judged.evidence
-        || case when judged.codes_agree then '+codes' else '' end
-        || case when judged.codes_conflict then '-codes' else '' end
-        || case when judged.brand_conflict then '-brand' else '' end
-        || case when judged.price_conflict then '-price' else '' end
-            as matched_via
-    from judged
+        first_id as bike_id,
+        second_id as neighbour_id,
+        similarity,
+        evidence,
+        first_webshop as webshop,
+        first_url as url,
+        first_shop_rank as shop_rank,
+        first_valid_gtin as valid_gtin,
+        second_webshop as neighbour_webshop,
+        second_url as neighbour_url,
+        second_shop_rank as neighbour_shop_rank,
+        second_is_anchor as neighbour_is_anchor,
+        codes_agree,
+        codes_conflict,
+        brand_conflict,
+        price_conflict,
+        score,
+        matched_via
+    from passing
+    union all
+    select
+        second_id as bike_id,
+        first_id as neighbour_id,
+        similarity,
+        evidence,
+        second_webshop as webshop,
+        second_url as url,
+        second_shop_rank as shop_rank,
+        second_valid_gtin as valid_gtin,
+        first_webshop as neighbour_webshop,
+        first_url as neighbour_url,
+        first_shop_rank as neighbour_shop_rank,
+        first_is_anchor as neighbour_is_anchor,
+        codes_agree,
+        codes_conflict,
+        brand_conflict,
+        price_conflict,
+        score,
+        matched_via
+    from passing
 )
 
 select * from candidates
-where
-    evidence = 'gtin'
-    or score >= {{ var('match_threshold') }}

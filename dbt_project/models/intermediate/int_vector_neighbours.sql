@@ -8,6 +8,10 @@
     (a threshold join could not use it), in a function the pre-hook creates
     (macros/neighbour_search.sql) so that Postgres runs the searches in
     parallel workers. Neighbours come from other shops only.
+
+    The post-hook drops the rows of vectors that were replaced or deleted. It
+    reads the source table, not the staging view: inside a DELETE, Postgres
+    does not flatten the view (its CTEs) and would read every embedding.
 -#}
 {{
     config(
@@ -22,7 +26,7 @@
         post_hook="
             delete from {{ this }} as neighbours
             where not exists (
-                select from {{ ref('stg_vector_storage') }} as vectors
+                select from {{ source('bikematch', 'vector_storage') }} as vectors
                 where
                     vectors.bike_id = neighbours.bike_id
                     and vectors.model = neighbours.model
