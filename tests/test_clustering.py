@@ -212,6 +212,18 @@ def test_candidate_search_uses_the_hnsw_index(db, database_url):
     plan = "\n".join(row[0] for row in plan)
     assert f"Index Scan using {index}" in plan, plan
 
+    # The model calls it from parallel workers (with the settings of its pre-hook).
+    from bikematch.settings import PROJECT_ROOT
+
+    compiled = next(PROJECT_ROOT.glob("target/compiled/**/int_vector_neighbours.sql"))
+    db.execute("set min_parallel_table_scan_size = 0")
+    try:
+        plan = db.execute("explain (verbose) " + compiled.read_text()).fetchall()
+    finally:
+        db.execute("reset min_parallel_table_scan_size")
+    plan = "\n".join(row[0] for row in plan)
+    assert "Gather" in plan and "int_vector_neighbours__search" in plan, plan
+
 
 def test_cli_cluster_and_plain_dbt_build(db, database_url):
     load(db)

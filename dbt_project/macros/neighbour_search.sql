@@ -10,9 +10,9 @@
     subquery with LIMIT in parallel workers, so the searches would use one
     core. A PL/pgSQL function is opaque to the planner; marked parallel safe
     and costly, and called in the select list, it runs in a parallel plan
-    whose workers share the listings (one worker per 3x table size above
-    min_parallel_table_scan_size, up to max_parallel_workers_per_gather).
-    The session's hnsw.* settings reach the workers.
+    whose workers share the listings (up to max_parallel_workers_per_gather
+    workers beside the leader). The session's hnsw.* settings reach the
+    workers.
 -#}
 {% macro neighbour_search_function() -%}
     {{ adapter.quote(this.schema) }}.{{ adapter.quote(this.identifier ~ '__search') }}

@@ -7,7 +7,11 @@
     The lookup is `order by embedding <=> x limit k` on the model's HNSW index
     (a threshold join could not use it), in a function the pre-hook creates
     (macros/neighbour_search.sql) so that Postgres runs the searches in
-    parallel workers. Neighbours come from other shops only.
+    parallel workers. While the model builds, min_parallel_table_scan_size is
+    lifted (small tables get workers too) and the leader only collects and
+    writes: the searching processes are then exactly
+    max_parallel_workers_per_gather (2 by default; raise it on a server with
+    more cores). Neighbours come from other shops only.
 
     The post-hook drops the rows of vectors that were replaced or deleted. It
     reads the source table, not the staging view: inside a DELETE, Postgres
@@ -22,8 +26,13 @@
             "set hnsw.ef_search = " ~ var('hnsw_ef_search'),
             "{{ iterative_scan_setting() }}",
             "{{ create_neighbour_search() }}",
+            "set min_parallel_table_scan_size = 0",
+            "set parallel_leader_participation = off",
         ],
-        post_hook="
+        post_hook=[
+            "reset min_parallel_table_scan_size",
+            "reset parallel_leader_participation",
+            "
             delete from {{ this }} as neighbours
             where not exists (
                 select from {{ source('bikematch', 'vector_storage') }} as vectors
@@ -32,6 +41,7 @@
                     and vectors.model = neighbours.model
                     and vectors.input_hash = neighbours.input_hash
             )",
+        ],
     )
 }}
 {% set dims = embedding_dims(var('embedding_model')) %}
