@@ -2,10 +2,11 @@
 
 Batches are pipelined: while the model embeds batch N (in a worker thread,
 torch releases the GIL), the event loop claims batch N+1 and fetches and
-decodes its images. Each batch commits on its own connection, so a crash
-loses at most the batches in flight, and the next run resumes from what is
-still pending. Claims use `FOR NO KEY UPDATE SKIP LOCKED`, so embedders on
-several machines sharing one database never embed a listing twice.
+decodes its images, and batch N-1 is written to the database. Each batch
+commits on its own connection, so a crash loses at most the batches in
+flight, and the next run resumes from what is still pending. Claims use
+`FOR NO KEY UPDATE SKIP LOCKED`, so embedders on several machines sharing one
+database never embed a listing twice.
 """
 
 from __future__ import annotations
@@ -108,7 +109,8 @@ class _Job:
 
     async def run(self) -> EmbedSummary:
         started = time.perf_counter()
-        connections = [connect(self.url), connect(self.url)]
+        # One connection per batch in flight: being prepared, embedded, written.
+        connections = [connect(self.url) for _ in range(3)]
         try:
             register(connections[0], self.model)
             total = store.count_pending(connections[0], self.model.name, self.settings.max_attempts)
@@ -127,29 +129,55 @@ class _Job:
 
     async def _pipeline(self, connections, fetcher, total: int) -> None:
         after = uuid.UUID(int=0)
-        running = None
-        batch_number = 0
+        model_free = asyncio.Lock()
+        batches: list[asyncio.Task] = []
+        embedded: list[asyncio.Event] = []
         claimed = 0
-        while self.settings.limit is None or claimed < self.settings.limit:
-            conn = connections[batch_number % 2]
-            size = self.settings.batch_size
-            if self.settings.limit is not None:
-                size = min(size, self.settings.limit - claimed)
-            works = await asyncio.to_thread(self._claim, conn, after, size)
-            if works is None:
-                break
-            if works:
-                after = works[-1].bike_id
-            claimed += len(works)
-            prepared, failures = await self._prepare(works, fetcher)
-            if running is not None:
-                await running
-            running = asyncio.create_task(
-                asyncio.to_thread(self._embed_and_write, conn, prepared, failures, total)
-            )
-            batch_number += 1
-        if running is not None:
-            await running
+        try:
+            while self.settings.limit is None or claimed < self.settings.limit:
+                number = len(batches)
+                if number >= len(connections):
+                    # Its connection holds that batch's claim until it is written.
+                    await batches[number - len(connections)]
+                if number >= 2:
+                    # Prepare one batch ahead of the model, not more.
+                    await embedded[number - 2].wait()
+                conn = connections[number % len(connections)]
+                size = self.settings.batch_size
+                if self.settings.limit is not None:
+                    size = min(size, self.settings.limit - claimed)
+                works = await asyncio.to_thread(self._claim, conn, after, size)
+                if works is None:
+                    break
+                if works:
+                    after = works[-1].bike_id
+                claimed += len(works)
+                prepared, failures = await self._prepare(works, fetcher)
+                done = asyncio.Event()
+                embedded.append(done)
+                batches.append(
+                    asyncio.create_task(
+                        self._batch(conn, prepared, failures, total, model_free, done)
+                    )
+                )
+            await asyncio.gather(*batches)
+        finally:
+            for batch in batches:
+                batch.cancel()
+
+    async def _batch(self, conn, prepared, failures, total, model_free, done) -> None:
+        """Embed (one batch at a time), then write while the next batch embeds."""
+        try:
+            async with model_free:
+                embedded, failures = await asyncio.to_thread(self._embed_safely, prepared, failures)
+        finally:
+            done.set()
+        await asyncio.to_thread(self._write, conn, embedded, failures)
+        self.summary.embedded += len(embedded)
+        self.summary.text_only += sum(1 for item in embedded if item.image is None)
+        self.summary.failed.update(failure.stage for failure in failures)
+        if self.progress:
+            self.progress(self.summary.embedded, sum(self.summary.failed.values()), total)
 
     def _claim(self, conn, after: uuid.UUID, size: int) -> list[store.Work] | None:
         """The next page of pending work (possibly empty after re-checks), None at the end."""
@@ -196,26 +224,24 @@ class _Job:
         self.summary.skipped += sum(1 for r in results if r is None)
         return prepared, failures
 
-    def _embed_and_write(self, conn, prepared: list[_Prepared], failures, total: int) -> None:
-        embedded = []
-        if prepared:
-            try:
-                embedded = self._embed(prepared)
-            except Exception as exc:  # a model error must not stop the whole job
-                log.exception("embedding a batch failed")
-                failures = failures + [
-                    store.Failure(
-                        p.work.bike_id, "embed", f"{type(exc).__name__}: {exc}", p.work.source_hash
-                    )
-                    for p in prepared
-                ]
+    def _embed_safely(self, prepared: list[_Prepared], failures):
+        """The batch's vectors, and its failures (every listing of it, if the model fails)."""
+        if not prepared:
+            return [], failures
+        try:
+            return self._embed(prepared), failures
+        except Exception as exc:  # a model error must not stop the whole job
+            log.exception("embedding a batch failed")
+            return [], failures + [
+                store.Failure(
+                    p.work.bike_id, "embed", f"{type(exc).__name__}: {exc}", p.work.source_hash
+                )
+                for p in prepared
+            ]
+
+    def _write(self, conn, embedded: list[store.Embedded], failures) -> None:
         store.write(conn, self.model.name, embedded, failures)
         conn.commit()
-        self.summary.embedded += len(embedded)
-        self.summary.text_only += sum(1 for item in embedded if item.image is None)
-        self.summary.failed.update(failure.stage for failure in failures)
-        if self.progress:
-            self.progress(self.summary.embedded, sum(self.summary.failed.values()), total)
 
     def _embed(self, prepared: list[_Prepared]) -> list[store.Embedded]:
         model = self.model
