@@ -8,6 +8,7 @@ import pytest
 from psycopg import sql
 
 from bikematch.dbt import run_dbt
+from bikematch.settings import PROJECT_ROOT
 
 from .clustering import (
     MODEL,
@@ -213,8 +214,6 @@ def test_candidate_search_uses_the_hnsw_index(db, database_url):
     assert f"Index Scan using {index}" in plan, plan
 
     # The model calls it from parallel workers (with the settings of its pre-hook).
-    from bikematch.settings import PROJECT_ROOT
-
     compiled = next(PROJECT_ROOT.glob("target/compiled/**/int_vector_neighbours.sql"))
     db.execute("set min_parallel_table_scan_size = 0")
     try:

@@ -28,7 +28,7 @@
             "set enable_nestloop = off",
             "set work_mem = '256MB'",
         ],
-        post_hook="reset enable_nestloop",
+        post_hook=["reset enable_nestloop", "reset work_mem"],
     )
 }}
 {% set shops = ordered_shops() %}
