@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from perception_models.allocator import keep_freed_memory
+
 
 class EmbeddingModel(ABC):
     """An image tower and a text tower, each returning L2-normalised float32 vectors.
@@ -28,6 +30,8 @@ class EmbeddingModel(ABC):
     def __init__(self, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
         self.device = torch.device(device)
         self.dtype = dtype
+        if self.device.type == "cpu":
+            keep_freed_memory()  # batches reuse memory instead of page-faulting it in again
 
     @abstractmethod
     def preprocess(self, image: Image.Image) -> torch.Tensor: ...
