@@ -1,7 +1,7 @@
 """Embedding job benchmark: end-to-end listings/s next to model-only throughput.
 
-Serves `--listings` distinct 640x480 JPEG product photos from a local static
-file server (its own process, as a shop's server would be), runs the real job
+Serves `--listings` distinct 640x480 JPEG product photos from a local
+keep-alive HTTP server (bench/photo_server.py, its own process), runs the real job
 (claim, fetch, decode, embed, COPY) into a throwaway embedded Postgres, and
 compares with the model alone on the same batches already in memory. The
 ratio is what the pipeline loses to I/O and Python. Both figures are taken
@@ -49,26 +49,23 @@ def photo(seed: int) -> bytes:
     return buffer.getvalue()
 
 
-class StaticServer:
-    """`python -m http.server` over a directory, in its own process."""
+class PhotoServer:
+    """bench/photo_server.py over a directory, in its own process (as a shop's CDN would be)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
     def __enter__(self) -> str:
         self.process = subprocess.Popen(
-            [sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1"],
-            cwd=self.directory,
+            [sys.executable, str(Path(__file__).with_name("photo_server.py")), self.directory],
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
             text=True,
         )
-        # "Serving HTTP on 127.0.0.1 port 41234 (http://127.0.0.1:41234/) ..."
-        line = self.process.stdout.readline()
-        match = re.search(r"port (\d+)", line)
+        line = self.process.stdout.readline()  # "port 41234"
+        match = re.fullmatch(r"port (\d+)\n", line)
         if not match:
             self.process.kill()
-            raise RuntimeError(f"http.server did not start: {line!r}")
+            raise RuntimeError(f"the photo server did not start: {line!r}")
         return f"http://127.0.0.1:{match.group(1)}"
 
     def __exit__(self, *exc) -> None:
@@ -119,7 +116,7 @@ def main() -> None:
         (root / "photos").mkdir()
         for i, data in enumerate(photos):
             (root / "photos" / f"{i}.jpg").write_bytes(data)
-        with StaticServer(root / "photos") as server:
+        with PhotoServer(root / "photos") as server:
             listings = [
                 Listing(
                     webshop="bench.example",
