@@ -11,7 +11,11 @@ listings; the first batch's one-off set-up is not throughput).
 clip-vit-b-32 and pe-core-l14-336 use random weights of their real shapes
 (same cost as the real weights; no download).
 
-Usage: python bench/bench_embed.py [--models ...] [--listings 256] [--device cpu]
+With `--dtype auto` (the default, as `bikematch embed` on CPU) the job
+measures bf16 against float32 on its first batch, which therefore costs two
+batches; the model-only figure is taken in the precision the job kept.
+
+Usage: python bench/bench_embed.py [--models ...] [--listings 512] [--device cpu]
 """
 
 from __future__ import annotations
@@ -102,7 +106,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16"],
+        help="auto: as `bikematch embed` on CPU (float32 unless one batch shows bf16 agrees)",
+    )
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="bikematch-bench-embed-"))
@@ -133,27 +142,38 @@ def main() -> None:
                 f"decode workers {args.workers}, batch {args.batch_size}"
             )
             print(
-                f"{'model':22} {'listings':>8} {'model-only/s':>13} "
+                f"{'model':22} {'listings':>8} {'dtype':>9} {'model-only/s':>13} "
                 f"{'end-to-end/s':>13} {'ratio':>6}"
             )
+            auto = args.dtype == "auto"
             for name in args.models:
-                model = build(name, args.device, getattr(torch, args.dtype))
+                model = build(
+                    name, args.device, torch.float32 if auto else getattr(torch, args.dtype)
+                )
                 n = args.pe_core_listings if name == "pe-core-l14-336" else args.listings
-                alone = model_only(model, photos[:n], titles[:n], min(args.batch_size, n))
+                batch = min(args.batch_size, n)
+                for dtype in (torch.bfloat16, torch.float32) if auto else (model.dtype,):
+                    model.dtype = dtype  # one-off kernel set-up is not throughput
+                    warm_up(model, photos, titles, batch)
                 settings = EmbedSettings(
                     batch_size=args.batch_size,
                     limit=n,
                     workers=args.workers,
+                    choose_precision=auto,
                     fetch=FetchSettings(allow_private=True, cache_dir=None),
                 )
-                warm_up(model, photos, titles, min(args.batch_size, n))
                 summary = run_embedding(url, model, settings)
                 assert summary.embedded == n, summary.lines()
+                # The model alone, in the precision the job ended with.
+                alone = model_only(model, photos[:n], titles[:n], batch)
+                dtype = str(model.dtype).removeprefix("torch.")
                 print(
-                    f"{name:22} {n:>8} {alone:>13.1f} {summary.rate:>13.1f} "
+                    f"{name:22} {n:>8} {dtype:>9} {alone:>13.1f} {summary.rate:>13.1f} "
                     f"{summary.rate / alone:>6.0%}",
                     flush=True,
                 )
+                if summary.precision:
+                    print(f"  {summary.precision}")
                 with connect(url) as conn:
                     conn.execute("delete from vector_storage")
     finally:

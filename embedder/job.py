@@ -27,6 +27,7 @@ from embedder import store
 from embedder.decode import DecodeError, decode_image
 from embedder.fetch import FetchError, FetchSettings, ImageFetcher
 from perception_models import EmbeddingModel, combine
+from perception_models.precision import MIN_LISTINGS, choose_precision
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ class EmbedSettings:
     text_only: bool = True
     max_attempts: int = 5
     image_weight: float = 0.5
+    #: Start in float32 and switch to bf16 autocast if one batch shows it agrees and is faster.
+    choose_precision: bool = False
     fetch: FetchSettings = field(default_factory=FetchSettings)
 
 
@@ -51,6 +54,7 @@ class EmbedSummary:
     failed: Counter = field(default_factory=Counter)
     seconds: float = 0.0
     cache_hits: int = 0
+    precision: str | None = None
 
     @property
     def rate(self) -> float:
@@ -63,6 +67,7 @@ class EmbedSummary:
             f"skipped {self.skipped}, failed {sum(self.failed.values())} ({failed})",
             f"{self.rate:.1f} listings/s over {self.seconds:.1f} s; "
             f"{self.cache_hits} images from the local cache",
+            *([self.precision] if self.precision else []),
         ]
 
 
@@ -106,6 +111,9 @@ class _Job:
         self.progress = progress
         self.summary = EmbedSummary(model=model.name)
         self.decoders = ThreadPoolExecutor(settings.workers, thread_name_prefix="decode")
+        self.precision_pending = settings.choose_precision
+        if self.precision_pending:
+            model.dtype = torch.float32
 
     async def run(self) -> EmbedSummary:
         started = time.perf_counter()
@@ -125,6 +133,11 @@ class _Job:
                 conn.close()
             self.decoders.shutdown()
         self.summary.seconds = time.perf_counter() - started
+        if self.precision_pending and self.summary.embedded:
+            self.summary.precision = (
+                f"precision float32 (no batch had {MIN_LISTINGS} listings with images "
+                "to measure bfloat16 on)"
+            )
         return self.summary
 
     async def _pipeline(self, connections, fetcher, total: int) -> None:
@@ -245,12 +258,18 @@ class _Job:
 
     def _embed(self, prepared: list[_Prepared]) -> list[store.Embedded]:
         model = self.model
-        texts = model.embed_texts(model.tokenize([p.work.name for p in prepared]))
+        tokens = model.tokenize([p.work.name for p in prepared])
         with_image = [i for i, p in enumerate(prepared) if p.pixels is not None]
-        images = {}
-        if with_image:
-            vectors = model.embed_images(model.collate([prepared[i].pixels for i in with_image]))
-            images = dict(zip(with_image, vectors, strict=True))
+        pixels = model.collate([prepared[i].pixels for i in with_image]) if with_image else None
+        if self.precision_pending and len(with_image) >= MIN_LISTINGS:
+            choice, vectors, texts = choose_precision(model, pixels, tokens)
+            self.precision_pending = False
+            self.summary.precision = choice.describe()
+            log.info(self.summary.precision)
+        else:
+            texts = model.embed_texts(tokens)
+            vectors = model.embed_images(pixels) if with_image else []
+        images = dict(zip(with_image, vectors, strict=True))
         embedded = []
         for i, item in enumerate(prepared):
             image = images.get(i)

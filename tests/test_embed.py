@@ -161,6 +161,43 @@ def test_text_only_can_be_switched_off(conn, database_url, tmp_path, tiny):
     assert summary.skipped == 1 and vectors(conn) == {}
 
 
+def test_auto_precision_is_measured_on_the_first_batch_with_enough_images(
+    conn, database_url, images, tmp_path
+):
+    model = load_model("tiny-random", device="cpu")  # the job may switch its dtype
+    titles = [f"Bike {i} with a {40 + i} cm frame" for i in range(10)]
+    for i, title in enumerate(titles):
+        add(conn, "shop.nl", f"p{i}", title, images.add(f"{i}.jpg", jpeg((20 * i, 90, 200 - i))))
+    summary = run_embedding(
+        database_url, model, settings(tmp_path, batch_size=16, choose_precision=True)
+    )
+    assert summary.embedded == 10
+    line = summary.lines()[-1]
+    kept = "bfloat16 autocast" if model.dtype == torch.bfloat16 else "float32"
+    assert line.startswith(f"precision {kept} (bfloat16 agreed with float32 at cosine >= ")
+    assert "on 10 listings" in line
+    # The measured batch is stored from its float32 vectors.
+    model.dtype = torch.float32
+    stored = conn.execute(
+        "select name, text_embedding from vector_storage join scraped_bikes on id = bike_id"
+    ).fetchall()
+    expected = model.embed_texts(model.tokenize([name for name, _ in stored]))
+    assert torch.allclose(torch.tensor([v.to_list() for _, v in stored]), expected, atol=1e-6)
+
+
+def test_auto_precision_stays_float32_without_a_batch_to_measure_on(
+    conn, database_url, images, tmp_path
+):
+    model = load_model("tiny-random", device="cpu")
+    for i in range(3):
+        add(conn, "shop.nl", f"p{i}", f"Bike {i}", images.add(f"{i}.jpg", jpeg((i, 9, 9))))
+    summary = run_embedding(database_url, model, settings(tmp_path, choose_precision=True))
+    assert summary.embedded == 3 and model.dtype == torch.float32
+    assert summary.lines()[-1] == (
+        "precision float32 (no batch had 8 listings with images to measure bfloat16 on)"
+    )
+
+
 def test_private_addresses_are_refused_unless_allowed(conn, database_url, images, tmp_path, tiny):
     add(conn, "shop.nl", "loopback", "Bike", images.add("a.jpg", jpeg((1, 1, 1))))
     named = images.add("b.jpg", jpeg((2, 2, 2))).replace("127.0.0.1", "localhost")

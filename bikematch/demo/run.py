@@ -49,6 +49,7 @@ def run_demo(url: str, work_dir: Path, port: int = DEFAULT_PORT, echo=print) -> 
         model = load_model(DEMO_MODEL, device="cpu")
         settings = EmbedSettings(
             batch_size=32,
+            choose_precision=True,
             fetch=FetchSettings(allow_private=True, cache_dir=work_dir / "image-cache"),
         )
         embedded = pipeline.embed(url, model, settings)
