@@ -11,6 +11,10 @@ listings; the first batch's one-off set-up is not throughput).
 clip-vit-b-32 and pe-core-l14-336 use random weights of their real shapes
 (same cost as the real weights; no download).
 
+"model busy" is the share of the job's time spent in inference: near 100%,
+the model is the limit and what the ratio loses is CPU the model shares with
+decoding, Postgres and the photo server on the same cores.
+
 With `--dtype auto` (the default, as `bikematch embed` on CPU) the job
 measures bf16 against float32 on its first batch, which therefore costs two
 batches; the model-only figure is taken in the precision the job kept.
@@ -143,7 +147,7 @@ def main() -> None:
             )
             print(
                 f"{'model':22} {'listings':>8} {'dtype':>9} {'model-only/s':>13} "
-                f"{'end-to-end/s':>13} {'ratio':>6}"
+                f"{'end-to-end/s':>13} {'ratio':>6} {'model busy':>10}"
             )
             auto = args.dtype == "auto"
             for name in args.models:
@@ -169,7 +173,7 @@ def main() -> None:
                 dtype = str(model.dtype).removeprefix("torch.")
                 print(
                     f"{name:22} {n:>8} {dtype:>9} {alone:>13.1f} {summary.rate:>13.1f} "
-                    f"{summary.rate / alone:>6.0%}",
+                    f"{summary.rate / alone:>6.0%} {summary.model_busy:>10.0%}",
                     flush=True,
                 )
                 if summary.precision:

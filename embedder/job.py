@@ -53,6 +53,8 @@ class EmbedSummary:
     skipped: int = 0
     failed: Counter = field(default_factory=Counter)
     seconds: float = 0.0
+    #: Time spent in inference: near `seconds` when the model, not I/O, is the limit.
+    model_seconds: float = 0.0
     cache_hits: int = 0
     precision: str | None = None
 
@@ -60,12 +62,17 @@ class EmbedSummary:
     def rate(self) -> float:
         return (self.embedded + sum(self.failed.values())) / self.seconds if self.seconds else 0.0
 
+    @property
+    def model_busy(self) -> float:
+        return self.model_seconds / self.seconds if self.seconds else 0.0
+
     def lines(self) -> list[str]:
         failed = ", ".join(f"{stage} {n}" for stage, n in sorted(self.failed.items())) or "none"
         return [
             f"model {self.model}: embedded {self.embedded} ({self.text_only} text-only), "
             f"skipped {self.skipped}, failed {sum(self.failed.values())} ({failed})",
-            f"{self.rate:.1f} listings/s over {self.seconds:.1f} s; "
+            f"{self.rate:.1f} listings/s over {self.seconds:.1f} s "
+            f"(the model busy {self.model_busy:.0%} of it); "
             f"{self.cache_hits} images from the local cache",
             *([self.precision] if self.precision else []),
         ]
@@ -182,7 +189,9 @@ class _Job:
         """Embed (one batch at a time), then write while the next batch embeds."""
         try:
             async with model_free:
+                started = time.perf_counter()
                 embedded, failures = await asyncio.to_thread(self._embed_safely, prepared, failures)
+                self.summary.model_seconds += time.perf_counter() - started
         finally:
             done.set()
         await asyncio.to_thread(self._write, conn, embedded, failures)

@@ -108,6 +108,7 @@ def test_good_and_broken_images(conn, database_url, images, tmp_path, tiny):
         assert failed[name][0] == stage and error in failed[name][1], (name, failed[name])
         assert failed[name][2] == 1
     assert summary.embedded == 6 and summary.text_only == 1
+    assert 0 < summary.model_seconds < summary.seconds
     assert sum(summary.failed.values()) == 8
     assert images.requests["/img/boom.jpg"] == 2  # retried once
 
