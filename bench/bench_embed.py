@@ -28,6 +28,7 @@ import argparse
 import io
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -111,6 +112,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="runs of each measurement; medians are printed (a shared VM varies by +-10%%)",
+    )
+    parser.add_argument(
         "--dtype",
         default="auto",
         choices=["auto", "float32", "bfloat16"],
@@ -166,20 +173,35 @@ def main() -> None:
                     choose_precision=auto,
                     fetch=FetchSettings(allow_private=True, cache_dir=None),
                 )
-                summary = run_embedding(url, model, settings)
-                assert summary.embedded == n, summary.lines()
-                # The model alone, in the precision the job ended with.
-                alone = model_only(model, photos[:n], titles[:n], batch)
+                alone, summaries = [], []
+                for _ in range(args.repeats):
+                    if auto:
+                        model.dtype = torch.float32  # each run measures bf16 again
+                    summary = run_embedding(url, model, settings)
+                    assert summary.embedded == n, summary.lines()
+                    summaries.append(summary)
+                    # The model alone, in the precision the job ended with.
+                    alone.append(model_only(model, photos[:n], titles[:n], batch))
+                    with connect(url) as conn:
+                        conn.execute("delete from vector_storage")
+                rates = [summary.rate for summary in summaries]
+                busy = statistics.median(summary.model_busy for summary in summaries)
                 dtype = str(model.dtype).removeprefix("torch.")
                 print(
-                    f"{name:22} {n:>8} {dtype:>9} {alone:>13.1f} {summary.rate:>13.1f} "
-                    f"{summary.rate / alone:>6.0%} {summary.model_busy:>10.0%}",
+                    f"{name:22} {n:>8} {dtype:>9} {statistics.median(alone):>13.1f} "
+                    f"{statistics.median(rates):>13.1f} "
+                    f"{statistics.median(rates) / statistics.median(alone):>6.0%} {busy:>10.0%}",
                     flush=True,
                 )
-                if summary.precision:
-                    print(f"  {summary.precision}")
-                with connect(url) as conn:
-                    conn.execute("delete from vector_storage")
+                if args.repeats > 1:
+                    print(
+                        "  runs: model-only "
+                        + " ".join(f"{rate:.1f}" for rate in alone)
+                        + "; end-to-end "
+                        + " ".join(f"{rate:.1f}" for rate in rates)
+                    )
+                for precision in sorted({s.precision for s in summaries if s.precision}):
+                    print(f"  {precision}")
     finally:
         stop_embedded(root / "pgdata")
         shutil.rmtree(root, ignore_errors=True)
