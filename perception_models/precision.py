@@ -35,9 +35,13 @@ class PrecisionChoice:
     #: float32 seconds / candidate seconds for the same batch.
     speedup: float
     listings: int
+    #: Why the candidate could not run at all (this CPU or torch build), if it could not.
+    error: str | None = None
 
     def describe(self) -> str:
         name = str(self.candidate).removeprefix("torch.")
+        if self.error:
+            return f"precision float32 ({name} failed: {self.error})"
         measured = (
             f"{name} agreed with float32 at cosine >= {self.agreement:.5f} "
             f"on {self.listings} listings and ran {self.speedup:.1f}x as fast"
@@ -66,7 +70,16 @@ def choose_precision(
 
     model.dtype = candidate
     started = time.perf_counter()
-    low_images, low_texts = model.embed_images(pixels), model.embed_texts(tokens)
+    try:
+        low_images, low_texts = model.embed_images(pixels), model.embed_texts(tokens)
+    except RuntimeError as exc:  # an op without a kernel for the candidate here
+        model.dtype = torch.float32
+        error = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        return (
+            PrecisionChoice(torch.float32, candidate, 0.0, 0.0, len(pixels), error),
+            images,
+            texts,
+        )
     low = time.perf_counter() - started
 
     agreement = min(

@@ -283,3 +283,23 @@ def test_precision_trial_keeps_float32_results_and_applies_its_rule(monkeypatch)
     assert choice.describe().startswith("precision bfloat16 autocast (")
     low_images = model.embed_images(pixels)
     assert choice.agreement <= (low_images * full_images).sum(-1).min().item() + 1e-6
+
+
+def test_a_precision_that_cannot_run_leaves_the_model_in_float32():
+    from perception_models.precision import choose_precision
+
+    model = load_model("tiny-random", device="cpu")
+    features = model._image_features
+
+    def float32_only(pixels):
+        if model.dtype != torch.float32:
+            raise RuntimeError("\"conv2d\" not implemented for 'BFloat16'\nmore detail")
+        return features(pixels)
+
+    model._image_features = float32_only
+    pixels = torch.zeros(8, 3, model.image_size, model.image_size)
+    choice, images, _ = choose_precision(model, pixels, model.tokenize(["a bike"] * 8))
+    assert model.dtype == choice.dtype == torch.float32 and images.shape[0] == 8
+    assert choice.describe() == (
+        "precision float32 (bfloat16 failed: \"conv2d\" not implemented for 'BFloat16')"
+    )
