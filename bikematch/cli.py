@@ -667,12 +667,10 @@ def import_command(file, shop, delimiter, mappings, currency) -> None:
 
     from bikematch.importing import ImportError_, import_file, parse_mapping
 
-    url = _ready_database()
     try:
-        with connect(url) as conn:
-            summary = import_file(
-                conn, Path(file), shop, parse_mapping(list(mappings)), delimiter, currency
-            )
+        mapping = parse_mapping(list(mappings))  # before starting a database for nothing
+        with connect(_ready_database()) as conn:
+            summary = import_file(conn, Path(file), shop, mapping, delimiter, currency)
     except ImportError_ as exc:
         raise click.ClickException(str(exc)) from exc
     for line in summary.lines():

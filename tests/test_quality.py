@@ -77,8 +77,9 @@ def test_import_csv_and_jsonl_through_the_listing_upsert(conn, database_url, tmp
 def test_import_rejects_a_bad_mapping(tmp_path):
     feed = tmp_path / "feed.csv"
     feed.write_text("id,title\n1,x\n")
-    result = run_cli("import", str(feed), "--shop", "s", "--map", "colour=title")
+    result = run_cli("import", str(feed), "--shop", "s", "--map", "colour=title", cwd=tmp_path)
     assert result.returncode != 0 and "FIELD=COLUMN" in result.stderr
+    assert not (tmp_path / ".bikematch").exists()  # no database started for a bad argument
 
 
 def _labelled(db):
