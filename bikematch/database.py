@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import warnings
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -118,12 +119,19 @@ def stop_embedded(pgdata: Path) -> bool:
         return False
     pgserver = _pgserver()
     server = pgserver.PostgresServer(pgdata, cleanup_mode=None)
-    pgserver.pgexec.pgexec(
-        "pg_ctl",
-        ("-w", "-D", str(pgdata), "stop", "-m", "fast"),
-        bin_path=server.bin_path,
+    # pg_ctl directly, not pgserver's pgexec: that one logs pg_ctl's output and
+    # raises without it. A stopping pg_ctl leaves no process holding the pipes.
+    stopped = subprocess.run(
+        [str(server.bin_path / "pg_ctl"), "-w", "-D", str(pgdata), "stop", "-m", "fast"],
+        capture_output=True,
+        text=True,
         user=server.system_user,
+        timeout=300,
+        check=False,
     )
+    if stopped.returncode != 0:
+        said = (stopped.stderr or stopped.stdout).strip().splitlines() or ["no output"]
+        raise DatabaseError(f"could not stop the embedded Postgres in {pgdata}: {said[0]}")
     return True
 
 
