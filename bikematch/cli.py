@@ -402,8 +402,8 @@ def embed(
 
     from embedder.job import EmbedSettings, run_embedding
 
+    model = _load_embedding_model(model_name, device, remote, dtype)  # a bad name fails first
     url = _ready_database()
-    model = _load_embedding_model(model_name, device, remote, dtype)
     settings = EmbedSettings(
         batch_size=batch_size,
         limit=limit,

@@ -18,7 +18,7 @@ from embedder.job import EmbedSettings, run_embedding
 from embedder.remote import RemoteModel
 from perception_models import load_model
 
-from .conftest import BIKEMATCH
+from .conftest import BIKEMATCH, run_cli
 from .image_server import ImageServer, huge_png, jpeg, palette_with_alpha, png
 
 
@@ -331,3 +331,13 @@ def test_remote_backend_has_the_same_contract(conn, database_url, images, tmp_pa
     assert "100% above 0.95" in lines[2], lines
     with pytest.raises(Exception, match="HTTP 401"):
         RemoteModel(service.url, name="x", token="wrong", retries=0)
+
+
+def test_an_unknown_model_is_one_line_and_starts_no_database(tmp_path):
+    result = run_cli("embed", "--model", "no-such-model", cwd=tmp_path)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        "Error: unknown model 'no-such-model'; known: pe-core-l14-336, clip-vit-b-32, "
+        "minilm-effnet-lite0, tiny-random"
+    ]
+    assert not (tmp_path / ".bikematch").exists()
