@@ -171,7 +171,7 @@ def main() -> None:
                     batch_size=args.batch_size,
                     limit=n,
                     workers=args.workers,
-                    choose_precision=auto,
+                    choose_precision=args.dtype == "auto",
                     fetch=FetchSettings(allow_private=True, cache_dir=None),
                 )
                 alone, summaries = [], []

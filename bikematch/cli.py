@@ -410,7 +410,7 @@ def embed(
         workers=workers,
         text_only=text_only,
         image_weight=image_weight,
-        choose_precision=dtype == "auto" and not remote and model.device.type == "cpu",
+        choose_precision=dtype == "auto" and not remote,
         fetch=_fetch_settings(allow_private_hosts, cache_dir),
     )
     bar = tqdm(unit=" listings", desc=f"embedding ({model.name})", file=sys.stderr, leave=False)
@@ -513,7 +513,7 @@ def run(ctx, shops_file, model_name, anchor_shop, device, batch_size) -> None:
         model = _load_embedding_model(model_name, device, None)
         settings = EmbedSettings(
             batch_size=batch_size,
-            choose_precision=model.device.type == "cpu",
+            choose_precision=True,
             fetch=_fetch_settings(False, None),
         )
         for line in pipeline.embed(url, model, settings).lines():

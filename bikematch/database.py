@@ -64,7 +64,7 @@ def start_embedded(pgdata: Path) -> str:
         _init_once(pgserver, pgdata)
         server = pgserver.get_server(pgdata, cleanup_mode=None)
     except Exception as exc:  # pgserver raises plain exceptions with the log attached
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first_line = _first_line(str(exc)) if str(exc).strip() else type(exc).__name__
         raise DatabaseError(
             f"could not start the embedded Postgres in {pgdata}: {first_line} "
             f"(see {pgdata / 'log'})"
@@ -130,8 +130,8 @@ def stop_embedded(pgdata: Path) -> bool:
         check=False,
     )
     if stopped.returncode != 0:
-        said = (stopped.stderr or stopped.stdout).strip().splitlines() or ["no output"]
-        raise DatabaseError(f"could not stop the embedded Postgres in {pgdata}: {said[0]}")
+        reason = _first_line(stopped.stderr or stopped.stdout)
+        raise DatabaseError(f"could not stop the embedded Postgres in {pgdata}: {reason}")
     return True
 
 

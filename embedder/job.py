@@ -41,7 +41,7 @@ class EmbedSettings:
     max_attempts: int = 5
     image_weight: float = 0.5
     #: Local models on CPU: start in float32, switch to bf16 autocast if one batch shows it
-    #: agrees and is faster (perception_models/precision.py).
+    #: agrees and is faster (perception_models/precision.py). Ignored on CUDA.
     choose_precision: bool = False
     fetch: FetchSettings = field(default_factory=FetchSettings)
 
@@ -119,7 +119,8 @@ class _Job:
         self.progress = progress
         self.summary = EmbedSummary(model=model.name)
         self.decoders = ThreadPoolExecutor(settings.workers, thread_name_prefix="decode")
-        self.precision_pending = settings.choose_precision
+        # Timings on CPU need no device synchronisation; CUDA keeps its autocast dtype.
+        self.precision_pending = settings.choose_precision and model.device.type == "cpu"
         if self.precision_pending:
             model.dtype = torch.float32
 
