@@ -11,17 +11,22 @@ import torch.nn.functional as F
 from PIL import Image
 
 from perception_models.allocator import keep_freed_memory
+from perception_models.preprocess import normalise_batch
 
 
 class EmbeddingModel(ABC):
     """An image tower and a text tower, each returning L2-normalised float32 vectors.
 
-    `preprocess(image)` -> (3, H, W) tensor; `tokenize(titles)` -> a token batch;
-    `embed_images(pixels)` (B, 3, H, W) -> (B, image_dims);
-    `embed_texts(tokens)` -> (B, text_dims).
+    `preprocess(image)` -> (3, H, W) uint8 tensor; `tokenize(titles)` -> a token batch;
+    `embed_images(pixels)` (B, 3, H, W) -> (B, image_dims), from uint8 pixels
+    (normalised there, with `pixel_mean` and `pixel_std`) or from float pixels
+    already normalised; `embed_texts(tokens)` -> (B, text_dims).
     """
 
     name: str
+    #: Per-channel mean and std of the model's input normalisation, on the [0, 1] scale.
+    pixel_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    pixel_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     image_dims: int
     text_dims: int
     image_size: int
@@ -43,6 +48,12 @@ class EmbeddingModel(ABC):
         """A batch from preprocessed images (a tensor for local models)."""
         return torch.stack(images)
 
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The model's float input from a uint8 batch; float pixels are taken as normalised."""
+        if pixels.dtype != torch.uint8:
+            return pixels
+        return normalise_batch(pixels, self.pixel_mean, self.pixel_std)
+
     @abstractmethod
     def _image_features(self, pixels: torch.Tensor) -> torch.Tensor: ...
 
@@ -59,7 +70,7 @@ class EmbeddingModel(ABC):
         if not isinstance(pixels, torch.Tensor):  # a remote model's batch of encoded images
             return F.normalize(self._image_features(pixels).float(), dim=-1)
         with self._autocast():
-            features = self._image_features(pixels.to(self.device))
+            features = self._image_features(self.normalise(pixels.to(self.device)))
         return F.normalize(features.float(), dim=-1)
 
     @torch.inference_mode()

@@ -43,7 +43,7 @@ class PECore(EmbeddingModel):
         self.network.eval().to(self.device)
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        return preprocess.squash(image, self.image_size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+        return preprocess.squash(image, self.image_size)
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         return trim_padding(self.tokenizer(texts))
@@ -100,6 +100,7 @@ class ClipB32(EmbeddingModel):
     """CLIP ViT-B/32 through transformers' CLIPModel (seed 001's model), 512-d."""
 
     name = "clip-vit-b-32"
+    pixel_mean, pixel_std = CLIP_MEAN, CLIP_STD
     image_dims = text_dims = 512
     image_size = 224
     context_length = 77
@@ -122,9 +123,7 @@ class ClipB32(EmbeddingModel):
         self.network.eval().to(self.device)
 
     def preprocess(self, image):
-        return preprocess.resize_center_crop(
-            image, self.image_size, CLIP_MEAN, CLIP_STD, Image.Resampling.BICUBIC
-        )
+        return preprocess.resize_center_crop(image, self.image_size, Image.Resampling.BICUBIC)
 
     def tokenize(self, texts):
         tokens = trim_padding(self.tokenizer(texts))
@@ -172,9 +171,7 @@ class MiniLMEffNetLite0(EmbeddingModel):
         self.image_network.eval().to(self.device)
 
     def preprocess(self, image):
-        return preprocess.resize_center_crop(
-            image, self.image_size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), Image.Resampling.BILINEAR
-        )
+        return preprocess.resize_center_crop(image, self.image_size, Image.Resampling.BILINEAR)
 
     def tokenize(self, texts):
         return dict(

@@ -1,4 +1,12 @@
-"""Image preprocessing shared by the models: decode-safe RGB, resize, normalise."""
+"""Image preprocessing shared by the models: decode-safe RGB, resize, to uint8 pixels.
+
+Per image (in the embedder's decode threads) only what differs per image is
+done: RGB, resize, crop, and a (3, H, W) uint8 tensor. Normalisation to the
+model's mean and std happens once per batch (`normalise_batch`, called by
+`EmbeddingModel.embed_images`), in the model's own threads: per image, torch
+would start a thread team of its own in every decode thread, and spinning
+teams take CPU from the model.
+"""
 
 from __future__ import annotations
 
@@ -22,21 +30,24 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
-def normalise(image: Image.Image, mean, std) -> torch.Tensor:
-    """(3, H, W) float32 tensor from an RGB image: to [0, 1], minus mean, over std."""
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    tensor = torch.from_numpy(array).permute(2, 0, 1)
-    mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
-    std = torch.tensor(std, dtype=torch.float32)[:, None, None]
-    return (tensor - mean) / std
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """(3, H, W) uint8 tensor of an RGB image (numpy only: no torch threads)."""
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1)))
 
 
-def squash(image: Image.Image, size: int, mean, std, resample=Image.Resampling.BILINEAR):
+def normalise_batch(pixels: torch.Tensor, mean, std) -> torch.Tensor:
+    """(B, 3, H, W) float32 from uint8 pixels: to [0, 1], minus mean, over std."""
+    mean = torch.tensor(mean, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
+    std = torch.tensor(std, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
+    return pixels.float().sub_(mean * 255).div_(std * 255)
+
+
+def squash(image: Image.Image, size: int, resample=Image.Resampling.BILINEAR):
     """Resize to size x size ignoring the aspect ratio (PE-Core's preprocessing)."""
-    return normalise(to_rgb(image).resize((size, size), resample), mean, std)
+    return to_tensor(to_rgb(image).resize((size, size), resample))
 
 
-def resize_center_crop(image: Image.Image, size: int, mean, std, resample):
+def resize_center_crop(image: Image.Image, size: int, resample):
     """Shortest side to `size`, then the centre size x size crop (CLIP's preprocessing)."""
     image = to_rgb(image)
     width, height = image.size
@@ -46,4 +57,4 @@ def resize_center_crop(image: Image.Image, size: int, mean, std, resample):
     )
     left = (resized.width - size) // 2
     top = (resized.height - size) // 2
-    return normalise(resized.crop((left, top, left + size, top + size)), mean, std)
+    return to_tensor(resized.crop((left, top, left + size, top + size)))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -13,6 +15,7 @@ import torch
 from PIL import Image
 
 from bikematch.listings import Listing, store_listings
+from embedder.decode import decode_image
 from embedder.fetch import FetchSettings
 from embedder.job import EmbedSettings, run_embedding
 from embedder.remote import RemoteModel
@@ -67,6 +70,26 @@ def failures(conn):
             " join scraped_bikes on id = bike_id"
         )
     }
+
+
+def test_decode_threads_start_no_torch_thread_teams():
+    """Per image only numpy and PIL run: a torch op in each decode thread would start a
+    thread team of its own there, whose spinning takes CPU from the model."""
+    model = load_model("tiny-random", device="cpu")
+    model.image_size = 224  # big enough that torch would split an elementwise op
+    photo = jpeg((120, 30, 200), size=(640, 480))
+
+    def os_threads() -> int:
+        return len(os.listdir("/proc/self/task"))
+
+    with ThreadPoolExecutor(1) as decoder:
+        decoder.submit(int).result()  # the decode thread itself
+        before = os_threads()
+        pixels = decoder.submit(decode_image, photo, model.preprocess, 224).result()
+        assert os_threads() == before
+    assert pixels.shape == (3, 224, 224) and pixels.dtype == torch.uint8
+    vector = model.embed_images(pixels[None])  # normalised there, per batch
+    assert torch.allclose(vector.norm(dim=-1), torch.ones(1))
 
 
 def test_good_and_broken_images(conn, database_url, images, tmp_path, tiny):

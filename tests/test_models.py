@@ -114,8 +114,11 @@ def test_pe_core_preprocessing_is_a_squash_to_336_with_half_mean_and_std():
     wide = Image.new("RGB", (800, 200), (255, 255, 255))
     wide.paste((0, 0, 0), (0, 0, 400, 200))  # left half black
     pixels = model.preprocess(wide)
-    assert pixels.shape == (3, 336, 336)  # squashed, not cropped: both halves survive
-    assert pixels[:, :, :100].max() == -1.0 and pixels[:, :, -100:].min() == 1.0
+    assert pixels.shape == (3, 336, 336) and pixels.dtype == torch.uint8
+    # squashed, not cropped: both halves survive
+    assert pixels[:, :, :100].max() == 0 and pixels[:, :, -100:].min() == 255
+    normalised = model.normalise(pixels[None])  # per batch, in embed_images
+    assert normalised[..., :100].max() == -1.0 and normalised[..., -100:].min() == 1.0
     # palette, alpha and CMYK images come out as RGB
     for mode in ("P", "RGBA", "CMYK", "L"):
         assert model.preprocess(Image.new(mode, (50, 80))).shape == (3, 336, 336)
