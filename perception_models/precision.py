@@ -59,34 +59,62 @@ def choose_precision(
 ) -> tuple[PrecisionChoice, torch.Tensor, torch.Tensor]:
     """Embed one batch in float32 and in `candidate`; leave `model.dtype` at the winner.
 
-    Returns the choice and the batch's float32 image and text vectors, which
-    are its result either way (the trial costs one extra batch, no more).
-    Meant for CPU inference, where timings need no device synchronisation.
+    The batch goes in two halves, each in float32 and then in `candidate`, and
+    each precision is timed by its faster half: the first half pays each
+    precision's one-off set-up, and a stall that hits one half (a shared CPU)
+    does not decide. Returns the choice and the batch's float32 image and text
+    vectors, which are its result either way (the trial costs one extra
+    batch, no more). Meant for CPU inference, where timings need no device
+    synchronisation.
     """
-    model.dtype = torch.float32
-    started = time.perf_counter()
-    images, texts = model.embed_images(pixels), model.embed_texts(tokens)
-    full = time.perf_counter() - started
-
-    model.dtype = candidate
-    started = time.perf_counter()
-    try:
-        low_images, low_texts = model.embed_images(pixels), model.embed_texts(tokens)
-    except RuntimeError as exc:  # an op without a kernel for the candidate here
+    full_runs, low_runs, error = [], [], None
+    for image_rows, text_rows in zip(_halves(len(pixels)), _halves(_rows(tokens)), strict=True):
+        part = pixels[image_rows], _take(tokens, text_rows)
+        full_runs.append(_timed(model, torch.float32, *part))
+        if error is None:
+            try:
+                low_runs.append(_timed(model, candidate, *part))
+            except RuntimeError as exc:  # an op without a kernel for the candidate here
+                error = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+                error = error or type(exc).__name__
+    images = torch.cat([run[0] for run in full_runs])
+    texts = torch.cat([run[1] for run in full_runs])
+    if error is not None:
         model.dtype = torch.float32
-        error = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        return (
-            PrecisionChoice(torch.float32, candidate, 0.0, 0.0, len(pixels), error),
-            images,
-            texts,
-        )
-    low = time.perf_counter() - started
+        choice = PrecisionChoice(torch.float32, candidate, 0.0, 0.0, len(pixels), error)
+        return choice, images, texts
 
+    low_images = torch.cat([run[0] for run in low_runs])
+    low_texts = torch.cat([run[1] for run in low_runs])
     agreement = min(
         (images * low_images).sum(-1).min().item(), (texts * low_texts).sum(-1).min().item()
     )
+    full = min(run[2] for run in full_runs)
+    low = min(run[2] for run in low_runs)
     speedup = full / low if low > 0 else float("inf")
     keep = agreement >= MIN_AGREEMENT and speedup >= MIN_SPEEDUP
     model.dtype = candidate if keep else torch.float32
     choice = PrecisionChoice(model.dtype, candidate, agreement, speedup, len(pixels))
     return choice, images, texts
+
+
+def _timed(model: EmbeddingModel, dtype: torch.dtype, pixels, tokens):
+    model.dtype = dtype
+    started = time.perf_counter()
+    images, texts = model.embed_images(pixels), model.embed_texts(tokens)
+    return images, texts, time.perf_counter() - started
+
+
+def _halves(count: int) -> tuple[slice, slice]:
+    return slice(0, count // 2), slice(count // 2, count)
+
+
+def _rows(tokens) -> int:
+    """How many titles a token batch holds (a tensor, or a dict of tensors)."""
+    return len(next(iter(tokens.values())) if isinstance(tokens, dict) else tokens)
+
+
+def _take(tokens, rows: slice):
+    if isinstance(tokens, dict):
+        return {key: value[rows] for key, value in tokens.items()}
+    return tokens[rows]
