@@ -13,7 +13,11 @@ clip-vit-b-32 and pe-core-l14-336 use random weights of their real shapes
 
 "model busy" is the share of the job's time spent in inference: near 100%,
 the model is the limit and what the ratio loses is CPU the model shares with
-decoding, Postgres and the photo server on the same cores.
+decoding, Postgres and the photo server on the same cores. The CPU columns
+say who used the machine during the job (from /proc/stat and getrusage, per
+listing): this process (model, decoding, fetching, the event loop), every
+other process (Postgres, whose HNSW index maintenance is most of it, and the
+photo server), and what was left idle.
 
 With `--dtype auto` (the default, as `bikematch embed` on CPU) the job
 measures bf16 against float32 on its first batch, which therefore costs two
@@ -26,13 +30,16 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +87,37 @@ class PhotoServer:
     def __exit__(self, *exc) -> None:
         self.process.kill()
         self.process.wait()
+
+
+@dataclass
+class CpuUse:
+    """CPU-seconds during one job: this process, all other processes, idle (whole machine)."""
+
+    this: float
+    others: float
+    idle: float
+
+    @classmethod
+    def measure(cls, work, *args):
+        """Runs `work(*args)`; returns its result and the machine's CPU use meanwhile (Linux)."""
+        before_machine, before_this = _machine_cpu(), _this_cpu()
+        result = work(*args)
+        (busy, idle), this = _machine_cpu(), _this_cpu() - before_this
+        busy, idle = busy - before_machine[0], idle - before_machine[1]
+        return result, cls(this, max(busy - this, 0.0), idle)
+
+
+def _machine_cpu() -> tuple[float, float]:
+    """(busy, idle) CPU-seconds of the whole machine since boot; steal counts as neither."""
+    with open("/proc/stat") as stat:
+        user, nice, system, idle, iowait, irq, softirq = map(int, stat.readline().split()[1:8])
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / tick, (idle + iowait) / tick
+
+
+def _this_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def warm_up(model, photos: list[bytes], titles: list[str], batch: int) -> tuple:
@@ -155,7 +193,8 @@ def main() -> None:
             )
             print(
                 f"{'model':22} {'listings':>8} {'dtype':>9} {'model-only/s':>13} "
-                f"{'end-to-end/s':>13} {'ratio':>6} {'model busy':>10}"
+                f"{'end-to-end/s':>13} {'ratio':>6} {'model busy':>10} "
+                f"{'CPU ms/listing: this':>21} {'others':>6} {'idle':>5}"
             )
             # As `bikematch embed --dtype auto`: measured on CPU, bf16 autocast on CUDA.
             auto = args.dtype == "auto" and args.device == "cpu"
@@ -174,22 +213,29 @@ def main() -> None:
                     choose_precision=args.dtype == "auto",
                     fetch=FetchSettings(allow_private=True, cache_dir=None),
                 )
-                alone, summaries = [], []
+                alone, summaries, uses = [], [], []
                 for _ in range(args.repeats):  # with auto, each run measures bf16 again
-                    summary = run_embedding(url, model, settings)
+                    summary, use = CpuUse.measure(run_embedding, url, model, settings)
                     assert summary.embedded == n, summary.lines()
                     summaries.append(summary)
+                    uses.append(use)
                     # The model alone, in the precision the job ended with.
                     alone.append(model_only(model, photos[:n], titles[:n], batch))
-                    with connect(url) as conn:
+                    with connect(url, autocommit=True) as conn:
                         conn.execute("delete from vector_storage")
+                        conn.execute("vacuum vector_storage")  # the next run's index as fresh
                 rates = [summary.rate for summary in summaries]
                 busy = statistics.median(summary.model_busy for summary in summaries)
+                per_listing = [
+                    statistics.median(getattr(use, part) for use in uses) * 1000 / n
+                    for part in ("this", "others", "idle")
+                ]
                 dtype = str(model.dtype).removeprefix("torch.")
                 print(
                     f"{name:22} {n:>8} {dtype:>9} {statistics.median(alone):>13.1f} "
                     f"{statistics.median(rates):>13.1f} "
-                    f"{statistics.median(rates) / statistics.median(alone):>6.0%} {busy:>10.0%}",
+                    f"{statistics.median(rates) / statistics.median(alone):>6.0%} {busy:>10.0%} "
+                    f"{per_listing[0]:>21.1f} {per_listing[1]:>6.1f} {per_listing[2]:>5.1f}",
                     flush=True,
                 )
                 if args.repeats > 1:
