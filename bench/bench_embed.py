@@ -223,7 +223,7 @@ def main() -> None:
                     alone.append(model_only(model, photos[:n], titles[:n], batch))
                     with connect(url, autocommit=True) as conn:
                         conn.execute("delete from vector_storage")
-                        conn.execute("vacuum vector_storage")  # the next run's index as fresh
+                        conn.execute("vacuum vector_storage")  # and out of the HNSW graph
                 rates = [summary.rate for summary in summaries]
                 busy = statistics.median(summary.model_busy for summary in summaries)
                 per_listing = [
