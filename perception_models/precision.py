@@ -67,6 +67,8 @@ def choose_precision(
     batch, no more). Meant for CPU inference, where timings need no device
     synchronisation.
     """
+    if len(pixels) < 2:
+        raise ValueError(f"the precision trial needs at least 2 images, not {len(pixels)}")
     full_runs, low_runs, error = [], [], None
     for image_rows, text_rows in zip(_halves(len(pixels)), _halves(_rows(tokens)), strict=True):
         part = pixels[image_rows], _take(tokens, text_rows)

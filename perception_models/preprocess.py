@@ -3,9 +3,9 @@
 Per image (in the embedder's decode threads) only what differs per image is
 done: RGB, resize, crop, and a (3, H, W) uint8 tensor. Normalisation to the
 model's mean and std happens once per batch (`normalise_batch`, called by
-`EmbeddingModel.embed_images`), in the model's own threads: per image, torch
-would start a thread team of its own in every decode thread, and spinning
-teams take CPU from the model.
+`EmbeddingModel.embed_images`), in the model's own threads: a torch op per
+image would start an OpenMP thread team in every decode thread, threads that
+compete with the model's for the cores.
 """
 
 from __future__ import annotations

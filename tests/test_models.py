@@ -309,6 +309,8 @@ def test_precision_speed_is_each_precisions_faster_half():
     pixels = torch.zeros(8, 3, model.image_size, model.image_size, dtype=torch.uint8)
     choice, _, _ = choose_precision(model, pixels, model.tokenize(["a bike"] * 8))
     assert 1.4 < choice.speedup < 2.2, choice.describe()  # 40 / 20 ms, not 340 / 320
+    with pytest.raises(ValueError, match="needs at least 2 images, not 1"):
+        choose_precision(model, pixels[:1], model.tokenize(["a bike"]))
 
 
 def test_a_precision_that_cannot_run_leaves_the_model_in_float32():
