@@ -53,7 +53,7 @@ from bikematch.database import connect, start_embedded, stop_embedded  # noqa: E
 from bikematch.listings import Listing, store_listings  # noqa: E402
 from bikematch.migrations import apply_migrations  # noqa: E402
 from embedder.fetch import FetchSettings  # noqa: E402
-from embedder.job import EmbedSettings, run_embedding  # noqa: E402
+from embedder.job import EmbedSettings, decode_workers, run_embedding  # noqa: E402
 
 
 def photo(seed: int) -> bytes:
@@ -148,7 +148,7 @@ def main() -> None:
     parser.add_argument("--pe-core-listings", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, help="decode threads (default: as the job)")
     parser.add_argument(
         "--repeats",
         type=int,
@@ -189,7 +189,8 @@ def main() -> None:
                 store_listings(conn, listings)
             print(
                 f"device {args.device}, torch threads {torch.get_num_threads()}, "
-                f"decode workers {args.workers}, batch {args.batch_size}"
+                f"decode workers {decode_workers(args.workers, torch.device(args.device))}, "
+                f"batch {args.batch_size}"
             )
             print(
                 f"{'model':22} {'listings':>8} {'dtype':>9} {'model-only/s':>13} "

@@ -17,7 +17,7 @@ from PIL import Image
 from bikematch.listings import Listing, store_listings
 from embedder.decode import decode_image
 from embedder.fetch import FetchSettings
-from embedder.job import EmbedSettings, run_embedding
+from embedder.job import EmbedSettings, decode_workers, run_embedding
 from embedder.remote import RemoteModel
 from perception_models import load_model
 
@@ -90,6 +90,17 @@ def test_decode_threads_start_no_torch_thread_teams():
     assert pixels.shape == (3, 224, 224) and pixels.dtype == torch.uint8
     vector = model.embed_images(pixels[None])  # normalised there, per batch
     assert torch.allclose(vector.norm(dim=-1), torch.ones(1))
+
+
+def test_decode_threads_default_to_two_beside_a_cpu_model_and_the_cores_beside_a_gpu(
+    monkeypatch,
+):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert decode_workers(5, cpu) == decode_workers(5, cuda) == 5  # as asked
+    assert decode_workers(None, cpu) == 2  # the model needs the cores
+    for cores, threads in ((2, 2), (16, 15), (64, 16)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cores: set(range(n)))
+        assert decode_workers(None, cuda) == threads
 
 
 def test_good_and_broken_images(conn, database_url, images, tmp_path, tiny):
