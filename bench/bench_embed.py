@@ -16,7 +16,9 @@ most a GPU could get out of it.
 
 "model busy" is the share of the job's time spent in inference: near 100%,
 the model is the limit and what the ratio loses is CPU the model shares with
-decoding, Postgres and the photo server on the same cores. The CPU columns
+decoding, Postgres and the photo server on the same cores. "write wait" is
+the share the job could claim no more work because earlier batches' writes
+still ran (the database as the limit). The CPU columns
 say who used the machine during the job (from /proc/stat and getrusage, per
 listing): this process (model, decoding, fetching, the event loop), every
 other process (Postgres, whose HNSW index maintenance is most of it, and the
@@ -201,7 +203,7 @@ def main() -> None:
             )
             print(
                 f"{'model':22} {'listings':>8} {'dtype':>9} {'model-only/s':>13} "
-                f"{'end-to-end/s':>13} {'ratio':>6} {'model busy':>10} "
+                f"{'end-to-end/s':>13} {'ratio':>6} {'model busy':>10} {'write wait':>10} "
                 f"{'CPU ms/listing: this':>21} {'others':>6} {'idle':>5}"
             )
             # As `bikematch embed --dtype auto`: measured on CPU, bf16 autocast on CUDA.
@@ -234,6 +236,7 @@ def main() -> None:
                         conn.execute("vacuum vector_storage")  # and out of the HNSW graph
                 rates = [summary.rate for summary in summaries]
                 busy = statistics.median(summary.model_busy for summary in summaries)
+                waited = statistics.median(summary.write_wait for summary in summaries)
                 per_listing = [
                     statistics.median(getattr(use, part) for use in uses) * 1000 / n
                     for part in ("this", "others", "idle")
@@ -243,6 +246,7 @@ def main() -> None:
                     f"{name:22} {n:>8} {dtype:>9} {statistics.median(alone):>13.1f} "
                     f"{statistics.median(rates):>13.1f} "
                     f"{statistics.median(rates) / statistics.median(alone):>6.0%} {busy:>10.0%} "
+                    f"{waited:>10.0%} "
                     f"{per_listing[0]:>21.1f} {per_listing[1]:>6.1f} {per_listing[2]:>5.1f}",
                     flush=True,
                 )

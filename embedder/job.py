@@ -58,6 +58,9 @@ class EmbedSummary:
     seconds: float = 0.0
     #: Time spent in inference: near `seconds` when the model, not I/O, is the limit.
     model_seconds: float = 0.0
+    #: Time the job could claim no more work because earlier batches' writes still ran:
+    #: a database that cannot keep up (index inserts, locks) rather than the model.
+    write_wait_seconds: float = 0.0
     cache_hits: int = 0
     precision: str | None = None
 
@@ -69,13 +72,22 @@ class EmbedSummary:
     def model_busy(self) -> float:
         return self.model_seconds / self.seconds if self.seconds else 0.0
 
+    @property
+    def write_wait(self) -> float:
+        return self.write_wait_seconds / self.seconds if self.seconds else 0.0
+
     def lines(self) -> list[str]:
         failed = ", ".join(f"{stage} {n}" for stage, n in sorted(self.failed.items())) or "none"
+        waited = (
+            f", waiting for database writes {self.write_wait:.0%}"
+            if self.write_wait >= 0.05
+            else ""
+        )
         return [
             f"model {self.model}: embedded {self.embedded} ({self.text_only} text-only), "
             f"skipped {self.skipped}, failed {sum(self.failed.values())} ({failed})",
             f"{self.rate:.1f} listings/s over {self.seconds:.1f} s "
-            f"(the model busy {self.model_busy:.0%} of it); "
+            f"(the model busy {self.model_busy:.0%} of it{waited}); "
             f"{self.cache_hits} images from the local cache",
             *([self.precision] if self.precision else []),
         ]
@@ -176,7 +188,9 @@ class _Job:
                 number = len(batches)
                 if number >= len(connections):
                     # Its connection holds that batch's claim until it is written.
+                    waiting = time.perf_counter()
                     await batches[number - len(connections)]
+                    self.summary.write_wait_seconds += time.perf_counter() - waiting
                 if number >= 2:
                     # Prepare one batch ahead of the model, not more.
                     await embedded[number - 2].wait()

@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from bikematch.database import connect
 from bikematch.listings import Listing, store_listings
 from embedder.decode import decode_image
 from embedder.fetch import FetchSettings
@@ -194,6 +195,23 @@ def test_text_only_can_be_switched_off(conn, database_url, tmp_path, tiny):
     add(conn, "shop.nl", "p", "Bike without a picture", None)
     summary = run_embedding(database_url, tiny, settings(tmp_path, text_only=False))
     assert summary.skipped == 1 and vectors(conn) == {}
+
+
+def test_the_summary_says_when_database_writes_held_the_job_up(conn, database_url, tmp_path, tiny):
+    for i in range(10):
+        add(conn, "shop.nl", f"p{i}", f"Bike {i}", None)
+    # Another session blocks writes (not reads) for 2 s: the first batches are
+    # embedded, their writes wait, and with every connection holding an unwritten
+    # batch the job can claim nothing more.
+    with connect(database_url) as other:
+        other.execute("lock table embedding_failures in exclusive mode")
+        release = threading.Timer(2.0, other.commit)
+        release.start()
+        summary = run_embedding(database_url, tiny, settings(tmp_path, batch_size=2))
+        release.join()
+    assert summary.embedded == 10
+    assert summary.write_wait_seconds >= 1.0, summary.lines()
+    assert "waiting for database writes" in summary.lines()[1]
 
 
 def test_auto_precision_is_measured_on_the_first_batch_with_enough_images(
