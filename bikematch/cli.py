@@ -313,7 +313,7 @@ def _load_embedding_model(name, device, remote, dtype="auto"):
         raise click.ClickException(str(exc).strip("'\"")) from exc
 
 
-def _fetch_settings(allow_private_hosts, cache_dir):
+def _fetch_settings(allow_private_hosts, cache_dir, concurrency=None):
     import os
     from pathlib import Path
 
@@ -321,7 +321,10 @@ def _fetch_settings(allow_private_hosts, cache_dir):
 
     allow = allow_private_hosts or os.environ.get("BIKEMATCH_ALLOW_PRIVATE_IMAGE_HOSTS") == "1"
     cache = cache_dir or os.environ.get("BIKEMATCH_IMAGE_CACHE") or ".bikematch/image-cache"
-    return FetchSettings(allow_private=allow, cache_dir=Path(cache) if cache != "off" else None)
+    extra = {"concurrency": concurrency} if concurrency else {}
+    return FetchSettings(
+        allow_private=allow, cache_dir=Path(cache) if cache != "off" else None, **extra
+    )
 
 
 @cli.group(invoke_without_command=True)
@@ -348,6 +351,14 @@ def _fetch_settings(allow_private_hosts, cache_dir):
     type=click.IntRange(1, 64),
     help="Threads decoding and preprocessing images [default: 2 beside a CPU model; "
     "on CUDA every core but one, up to 16].",
+)
+@click.option(
+    "--fetch-concurrency",
+    type=click.IntRange(1, 512),
+    default=16,
+    show_default=True,
+    help="Image downloads at once. Listings/s can reach this over the shops' response "
+    "time (16 at 0.1 s: 160/s); raise it for a GPU.",
 )
 @click.option(
     "--text-only/--no-text-only",
@@ -380,6 +391,7 @@ def embed(
     device,
     dtype,
     workers,
+    fetch_concurrency,
     text_only,
     image_weight,
     remote,
@@ -410,7 +422,7 @@ def embed(
         text_only=text_only,
         image_weight=image_weight,
         choose_precision=dtype == "auto" and not remote,
-        fetch=_fetch_settings(allow_private_hosts, cache_dir),
+        fetch=_fetch_settings(allow_private_hosts, cache_dir, fetch_concurrency),
     )
     bar = tqdm(unit=" listings", desc=f"embedding ({model.name})", file=sys.stderr, leave=False)
 

@@ -54,12 +54,16 @@ def palette_with_alpha() -> bytes:
 
 
 class ImageServer:
-    """Serves /img/<name>; `delay` slows every image; `requests` counts them."""
+    """Serves /img/<name>; `delay` slows every image; `requests` counts them;
+    `most_at_once` is the most requests it was serving at the same time."""
 
     def __init__(self) -> None:
         self.images: dict[str, tuple[int, str, bytes]] = {}
         self.requests: Counter = Counter()
         self.delay = 0.0
+        self.most_at_once = 0
+        self._serving = 0
+        self._counting = threading.Lock()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -67,6 +71,16 @@ class ImageServer:
                 pass
 
             def do_GET(self):  # noqa: N802
+                with server._counting:
+                    server._serving += 1
+                    server.most_at_once = max(server.most_at_once, server._serving)
+                try:
+                    self._serve()
+                finally:
+                    with server._counting:
+                        server._serving -= 1
+
+            def _serve(self):
                 server.requests[self.path] += 1
                 if self.path.startswith("/slow/"):
                     time.sleep(5)

@@ -286,6 +286,17 @@ def _embed_process(database_url, *args):
     )
 
 
+def test_fetch_concurrency_bounds_the_downloads_at_once(conn, database_url, images):
+    for i in range(8):
+        add(conn, "shop.nl", f"p{i}", f"Bike {i}", images.add(f"{i}.jpg", jpeg((i * 20, 5, 5))))
+    images.delay = 0.2
+    process = _embed_process(database_url, "--batch-size", "8", "--fetch-concurrency", "3")
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert "embedded 8" in out
+    assert images.most_at_once == 3  # 8 fetches of one batch, 3 at a time
+
+
 def test_resume_after_a_kill(conn, database_url, images, tmp_path):
     for i in range(12):
         add(conn, "shop.nl", f"p{i}", f"Bike {i}", images.add(f"{i}.jpg", jpeg((i * 20, 5, 5))))
