@@ -18,11 +18,11 @@ most a GPU could get out of it.
 the model is the limit and what the ratio loses is CPU the model shares with
 decoding, Postgres and the photo server on the same cores. "write wait" is
 the share the job could claim no more work because earlier batches' writes
-still ran (the database as the limit). The CPU columns
-say who used the machine during the job (from /proc/stat and getrusage, per
-listing): this process (model, decoding, fetching, the event loop), every
-other process (Postgres, whose HNSW index maintenance is most of it, and the
-photo server), and what was left idle.
+still ran (the database as the limit). The CPU columns say who used the
+machine during the job (from /proc/stat and getrusage, per listing): this
+process (model, decoding, fetching, the event loop), every other process
+(Postgres, whose HNSW index maintenance is most of it, and the photo
+server), and what was left idle.
 
 With `--dtype auto` (the default, as `bikematch embed` on CPU) the job
 measures bf16 against float32 on its first batch, which therefore costs two

@@ -77,8 +77,7 @@ def choose_precision(
             try:
                 low_runs.append(_timed(model, candidate, *part))
             except RuntimeError as exc:  # an op without a kernel for the candidate here
-                error = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-                error = error or type(exc).__name__
+                error = _reason(exc)
     images = torch.cat([run[0] for run in full_runs])
     texts = torch.cat([run[1] for run in full_runs])
     if error is not None:
@@ -120,3 +119,9 @@ def _take(tokens, rows: slice):
     if isinstance(tokens, dict):
         return {key: value[rows] for key, value in tokens.items()}
     return tokens[rows]
+
+
+def _reason(exc: Exception) -> str:
+    """The first line of an error (torch's run on for pages), or its type if it says nothing."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
