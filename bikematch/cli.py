@@ -344,7 +344,14 @@ def _fetch_settings(allow_private_hosts, cache_dir, concurrency=None):
     default="auto",
     show_default=True,
     help="Inference precision. auto: bfloat16 autocast on CUDA; on CPU, float32 unless "
-    "one batch embedded both ways shows bfloat16 agrees (cosine >= 0.999) and is faster.",
+    "one batch embedded both ways shows bfloat16 agrees (cosine >= 0.999) and is faster. "
+    "The outcome is stored for this model and kind of machine and reused for 30 days.",
+)
+@click.option(
+    "--remeasure-precision",
+    is_flag=True,
+    help="With --dtype auto on CPU: measure bfloat16 against float32 again on this run "
+    "instead of using the stored outcome (e.g. after changing the model's weights).",
 )
 @click.option(
     "--workers",
@@ -390,6 +397,7 @@ def embed(
     limit,
     device,
     dtype,
+    remeasure_precision,
     workers,
     fetch_concurrency,
     text_only,
@@ -422,6 +430,7 @@ def embed(
         text_only=text_only,
         image_weight=image_weight,
         choose_precision=dtype == "auto" and not remote,
+        precision_max_age=None if remeasure_precision else EmbedSettings.precision_max_age,
         fetch=_fetch_settings(allow_private_hosts, cache_dir, fetch_concurrency),
     )
     bar = tqdm(unit=" listings", desc=f"embedding ({model.name})", file=sys.stderr, leave=False)

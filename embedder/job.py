@@ -20,6 +20,7 @@ import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import torch
 
@@ -28,9 +29,12 @@ from embedder import store
 from embedder.decode import DecodeError, decode_image
 from embedder.fetch import FetchError, FetchSettings, ImageFetcher
 from perception_models import EmbeddingModel, combine
-from perception_models.precision import MIN_LISTINGS, choose_precision
+from perception_models.precision import MIN_LISTINGS, choose_precision, machine_description
 
 log = logging.getLogger(__name__)
+
+#: The lower precision `choose_precision` may pick on CPU.
+_CANDIDATE = torch.bfloat16
 
 
 @dataclass
@@ -45,6 +49,9 @@ class EmbedSettings:
     #: Local models on CPU: start in float32, switch to bf16 autocast if one batch shows it
     #: agrees and is faster (perception_models/precision.py). Ignored on CUDA.
     choose_precision: bool = False
+    #: Use the choice an earlier run measured on this kind of machine while it is younger
+    #: than this (stored in precision_choices); None: measure on every run.
+    precision_max_age: timedelta | None = timedelta(days=30)
     fetch: FetchSettings = field(default_factory=FetchSettings)
 
 
@@ -151,6 +158,9 @@ class _Job:
         self.precision_pending = settings.choose_precision and model.device.type == "cpu"
         if self.precision_pending:
             model.dtype = torch.float32
+        self.machine = machine_description()
+        #: A precision measured by this run, not yet stored (it goes with its batch's write).
+        self.measured = None
 
     async def run(self) -> EmbedSummary:
         started = time.perf_counter()
@@ -158,6 +168,8 @@ class _Job:
         connections = [connect(self.url) for _ in range(3)]
         try:
             register(connections[0], self.model)
+            if self.precision_pending and self.settings.precision_max_age is not None:
+                self._use_stored_precision(connections[0])
             total = store.count_pending(connections[0], self.model.name, self.settings.max_attempts)
             connections[0].commit()
             if self.settings.limit is not None:
@@ -176,6 +188,17 @@ class _Job:
                 "to measure bfloat16 on)"
             )
         return self.summary
+
+    def _use_stored_precision(self, conn) -> None:
+        stored = store.stored_precision(
+            conn, self.model.name, self.machine, _CANDIDATE, self.settings.precision_max_age
+        )
+        conn.commit()
+        if stored is not None:
+            self.model.dtype = stored.dtype
+            self.precision_pending = False
+            self.summary.precision = stored.describe()
+            log.info(self.summary.precision)
 
     async def _pipeline(self, connections, fetcher, total: int) -> None:
         after = uuid.UUID(int=0)
@@ -224,9 +247,10 @@ class _Job:
                 started = time.perf_counter()
                 embedded, failures = await asyncio.to_thread(self._embed_safely, prepared, failures)
                 self.summary.model_seconds += time.perf_counter() - started
+                measured, self.measured = self.measured, None
         finally:
             done.set()
-        await asyncio.to_thread(self._write, conn, embedded, failures)
+        await asyncio.to_thread(self._write, conn, embedded, failures, measured)
         self.summary.embedded += len(embedded)
         self.summary.text_only += sum(1 for item in embedded if item.image is None)
         self.summary.failed.update(failure.stage for failure in failures)
@@ -293,8 +317,10 @@ class _Job:
                 for p in prepared
             ]
 
-    def _write(self, conn, embedded: list[store.Embedded], failures) -> None:
+    def _write(self, conn, embedded: list[store.Embedded], failures, measured=None) -> None:
         store.write(conn, self.model.name, embedded, failures)
+        if measured is not None:
+            store.save_precision(conn, self.model.name, self.machine, measured)
         conn.commit()
 
     def _embed(self, prepared: list[_Prepared]) -> list[store.Embedded]:
@@ -303,8 +329,9 @@ class _Job:
         with_image = [i for i, p in enumerate(prepared) if p.pixels is not None]
         pixels = model.collate([prepared[i].pixels for i in with_image]) if with_image else None
         if self.precision_pending and len(with_image) >= MIN_LISTINGS:
-            choice, vectors, texts = choose_precision(model, pixels, tokens)
+            choice, vectors, texts = choose_precision(model, pixels, tokens, _CANDIDATE)
             self.precision_pending = False
+            self.measured = choice
             self.summary.precision = choice.describe()
             log.info(self.summary.precision)
         else:

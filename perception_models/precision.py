@@ -7,12 +7,16 @@ vectors agree at 0.9995 on one set of photos and 0.99 on another. So the job
 does not guess: it embeds one real batch both ways and keeps bf16 only where
 every vector agrees with float32 at cosine >= 0.999 and the batch was
 clearly faster (on CPUs without native bf16 it is slower, and stays off).
+The embedder stores the outcome per model and kind of machine
+(`machine_description`), so later runs need not measure again.
 """
 
 from __future__ import annotations
 
+import platform
 import time
 from dataclasses import dataclass
+from datetime import datetime
 
 import torch
 
@@ -37,18 +41,43 @@ class PrecisionChoice:
     listings: int
     #: Why the candidate could not run at all (this CPU or torch build), if it could not.
     error: str | None = None
+    #: When an earlier run measured it, for a choice read back from the database.
+    measured_at: datetime | None = None
 
     def describe(self) -> str:
         name = str(self.candidate).removeprefix("torch.")
+        when = (
+            f"as measured on this kind of machine on {self.measured_at:%Y-%m-%d}: "
+            if self.measured_at
+            else ""
+        )
         if self.error:
-            return f"precision float32 ({name} failed: {self.error})"
+            return f"precision float32 ({when}{name} failed: {self.error})"
         measured = (
-            f"{name} agreed with float32 at cosine >= {self.agreement:.5f} "
+            f"{when}{name} agreed with float32 at cosine >= {self.agreement:.5f} "
             f"on {self.listings} listings and ran {self.speedup:.1f}x as fast"
         )
         if self.dtype == self.candidate:
             return f"precision {name} autocast ({measured})"
         return f"precision float32 ({measured}; needs >= {MIN_AGREEMENT} and {MIN_SPEEDUP}x)"
+
+
+def machine_description() -> str:
+    """What a measured CPU speed-up depends on: the CPU model, the kernels torch picks for
+    it (AVX2, AVX-512...), torch's version and its threads."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            cpu = next(
+                (line.split(":", 1)[1].strip() for line in info if line.startswith("model name")),
+                cpu,
+            )
+    except OSError:  # not Linux
+        pass
+    return (
+        f"{cpu}; {torch.backends.cpu.get_cpu_capability()}; torch {torch.__version__}; "
+        f"{torch.get_num_threads()} threads"
+    )
 
 
 def choose_precision(

@@ -17,7 +17,9 @@ BIN = Path(sys.executable).parent
 BIKEMATCH = str(BIN / "bikematch")
 
 # Tables Python writes, in an order TRUNCATE ... CASCADE is happy with.
-SOURCE_TABLES = "scraped_bikes, price_history, vector_storage, embedding_failures"
+SOURCE_TABLES = (
+    "scraped_bikes, price_history, vector_storage, embedding_failures, precision_choices"
+)
 
 
 @pytest.fixture(scope="session")

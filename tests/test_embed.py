@@ -8,6 +8,7 @@ import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -21,6 +22,7 @@ from embedder.fetch import FetchSettings
 from embedder.job import EmbedSettings, decode_workers, run_embedding
 from embedder.remote import RemoteModel
 from perception_models import load_model
+from perception_models.precision import machine_description
 
 from .conftest import BIKEMATCH, run_cli
 from .image_server import ImageServer, huge_png, jpeg, palette_with_alpha, png
@@ -229,6 +231,10 @@ def test_auto_precision_is_measured_on_the_first_batch_with_enough_images(
     kept = "bfloat16 autocast" if model.dtype == torch.bfloat16 else "float32"
     assert line.startswith(f"precision {kept} (bfloat16 agreed with float32 at cosine >= ")
     assert "on 10 listings" in line
+    # The outcome is stored for later runs on this kind of machine.
+    assert conn.execute(
+        "select model, machine, candidate, chosen, listings from precision_choices"
+    ).fetchall() == [("tiny-random", machine_description(), "bfloat16", str(model.dtype)[6:], 10)]
     # The measured batch is stored from its float32 vectors.
     model.dtype = torch.float32
     stored = conn.execute(
@@ -236,6 +242,58 @@ def test_auto_precision_is_measured_on_the_first_batch_with_enough_images(
     ).fetchall()
     expected = model.embed_texts(model.tokenize([name for name, _ in stored]))
     assert torch.allclose(torch.tensor([v.to_list() for _, v in stored]), expected, atol=1e-6)
+
+
+def test_auto_precision_uses_the_stored_choice_until_it_is_too_old(
+    conn, database_url, images, tmp_path
+):
+    """A stored outcome for this model and kind of machine saves the trial batch; an old
+    one, or --remeasure-precision, measures again (and replaces it)."""
+    model = load_model("tiny-random", device="cpu")
+    conn.execute("select bikematch_register_model('tiny-random', 32, 32)")
+    # Not what this machine would measure for tiny-random (float32 results, 1.0x): the
+    # job can only report it by reading it back.
+    conn.execute(
+        "insert into precision_choices"
+        " (model, machine, candidate, chosen, agreement, speedup, listings, measured_at)"
+        " values ('tiny-random', %s, 'bfloat16', 'bfloat16', 0.99991, 3.5, 64, now() - %s)",
+        (machine_description(), timedelta(days=29)),
+    )
+    for i in range(24):
+        add(conn, "shop.nl", f"p{i}", f"Bike {i}", images.add(f"{i}.jpg", jpeg((9 * i, 9, 9))))
+
+    def embed(limit, **overrides):
+        values = {"batch_size": 16, "limit": limit, "choose_precision": True, **overrides}
+        return run_embedding(database_url, model, settings(tmp_path, **values))
+
+    stored_day = conn.execute("select (now() - interval '29 days')::date").fetchone()[0]
+    summary = embed(8)
+    assert model.dtype == torch.bfloat16
+    assert summary.lines()[-1] == (
+        f"precision bfloat16 autocast (as measured on this kind of machine on {stored_day}: "
+        "bfloat16 agreed with float32 at cosine >= 0.99991 on 64 listings and ran 3.5x as fast)"
+    )
+
+    def measured():
+        return conn.execute(
+            "select listings, measured_at > now() - interval '1 minute' from precision_choices"
+        ).fetchone()
+
+    conn.execute("update precision_choices set measured_at = now() - interval '31 days'")
+    summary = embed(8)
+    assert "as measured on" not in summary.lines()[-1]
+    assert "on 8 listings" in summary.lines()[-1]
+    assert measured() == (8, True)
+
+    conn.execute("update precision_choices set measured_at = now() - interval '1 day'")
+    summary = embed(None, precision_max_age=None)
+    assert "as measured on" not in summary.lines()[-1]
+    assert measured() == (8, True) and summary.embedded == 8
+    # Another kind of machine's outcome is not this one's.
+    conn.execute("update precision_choices set machine = 'another CPU'")
+    conn.execute("update scraped_bikes set name = name || ' 2024'")
+    assert "as measured on" not in embed(16).lines()[-1]
+    assert conn.execute("select count(*) from precision_choices").fetchone()[0] == 2
 
 
 def test_auto_precision_stays_float32_without_a_batch_to_measure_on(
@@ -295,6 +353,25 @@ def test_fetch_concurrency_bounds_the_downloads_at_once(conn, database_url, imag
     assert process.returncode == 0, err
     assert "embedded 8" in out
     assert images.most_at_once == 3  # 8 fetches of one batch, 3 at a time
+
+
+def test_cli_remeasures_precision_when_asked(conn, database_url, images):
+    conn.execute("select bikematch_register_model('tiny-random', 32, 32)")
+    conn.execute(
+        "insert into precision_choices"
+        " (model, machine, candidate, chosen, agreement, speedup, listings)"
+        " values ('tiny-random', %s, 'bfloat16', 'float32', 0.9, 1.0, 64)",
+        (machine_description(),),
+    )
+    for i in range(8):
+        add(conn, "shop.nl", f"p{i}", f"Bike {i}", images.add(f"{i}.jpg", jpeg((i * 20, 5, 5))))
+    for flag in (["--remeasure-precision"], []):
+        process = _embed_process(database_url, "--batch-size", "8", *flag)
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
+        assert ("as measured on this kind of machine" in out) == (not flag), out
+        conn.execute("update scraped_bikes set name = name || ' 2024'")
+    assert conn.execute("select listings from precision_choices").fetchall() == [(8,)]
 
 
 def test_resume_after_a_kill(conn, database_url, images, tmp_path):
