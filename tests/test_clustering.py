@@ -322,3 +322,51 @@ def test_a_listing_that_loses_its_place_tries_its_next_choice(db, database_url):
     assert cluster_sets(db) == {frozenset({"a1", "b1"}), frozenset({"a2", "bx"})}
     cluster(database_url, match_threshold=0.5, assignment_rounds=1)
     assert frozenset({"bx"}) in cluster_sets(db)  # one round: it seeds a cluster instead
+
+
+def test_model_numbers_agree_when_one_extends_the_other_with_letters(db, database_url):
+    """A shared rare model number lifts a pair over the threshold. MC359LL and MC359LLA are
+    one number (a suffix letter), DSC-TX10 and DSC-TX100V two: the number goes on."""
+    import numpy as np
+
+    from .clustering import HALF_DIMS
+
+    def at_cosine(base, cosine, seed):
+        """A vector whose image and text halves each sit at `cosine` to base's."""
+        rng = np.random.default_rng(seed)
+        halves = []
+        for half in (base[:HALF_DIMS], base[HALF_DIMS:]):
+            unit = half / np.linalg.norm(half)
+            other = rng.normal(size=HALF_DIMS)
+            other -= (other @ unit) * unit
+            halves.append(cosine * unit + np.sqrt(1 - cosine**2) * other / np.linalg.norm(other))
+        return np.concatenate(halves)
+
+    names = {
+        "a1": "Apple MacBook MC359LL",
+        "b1": "MacBook 13 inch MC359LLA",
+        "a2": "Sony Cyber-shot DSC-TX10",
+        "b2": "Sony camera DSC-TX100V",
+    }
+    p1, p2 = product_vector(91), product_vector(92)
+    rows = [
+        ("anchor.nl", "a1", p1),
+        ("anchor.nl", "a2", p2),
+        ("shop-b.nl", "b1", at_cosine(p1, 0.8, 93)),  # under 0.9 on its own
+        ("shop-b.nl", "b2", at_cosine(p2, 0.8, 94)),
+    ]
+    for shop, url, vector in rows:
+        add_listing(db, shop, url, vector, name=names[url])
+    cluster(database_url)  # threshold 0.9, code bonus 0.15
+    assert cluster_sets(db) == {
+        frozenset({"a1", "b1"}),
+        frozenset({"a2"}),
+        frozenset({"b2"}),
+    }
+    via = dict(
+        db.execute(
+            "select url, matched_via from master_bikes join scraped_bikes"
+            " on id = bike_id where url = 'b1'"
+        ).fetchall()
+    )
+    assert via == {"b1": "embedding+codes"}

@@ -193,7 +193,8 @@ judged as (
         second_listing.is_anchor as second_is_anchor,
         {% if evidence -%}
             -- Only rare model numbers count ("1993UP" on forty listings says
-            -- nothing); one may extend the other (MC359LL vs MC359LLA).
+            -- nothing); one may extend the other with letters (MC359LL vs
+            -- MC359LLA), not continue its number (DSCTX10 vs DSCTX100V).
             case
                 when first_listing.rare_codes is null or second_listing.rare_codes is null
                     then false
@@ -205,7 +206,22 @@ judged as (
                             mine = theirs
                             or (
                                 least(length(mine), length(theirs)) >= 5
-                                and (mine like theirs || '%' or theirs like mine || '%')
+                                and (
+                                    (
+                                        mine like theirs || '%'
+                                        and (
+                                            theirs !~ '[0-9]$'
+                                            or substr(mine, length(theirs) + 1, 1) !~ '[0-9]'
+                                        )
+                                    )
+                                    or (
+                                        theirs like mine || '%'
+                                        and (
+                                            mine !~ '[0-9]$'
+                                            or substr(theirs, length(mine) + 1, 1) !~ '[0-9]'
+                                        )
+                                    )
+                                )
                             )
                 )
             end as codes_agree,
