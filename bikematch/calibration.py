@@ -20,7 +20,9 @@ class Setting:
     f1: float
 
 
-def calibrate(url, pairs, model: str, thresholds, weights, dbt_vars: dict, progress=None):
+def calibrate(
+    url, pairs, model: str, thresholds, weights, dbt_vars: dict, progress=None, complete=False
+):
     """Cluster at each setting and score it; returns the settings, best F1 first."""
     results = []
     for weight in weights:
@@ -30,7 +32,7 @@ def calibrate(url, pairs, model: str, thresholds, weights, dbt_vars: dict, progr
                 settings["image_weight"] = weight
             run_dbt(["run", "--select", _CLUSTER_MODELS], url, dbt_vars=settings, capture=True)
             with connect(url) as conn:
-                scores = evaluate_truth(conn, pairs, model, worst=0).scores
+                scores = evaluate_truth(conn, pairs, model, worst=0, complete=complete).scores
             result = Setting(threshold, weight, scores.precision, scores.recall, scores.f1)
             results.append(result)
             if progress:

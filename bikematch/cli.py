@@ -697,6 +697,15 @@ def import_command(file, shop, delimiter, mappings, currency) -> None:
         click.echo(line)
 
 
+_COMPLETE_OPTION = click.option(
+    "--complete",
+    is_flag=True,
+    help="The file lists every match among its shops' listings (as public benchmarks "
+    "do): a listing it never names matches nothing, and merging it counts as a false "
+    "merge. Without it only the named listings are scored.",
+)
+
+
 @cli.command("eval")
 @click.option(
     "--truth",
@@ -712,12 +721,14 @@ def import_command(file, shop, delimiter, mappings, currency) -> None:
     show_default=True,
     help="The model whose similarities to show for false merges and misses.",
 )
+@_COMPLETE_OPTION
 @click.option("--json", "as_json", is_flag=True, help="One JSON object with the scores.")
-def eval_command(truth_file, model_name, as_json) -> None:
+def eval_command(truth_file, model_name, complete, as_json) -> None:
     """Score master_bikes against labelled matches: pairwise and B-cubed precision/recall.
 
     Every listed pair is a match; every other cross-shop pair of listed listings
-    is not. Also lists the worst false merges and misses with both titles.
+    is not (with --complete: of all listings of the file's shops). Also lists
+    the worst false merges and misses with both titles.
 
     \b
     Example:
@@ -732,7 +743,7 @@ def eval_command(truth_file, model_name, as_json) -> None:
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     with connect(resolve_url(load_settings())) as conn:
-        result = evaluate_truth(conn, pairs, model_name)
+        result = evaluate_truth(conn, pairs, model_name, complete=complete)
     if as_json:
         click.echo(json.dumps(result.as_json()))
     else:
@@ -765,7 +776,8 @@ def _sweep(text: str) -> list[float]:
     show_default=True,
     help="START:STOP:STEP of image weights to try (when listings have images).",
 )
-def calibrate(truth_file, model_name, anchor_shop, thresholds, weights) -> None:
+@_COMPLETE_OPTION
+def calibrate(truth_file, model_name, anchor_shop, thresholds, weights, complete) -> None:
     """Sweep the match threshold (and image/text weight) on labelled pairs; print the curve.
 
     Clusters at each setting with dbt and scores it like `bikematch eval`; ends
@@ -794,7 +806,9 @@ def calibrate(truth_file, model_name, anchor_shop, thresholds, weights) -> None:
             f"{result.recall:>7.4f} {result.f1:>7.4f}"
         )
 
-    results = sweep(url, pairs, model_name, _sweep(thresholds), weight_values, dbt_vars, show)
+    results = sweep(
+        url, pairs, model_name, _sweep(thresholds), weight_values, dbt_vars, show, complete
+    )
     best = results[0]
     final = {**dbt_vars, "embedding_model": model_name, "match_threshold": best.threshold}
     if best.image_weight is not None:

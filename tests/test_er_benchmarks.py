@@ -14,11 +14,13 @@ import pytest
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "er-benchmarks"
 
-# (threshold, F1 floor): thresholds as calibrated in docs/quality.md; floors a
-# little under the F1 measured there.
+# threshold, then F1 floors for the labelled and the complete scoring
+# (bench/er_benchmarks.py), a little under what docs/quality.md measured. The
+# thresholds differ: Walmart-Amazon's second shop has 22,074 listings, a
+# look-alike above 0.45 for nearly every Walmart listing without a match.
 FLOORS = {
-    "amazon-google": (0.45, 0.77),  # measured 0.795
-    "walmart-amazon": (0.45, 0.90),  # measured 0.923
+    "amazon-google": (0.45, 0.77, 0.63),  # measured 0.797 / 0.656
+    "walmart-amazon": (0.85, 0.80, 0.64),  # measured 0.834 / 0.665
 }
 
 
@@ -27,6 +29,7 @@ FLOORS = {
 def test_end_to_end_f1_floor(name):
     from bench.er_benchmarks import run
 
-    threshold, floor = FLOORS[name]
+    threshold, labelled, complete = FLOORS[name]
     scores = run(name, DATA / name, [threshold], {})[threshold]
-    assert scores["f1"] >= floor, scores
+    assert scores["labelled"]["f1"] >= labelled, scores
+    assert scores["complete"]["f1"] >= complete, scores

@@ -122,6 +122,31 @@ def test_eval_scores_clusters_against_labelled_pairs(db, database_url, tmp_path)
     assert "worst misses:" in text.stdout and "'title a3'" in text.stdout
 
 
+def test_eval_complete_counts_merges_of_listings_no_pair_names(db, database_url, tmp_path):
+    """A complete truth (every match listed, as the public benchmarks) makes a merge of an
+    unnamed listing a false merge; a partial one cannot see it."""
+    _labelled(db)
+    # Named by no pair: with a complete truth it matches nothing, yet it looks like a3.
+    add_listing(db, "shop-b.nl", "b4", near(product_vector(73), 0.05, 4), name="title b4")
+    cluster(database_url)
+    env = {"DATABASE_URL": database_url}
+    truth = str(_truth_file(tmp_path))
+
+    def scores(*flags):
+        result = run_cli("eval", "--truth", truth, "--model", MODEL, *flags, env=env)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    partial = json.loads(scores("--json"))
+    assert partial["precision"] == 1.0 and partial["recall"] == pytest.approx(2 / 3, abs=1e-4)
+    complete = json.loads(scores("--json", "--complete"))
+    assert complete["precision"] == pytest.approx(2 / 3, abs=1e-4)  # a3-b4 counts now
+    assert complete["recall"] == pytest.approx(2 / 3, abs=1e-4)
+    text = scores("--complete")
+    assert "scored with all 7 listings of their shops" in text
+    assert "'title a3'  <->  'title b4'" in text or "'title b4'  <->  'title a3'" in text
+
+
 def test_calibrate_sweeps_and_keeps_the_best(db, database_url, tmp_path):
     _labelled(db)
     cluster(database_url)
