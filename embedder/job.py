@@ -29,7 +29,13 @@ from embedder import store
 from embedder.decode import DecodeError, decode_image
 from embedder.fetch import FetchError, FetchSettings, ImageFetcher
 from perception_models import EmbeddingModel, combine
-from perception_models.precision import MIN_LISTINGS, choose_precision, machine_description
+from perception_models.precision import (
+    MIN_LISTINGS,
+    RECHECK_LISTINGS,
+    choose_precision,
+    machine_description,
+    recheck,
+)
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +167,8 @@ class _Job:
         self.machine = machine_description()
         #: A precision measured by this run, not yet stored (it goes with its batch's write).
         self.measured = None
+        #: A stored lower-precision choice in use, to check on this run's first listings.
+        self.recheck_pending = None
 
     async def run(self) -> EmbedSummary:
         started = time.perf_counter()
@@ -197,6 +205,8 @@ class _Job:
         if stored is not None:
             self.model.dtype = stored.dtype
             self.precision_pending = False
+            if stored.dtype != torch.float32:
+                self.recheck_pending = stored
             self.summary.precision = stored.describe()
             log.info(self.summary.precision)
 
@@ -337,6 +347,14 @@ class _Job:
         else:
             texts = model.embed_texts(tokens)
             vectors = model.embed_images(pixels) if with_image else []
+            if self.recheck_pending and len(with_image) >= RECHECK_LISTINGS:
+                choice = recheck(model, self.recheck_pending, pixels, tokens, vectors, texts)
+                self.recheck_pending = None
+                self.summary.precision = choice.describe()
+                log.info(self.summary.precision)
+                if model.dtype == torch.float32:  # photos on which bf16 does not agree
+                    self.measured = choice
+                    texts, vectors = model.embed_texts(tokens), model.embed_images(pixels)
         images = dict(zip(with_image, vectors, strict=True))
         embedded = []
         for i, item in enumerate(prepared):

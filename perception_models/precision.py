@@ -8,14 +8,16 @@ does not guess: it embeds one real batch both ways and keeps bf16 only where
 every vector agrees with float32 at cosine >= 0.999 and the batch was
 clearly faster (on CPUs without native bf16 it is slower, and stays off).
 The embedder stores the outcome per model and kind of machine
-(`machine_description`), so later runs need not measure again.
+(`machine_description`), so later runs need not time both precisions again;
+they still check a stored bf16 choice on a few of their own listings
+(`recheck`), since agreement depends on the photos.
 """
 
 from __future__ import annotations
 
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import torch
@@ -28,6 +30,8 @@ MIN_AGREEMENT = 0.999
 MIN_SPEEDUP = 1.2
 #: Fewer listings than this say too little about agreement or speed.
 MIN_LISTINGS = 8
+#: Listings of each run a stored lower-precision choice is checked on again.
+RECHECK_LISTINGS = 4
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,8 @@ class PrecisionChoice:
     error: str | None = None
     #: When an earlier run measured it, for a choice read back from the database.
     measured_at: datetime | None = None
+    #: Lowest cosine on this run's own listings when a stored choice was checked again.
+    rechecked: float | None = None
 
     def describe(self) -> str:
         name = str(self.candidate).removeprefix("torch.")
@@ -57,6 +63,10 @@ class PrecisionChoice:
             f"{when}{name} agreed with float32 at cosine >= {self.agreement:.5f} "
             f"on {self.listings} listings and ran {self.speedup:.1f}x as fast"
         )
+        if self.rechecked is not None:
+            measured += (
+                f"; on {RECHECK_LISTINGS} listings of this run at cosine >= {self.rechecked:.5f}"
+            )
         if self.dtype == self.candidate:
             return f"precision {name} autocast ({measured})"
         return f"precision float32 ({measured}; needs >= {MIN_AGREEMENT} and {MIN_SPEEDUP}x)"
@@ -116,9 +126,7 @@ def choose_precision(
 
     low_images = torch.cat([run[0] for run in low_runs])
     low_texts = torch.cat([run[1] for run in low_runs])
-    agreement = min(
-        (images * low_images).sum(-1).min().item(), (texts * low_texts).sum(-1).min().item()
-    )
+    agreement = _lowest_cosine(images, low_images, texts, low_texts)
     full = min(run[2] for run in full_runs)
     low = min(run[2] for run in low_runs)
     speedup = full / low if low > 0 else float("inf")
@@ -126,6 +134,35 @@ def choose_precision(
     model.dtype = candidate if keep else torch.float32
     choice = PrecisionChoice(model.dtype, candidate, agreement, speedup, len(pixels))
     return choice, images, texts
+
+
+def recheck(
+    model: EmbeddingModel, stored: PrecisionChoice, pixels, tokens, images, texts
+) -> PrecisionChoice:
+    """Check a stored lower-precision choice on this run's first listings.
+
+    `images` and `texts` are the batch's vectors in `stored.dtype`; its first
+    RECHECK_LISTINGS images and titles are embedded in float32 too. Returns
+    the choice with the agreement found; where it falls under MIN_AGREEMENT,
+    a float32 choice (the model is left in float32, and the caller must embed
+    the batch again). Costs a few float32 listings a run, not a batch.
+    """
+    rows = slice(0, RECHECK_LISTINGS)
+    full_images, full_texts, _ = _timed(model, torch.float32, pixels[rows], _take(tokens, rows))
+    lowest = _lowest_cosine(full_images, images[rows], full_texts, texts[rows])
+    if lowest >= MIN_AGREEMENT:
+        model.dtype = stored.dtype
+        return replace(stored, rechecked=lowest)
+    return PrecisionChoice(
+        torch.float32, stored.candidate, lowest, stored.speedup, min(len(pixels), RECHECK_LISTINGS)
+    )
+
+
+def _lowest_cosine(images, other_images, texts, other_texts) -> float:
+    """The lowest cosine between the two precisions' vectors, image or text (all unit)."""
+    return min(
+        (images * other_images).sum(-1).min().item(), (texts * other_texts).sum(-1).min().item()
+    )
 
 
 def _timed(model: EmbeddingModel, dtype: torch.dtype, pixels, tokens):

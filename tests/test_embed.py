@@ -269,10 +269,12 @@ def test_auto_precision_uses_the_stored_choice_until_it_is_too_old(
     stored_day = conn.execute("select (now() - interval '29 days')::date").fetchone()[0]
     summary = embed(8)
     assert model.dtype == torch.bfloat16
-    assert summary.lines()[-1] == (
+    line = summary.lines()[-1]
+    assert line.startswith(
         f"precision bfloat16 autocast (as measured on this kind of machine on {stored_day}: "
-        "bfloat16 agreed with float32 at cosine >= 0.99991 on 64 listings and ran 3.5x as fast)"
-    )
+        "bfloat16 agreed with float32 at cosine >= 0.99991 on 64 listings and ran 3.5x as fast; "
+        "on 4 listings of this run at cosine >= 0.99"
+    ), line
 
     def measured():
         return conn.execute(
@@ -294,6 +296,40 @@ def test_auto_precision_uses_the_stored_choice_until_it_is_too_old(
     conn.execute("update scraped_bikes set name = name || ' 2024'")
     assert "as measured on" not in embed(16).lines()[-1]
     assert conn.execute("select count(*) from precision_choices").fetchone()[0] == 2
+
+
+def test_a_stored_bf16_choice_is_checked_on_each_runs_own_listings(
+    conn, database_url, images, tmp_path, monkeypatch
+):
+    """Agreement depends on the photos: a run whose first listings disagree embeds in
+    float32 after all, and stores that instead."""
+    from perception_models import precision
+
+    model = load_model("tiny-random", device="cpu")
+    conn.execute("select bikematch_register_model('tiny-random', 32, 32)")
+    conn.execute(
+        "insert into precision_choices"
+        " (model, machine, candidate, chosen, agreement, speedup, listings)"
+        " values ('tiny-random', %s, 'bfloat16', 'bfloat16', 0.9999, 1.8, 32)",
+        (machine_description(),),
+    )
+    for i in range(6):
+        add(conn, "shop.nl", f"p{i}", f"Bike {i}", images.add(f"{i}.jpg", jpeg((9 * i, 9, 9))))
+    monkeypatch.setattr(precision, "MIN_AGREEMENT", 1.01)  # nothing agrees that well
+    summary = run_embedding(
+        database_url, model, settings(tmp_path, batch_size=8, choose_precision=True)
+    )
+    assert summary.embedded == 6 and model.dtype == torch.float32
+    assert summary.lines()[-1].startswith("precision float32 (bfloat16 agreed with float32 at")
+    assert conn.execute("select chosen, listings from precision_choices").fetchall() == [
+        ("float32", 4)
+    ]
+    # The whole batch was embedded again in float32.
+    stored = conn.execute(
+        "select name, text_embedding from vector_storage join scraped_bikes on id = bike_id"
+    ).fetchall()
+    expected = model.embed_texts(model.tokenize([name for name, _ in stored]))
+    assert torch.allclose(torch.tensor([v.to_list() for _, v in stored]), expected, atol=1e-6)
 
 
 def test_auto_precision_stays_float32_without_a_batch_to_measure_on(
