@@ -61,6 +61,7 @@ from bikematch.listings import Listing, store_listings  # noqa: E402
 from bikematch.migrations import apply_migrations  # noqa: E402
 from embedder.fetch import FetchSettings  # noqa: E402
 from embedder.job import EmbedSettings, decode_workers, run_embedding  # noqa: E402
+from perception_models.precision import dtype_name  # noqa: E402
 
 
 def photo(seed: int) -> bytes:
@@ -257,7 +258,7 @@ def main() -> None:
                     statistics.median(getattr(use, part) for use in uses) * 1000 / n
                     for part in ("this", "others", "idle")
                 ]
-                dtype = str(model.dtype).removeprefix("torch.")
+                dtype = dtype_name(model.dtype)
                 print(
                     f"{name:22} {n:>8} {dtype:>9} {statistics.median(alone):>13.1f} "
                     f"{statistics.median(rates):>13.1f} "

@@ -110,27 +110,21 @@ def evaluate_truth(conn, pairs, model: str, worst: int = 10, complete: bool = Fa
     too, one a partial labelling could not see.
     """
     listed = sorted({key for pair in pairs for key in pair})
+    scored = listed
     if complete:
         shops = sorted({shop for shop, _ in listed})
-        rows = conn.execute(
-            """
-            select listing.webshop, listing.url, listing.id, listing.name, master.cluster_id
-            from scraped_bikes as listing
-            left join master_bikes as master on listing.id = master.bike_id
-            where listing.webshop = any(%s)
-            """,
-            (shops,),
+        scored = conn.execute(
+            "select webshop, url from scraped_bikes where webshop = any(%s)", (shops,)
         ).fetchall()
-    else:
-        rows = conn.execute(
-            """
-            select listing.webshop, listing.url, listing.id, listing.name, master.cluster_id
-            from unnest(%s::text[], %s::text[]) as wanted (webshop, url)
-            inner join scraped_bikes as listing using (webshop, url)
-            left join master_bikes as master on listing.id = master.bike_id
-            """,
-            ([k[0] for k in listed], [k[1] for k in listed]),
-        ).fetchall()
+    rows = conn.execute(
+        """
+        select listing.webshop, listing.url, listing.id, listing.name, master.cluster_id
+        from unnest(%s::text[], %s::text[]) as wanted (webshop, url)
+        inner join scraped_bikes as listing using (webshop, url)
+        left join master_bikes as master on listing.id = master.bike_id
+        """,
+        ([k[0] for k in scored], [k[1] for k in scored]),
+    ).fetchall()
     found = {(shop, url): (bike_id, name, cluster) for shop, url, bike_id, name, cluster in rows}
     # Listings never clustered (no vector) stand alone.
     cluster_of = {key: value[2] or ("alone", key) for key, value in found.items()}

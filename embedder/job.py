@@ -201,7 +201,6 @@ class _Job:
         stored = store.stored_precision(
             conn, self.model.name, self.machine, _CANDIDATE, self.settings.precision_max_age
         )
-        conn.commit()
         if stored is not None:
             self.model.dtype = stored.dtype
             self.precision_pending = False

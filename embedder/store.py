@@ -11,7 +11,7 @@ import psycopg
 import torch
 from pgvector import HalfVector, Vector
 
-from perception_models.precision import PrecisionChoice
+from perception_models.precision import PrecisionChoice, dtype_name
 
 # Pending listings after `after` in id order, locked so that a second
 # embedder skips them (and waits for nothing). The lock lasts until the
@@ -145,7 +145,7 @@ def stored_precision(
             model = %s and machine = %s and candidate = %s
             and measured_at >= now() - %s::interval
         """,
-        (model, machine, _dtype_name(candidate), max_age),
+        (model, machine, dtype_name(candidate), max_age),
     ).fetchone()
     if row is None:
         return None
@@ -173,15 +173,11 @@ def save_precision(conn, model: str, machine: str, choice: PrecisionChoice) -> N
         (
             model,
             machine,
-            _dtype_name(choice.candidate),
-            _dtype_name(choice.dtype),
+            dtype_name(choice.candidate),
+            dtype_name(choice.dtype),
             choice.agreement,
             choice.speedup,
             choice.listings,
             choice.error,
         ),
     )
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")

@@ -51,7 +51,7 @@ class PrecisionChoice:
     rechecked: float | None = None
 
     def describe(self) -> str:
-        name = str(self.candidate).removeprefix("torch.")
+        name = dtype_name(self.candidate)
         when = (
             f"as measured on this kind of machine on {self.measured_at:%Y-%m-%d}: "
             if self.measured_at
@@ -70,6 +70,11 @@ class PrecisionChoice:
         if self.dtype == self.candidate:
             return f"precision {name} autocast ({measured})"
         return f"precision float32 ({measured}; needs >= {MIN_AGREEMENT} and {MIN_SPEEDUP}x)"
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """'bfloat16' for torch.bfloat16 (as printed and as stored in precision_choices)."""
+    return str(dtype).removeprefix("torch.")
 
 
 def machine_description() -> str:
