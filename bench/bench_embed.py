@@ -59,6 +59,7 @@ from bench.bench_models import PIPELINE_CEILING, build  # noqa: E402
 from bikematch.database import connect, start_embedded, stop_embedded  # noqa: E402
 from bikematch.listings import Listing, store_listings  # noqa: E402
 from bikematch.migrations import apply_migrations  # noqa: E402
+from embedder.decode import decode_image  # noqa: E402
 from embedder.fetch import FetchSettings  # noqa: E402
 from embedder.job import EmbedSettings, decode_workers, run_embedding  # noqa: E402
 from perception_models.precision import dtype_name  # noqa: E402
@@ -145,6 +146,16 @@ def model_only(model, photos: list[bytes], titles: list[str], batch: int) -> flo
         model.embed_texts(tokens)
         done += batch
     return done / (time.perf_counter() - started)
+
+
+def decode_ms(model, photos: list[bytes]) -> float:
+    """Milliseconds one thread takes to decode and preprocess a photo for `model`."""
+    for data in photos[:8]:
+        decode_image(data, model.preprocess, model.image_size)
+    started = time.perf_counter()
+    for data in photos:
+        decode_image(data, model.preprocess, model.image_size)
+    return (time.perf_counter() - started) * 1000 / len(photos)
 
 
 def clear(url: str) -> None:
@@ -274,6 +285,7 @@ def main() -> None:
                         + "; end-to-end "
                         + " ".join(f"{rate:.1f}" for rate in rates)
                     )
+                print(f"  decoding: {decode_ms(model, photos[:n]):.2f} ms a photo on one thread")
                 for precision in sorted({s.precision for s in summaries if s.precision}):
                     print(f"  {precision}")
     finally:

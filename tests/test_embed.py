@@ -76,8 +76,9 @@ def failures(conn):
 
 
 def test_decode_threads_start_no_torch_thread_teams():
-    """Per image only numpy and PIL run: a torch op in each decode thread would start an
-    OpenMP thread team there, threads that compete with the model's for the cores."""
+    """Per image only numpy, PIL and torch's single-threaded uint8 resize run: another torch
+    op in each decode thread would start an OpenMP thread team there, threads that compete
+    with the model's for the cores."""
     model = load_model("tiny-random", device="cpu")
     model.image_size = 224  # big enough that torch would split an elementwise op
     photo = jpeg((120, 30, 200), size=(640, 480))
