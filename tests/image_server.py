@@ -53,6 +53,19 @@ def palette_with_alpha() -> bytes:
     return png(image.convert("P"))
 
 
+class LocalServer(ThreadingHTTPServer):
+    """A threaded test server on 127.0.0.1 that takes many connections at once.
+
+    The default backlog of 5 drops some of a client's 16 connections at once
+    (the embedder's fetches, Scrapy's requests), and they retry a second later.
+    """
+
+    request_queue_size = 64
+
+    def __init__(self, handler) -> None:
+        super().__init__(("127.0.0.1", 0), handler)
+
+
 class ImageServer:
     """Serves /img/<name>; `delay` slows every image; `requests` counts them;
     `most_at_once` is the most requests it was serving at the same time."""
@@ -101,7 +114,7 @@ class ImageServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = LocalServer(Handler)
         self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
