@@ -3,7 +3,8 @@
 Serves `--listings` distinct 640x480 JPEG product photos from a local
 keep-alive HTTP server (bench/photo_server.py, its own process), runs the real job
 (claim, fetch, decode, embed, COPY) into a throwaway embedded Postgres, and
-compares with the model alone on the same batches already in memory. The
+compares with the model alone on the same batches already in memory, run as
+the job runs it (the same streams of the same threads; `--streams`). The
 ratio is what the pipeline loses to I/O and Python. Both figures are taken
 after one warm-up batch through the model (a nightly job embeds thousands of
 listings; the first batch's one-off set-up is not throughput).
@@ -14,7 +15,8 @@ model: PE-Core's input size and vector dims at almost no compute, so its
 end-to-end figure is what this machine's pipeline delivers on its own, the
 most a GPU could get out of it.
 
-"model busy" is the share of the job's time spent in inference: near 100%,
+"model busy" is the share of the job's time spent in inference (by each of
+the model's streams, on average): near 100%,
 the model is the limit and what the ratio loses is CPU the model shares with
 decoding, Postgres and the photo server on the same cores. "write wait" is
 the share the job could claim no more work because earlier batches' writes
@@ -61,7 +63,13 @@ from bikematch.listings import Listing, store_listings  # noqa: E402
 from bikematch.migrations import apply_migrations  # noqa: E402
 from embedder.decode import decode_image  # noqa: E402
 from embedder.fetch import FetchSettings  # noqa: E402
-from embedder.job import EmbedSettings, decode_workers, run_embedding  # noqa: E402
+from embedder.job import (  # noqa: E402
+    EmbedSettings,
+    decode_workers,
+    inference_pool,
+    inference_streams,
+    run_embedding,
+)
 from perception_models.precision import dtype_name  # noqa: E402
 
 
@@ -137,15 +145,23 @@ def warm_up(model, photos: list[bytes], titles: list[str], batch: int) -> tuple:
     return stacked, tokens
 
 
-def model_only(model, photos: list[bytes], titles: list[str], batch: int) -> float:
-    """Listings/s for preprocess-free inference on in-memory batches."""
+def model_only(model, photos: list[bytes], titles: list[str], batch: int, streams, threads):
+    """Listings/s for preprocess-free inference on in-memory batches, `streams` batches at
+    once on `threads` threads each, as the job runs the model."""
     stacked, tokens = warm_up(model, photos, titles, batch)
-    done, started = 0, time.perf_counter()
-    while done < len(photos):
+
+    def one() -> None:
         model.embed_images(stacked)
         model.embed_texts(tokens)
-        done += batch
-    return done / (time.perf_counter() - started)
+
+    with inference_pool(streams, threads) as pool:
+        for warming in [pool.submit(one) for _ in range(2 * streams)]:  # every thread
+            warming.result()
+        batches = -(-len(photos) // batch)
+        started = time.perf_counter()
+        for done in [pool.submit(one) for _ in range(batches)]:
+            done.result()
+        return batches * batch / (time.perf_counter() - started)
 
 
 def decode_ms(model, photos: list[bytes]) -> float:
@@ -179,6 +195,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, help="decode threads (default: as the job)")
+    parser.add_argument(
+        "--streams", type=int, help="batches the model embeds at once (default: as the job)"
+    )
     parser.add_argument(
         "--repeats",
         type=int,
@@ -218,9 +237,12 @@ def main() -> None:
             ]
             with connect(url) as conn:
                 store_listings(conn, listings)
+            device = torch.device(args.device)
+            streams, threads = inference_streams(args.streams, device)
             print(
                 f"device {args.device}, torch threads {torch.get_num_threads()}, "
-                f"decode workers {decode_workers(args.workers, torch.device(args.device))}, "
+                f"model streams {streams} of {threads or torch.get_num_threads()} threads, "
+                f"decode workers {decode_workers(args.workers, device)}, "
                 f"batch {args.batch_size}"
             )
             print(
@@ -235,7 +257,7 @@ def main() -> None:
             for name in args.models:
                 model = build(name, args.device, torch.float32 if auto else fixed)
                 n = args.pe_core_listings if name == "pe-core-l14-336" else args.listings
-                batch = min(args.batch_size, n)
+                batch = min(args.batch_size, max(1, n // streams))  # a batch per stream
                 for dtype in (torch.bfloat16, torch.float32) if auto else (model.dtype,):
                     model.dtype = dtype  # one-off kernel set-up is not throughput
                     warm_up(model, photos, titles, batch)
@@ -243,6 +265,7 @@ def main() -> None:
                     batch_size=args.batch_size,
                     limit=n,
                     workers=args.workers,
+                    streams=args.streams,
                     choose_precision=measured,
                     # auto: every run measures bf16 again, as a first run would.
                     precision_max_age=EmbedSettings.precision_max_age
@@ -260,7 +283,7 @@ def main() -> None:
                     summaries.append(summary)
                     uses.append(use)
                     # The model alone, in the precision the job ended with.
-                    alone.append(model_only(model, photos[:n], titles[:n], batch))
+                    alone.append(model_only(model, photos[:n], titles[:n], batch, streams, threads))
                     clear(url)
                 rates = [summary.rate for summary in summaries]
                 busy = statistics.median(summary.model_busy for summary in summaries)

@@ -360,6 +360,12 @@ def _fetch_settings(allow_private_hosts, cache_dir, concurrency=None):
     "on CUDA every core but one, up to 16].",
 )
 @click.option(
+    "--streams",
+    type=click.IntRange(1, 64),
+    help="Batches the model embeds at once, each on its own threads [default: on CPU one "
+    "per core, up to 4, sharing the cores out; on CUDA 1].",
+)
+@click.option(
     "--fetch-concurrency",
     type=click.IntRange(1, 512),
     default=16,
@@ -399,6 +405,7 @@ def embed(
     dtype,
     remeasure_precision,
     workers,
+    streams,
     fetch_concurrency,
     text_only,
     image_weight,
@@ -427,6 +434,7 @@ def embed(
         batch_size=batch_size,
         limit=limit,
         workers=workers,
+        streams=streams,
         text_only=text_only,
         image_weight=image_weight,
         choose_precision=dtype == "auto" and not remote,

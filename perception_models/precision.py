@@ -77,9 +77,10 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def machine_description() -> str:
+def machine_description(streams: int = 1, threads: int | None = None) -> str:
     """What a measured CPU speed-up depends on: the CPU model, the kernels torch picks for
-    it (AVX2, AVX-512...), torch's version and its threads."""
+    it (AVX2, AVX-512...), torch's version, and the model's threads: `streams` batches at
+    once on `threads` threads each (None: torch's setting)."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as info:
@@ -89,10 +90,11 @@ def machine_description() -> str:
             )
     except OSError:  # not Linux
         pass
-    return (
-        f"{cpu}; {torch.backends.cpu.get_cpu_capability()}; torch {torch.__version__}; "
-        f"{torch.get_num_threads()} threads"
-    )
+    threads = threads or torch.get_num_threads()
+    layout = f"{threads} thread{'s' if threads > 1 else ''}"
+    if streams > 1:
+        layout = f"{streams} streams of {layout}"
+    return f"{cpu}; {torch.backends.cpu.get_cpu_capability()}; torch {torch.__version__}; {layout}"
 
 
 def choose_precision(

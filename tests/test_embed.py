@@ -9,7 +9,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 import torch
@@ -19,13 +19,16 @@ from bikematch.database import connect
 from bikematch.listings import Listing, store_listings
 from embedder.decode import decode_image
 from embedder.fetch import FetchSettings
-from embedder.job import EmbedSettings, decode_workers, run_embedding
+from embedder.job import EmbedSettings, decode_workers, inference_streams, run_embedding
 from embedder.remote import RemoteModel
 from perception_models import load_model
 from perception_models.precision import machine_description
 
 from .conftest import BIKEMATCH, run_cli
-from .image_server import ImageServer, huge_png, jpeg, palette_with_alpha, png
+from .image_server import ImageServer, LocalServer, huge_png, jpeg, palette_with_alpha, png
+
+#: The kind of machine the job stores its precision choice under, with its default streams.
+JOB_MACHINE = machine_description(*inference_streams(None, torch.device("cpu")))
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +238,7 @@ def test_auto_precision_is_measured_on_the_first_batch_with_enough_images(
     # The outcome is stored for later runs on this kind of machine.
     assert conn.execute(
         "select model, machine, candidate, chosen, listings from precision_choices"
-    ).fetchall() == [("tiny-random", machine_description(), "bfloat16", str(model.dtype)[6:], 10)]
+    ).fetchall() == [("tiny-random", JOB_MACHINE, "bfloat16", str(model.dtype)[6:], 10)]
     # The measured batch is stored from its float32 vectors.
     model.dtype = torch.float32
     stored = conn.execute(
@@ -258,7 +261,7 @@ def test_auto_precision_uses_the_stored_choice_until_it_is_too_old(
         "insert into precision_choices"
         " (model, machine, candidate, chosen, agreement, speedup, listings, measured_at)"
         " values ('tiny-random', %s, 'bfloat16', 'bfloat16', 0.99991, 3.5, 64, now() - %s)",
-        (machine_description(), timedelta(days=29)),
+        (JOB_MACHINE, timedelta(days=29)),
     )
     for i in range(24):
         add(conn, "shop.nl", f"p{i}", f"Bike {i}", images.add(f"{i}.jpg", jpeg((9 * i, 9, 9))))
@@ -312,7 +315,7 @@ def test_a_stored_bf16_choice_is_checked_on_each_runs_own_listings(
         "insert into precision_choices"
         " (model, machine, candidate, chosen, agreement, speedup, listings)"
         " values ('tiny-random', %s, 'bfloat16', 'bfloat16', 0.9999, 1.8, 32)",
-        (machine_description(),),
+        (JOB_MACHINE,),
     )
     for i in range(6):
         add(conn, "shop.nl", f"p{i}", f"Bike {i}", images.add(f"{i}.jpg", jpeg((9 * i, 9, 9))))
@@ -344,6 +347,58 @@ def test_auto_precision_stays_float32_without_a_batch_to_measure_on(
     assert summary.lines()[-1] == (
         "precision float32 (no batch had 8 listings with images to measure bfloat16 on)"
     )
+
+
+def test_the_model_embeds_batches_at_once_but_alone_while_it_measures_precision(
+    conn, database_url, images, tmp_path
+):
+    """Two streams of one batch each: batches overlap, except the precision trial (the first
+    batch, whose timings decide, on both streams' threads), and torch's thread count is
+    restored afterwards."""
+    model = load_model("tiny-random", device="cpu")
+    calls, lock = [], threading.Lock()
+    embed_images = model.embed_images
+
+    def recorded(pixels):
+        started = time.perf_counter()
+        time.sleep(0.05)  # a slower model, so that two batches would overlap
+        vectors = embed_images(pixels)
+        with lock:
+            calls.append((started, time.perf_counter(), torch.get_num_threads()))
+        return vectors
+
+    model.embed_images = recorded
+    for i in range(24):
+        add(conn, "shop.nl", f"p{i}", f"Bike {i}", images.add(f"{i}.jpg", jpeg((9 * i, 90, 9))))
+    threads = torch.get_num_threads()
+    summary = run_embedding(
+        database_url,
+        model,
+        settings(tmp_path, batch_size=8, streams=2, choose_precision=True, precision_max_age=None),
+    )
+    assert summary.embedded == 24 and summary.streams == 2
+    assert "the model's 2 streams busy" in summary.lines()[1]
+    calls.sort()
+    # The trial: two halves of the first batch, each in float32 and in bfloat16.
+    trial, rest = calls[:4], calls[4:]
+    assert len(rest) == 2
+    trial_end = max(end for _, end, _ in trial)
+    assert all(started >= trial_end for started, _, _ in rest)
+    assert rest[1][0] < rest[0][1]  # the two later batches overlap
+    # Alone, the trial runs on both streams' threads.
+    per_stream = inference_streams(2, torch.device("cpu"))[1]
+    assert {count for _, _, count in trial} == {2 * per_stream}
+    assert {count for _, _, count in rest} == {per_stream}
+    assert torch.get_num_threads() == threads
+    with ThreadPoolExecutor(1) as fresh:  # the default for threads started later, too
+        assert fresh.submit(torch.get_num_threads).result() == threads
+
+
+def test_inference_streams_by_device():
+    cores = torch.get_num_threads()
+    assert inference_streams(None, torch.device("cpu")) == (min(cores, 4), max(1, cores // 4))
+    assert inference_streams(3, torch.device("cpu")) == (3, max(1, cores // 3))
+    assert inference_streams(None, torch.device("cuda")) == (1, None)
 
 
 def test_private_addresses_are_refused_unless_allowed(conn, database_url, images, tmp_path, tiny):
@@ -398,7 +453,7 @@ def test_cli_remeasures_precision_when_asked(conn, database_url, images):
         "insert into precision_choices"
         " (model, machine, candidate, chosen, agreement, speedup, listings)"
         " values ('tiny-random', %s, 'bfloat16', 'float32', 0.9, 1.0, 64)",
-        (machine_description(),),
+        (JOB_MACHINE,),
     )
     for i in range(8):
         add(conn, "shop.nl", f"p{i}", f"Bike {i}", images.add(f"{i}.jpg", jpeg((i * 20, 5, 5))))
@@ -409,6 +464,15 @@ def test_cli_remeasures_precision_when_asked(conn, database_url, images):
         assert ("as measured on this kind of machine" in out) == (not flag), out
         conn.execute("update scraped_bikes set name = name || ' 2024'")
     assert conn.execute("select listings from precision_choices").fetchall() == [(8,)]
+
+
+def test_cli_takes_the_number_of_streams(conn, database_url):
+    for i in range(6):
+        add(conn, "shop.nl", f"p{i}", f"Bike {i}", None)
+    process = _embed_process(database_url, "--batch-size", "2", "--streams", "3")
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert "embedded 6 (6 text-only)" in out and "the model's 3 streams busy" in out, out
 
 
 def test_resume_after_a_kill(conn, database_url, images, tmp_path):
@@ -481,7 +545,7 @@ class _RemoteService:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = LocalServer(Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/embed"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
