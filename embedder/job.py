@@ -293,13 +293,16 @@ class _Job:
                 size = self.settings.batch_size
                 if self.settings.limit is not None:
                     size = min(size, self.settings.limit - claimed)
-                works = await asyncio.to_thread(self._claim, conn, after, size)
-                if works is None:
+                page = await asyncio.to_thread(self._claim, conn, after, size)
+                if page is None:
                     self.claimed_all = True
                     break
+                works, last_page = page
                 if works:
                     after = works[-1].bike_id
                 claimed += len(works)
+                limit = self.settings.limit
+                self.claimed_all = last_page or (limit is not None and claimed >= limit)
                 prepared, failures = await self._prepare(works, fetcher)
                 done = asyncio.Event()
                 embedded.append(done)
@@ -351,8 +354,9 @@ class _Job:
         if self.progress:
             self.progress(self.summary.embedded, sum(self.summary.failed.values()), total)
 
-    def _claim(self, conn, after: uuid.UUID, size: int) -> list[store.Work] | None:
-        """The next page of pending work (possibly empty after re-checks), None at the end."""
+    def _claim(self, conn, after: uuid.UUID, size: int) -> tuple[list[store.Work], bool] | None:
+        """The next page of pending work (possibly empty after re-checks), and whether it
+        is the last (shorter than asked for); None at the end."""
         works = store.claim(conn, self.model.name, after, size, self.settings.max_attempts)
         if not works:
             conn.rollback()
@@ -368,7 +372,7 @@ class _Job:
         kept = [w for w in works if w.bike_id in still]
         if not kept:
             conn.rollback()  # others did this page; the next claim moves past it
-        return kept
+        return kept, len(works) < size
 
     async def _prepare(self, works: list[store.Work], fetcher: ImageFetcher):
         loop = asyncio.get_running_loop()
@@ -484,8 +488,8 @@ class _Streams:
         self.free = asyncio.Semaphore(count)
         # One batch at a time gathers streams, so two cannot each hold some and wait.
         self.gathering = asyncio.Lock()
-        #: When the batches embedding now are expected to end (perf_counter), by batch.
-        self.ends: dict[int, float] = {}
+        #: The batches embedding now: when each started, its listings and streams.
+        self.running: dict[int, tuple[float, int, int]] = {}
         #: Seconds a listing took on one stream, in the latest batch that ran on one.
         self.pace: float | None = None
 
@@ -502,20 +506,23 @@ class _Streams:
                     await self.free.acquire()
                     taken += 1
             started = time.perf_counter()
-            if self.pace is not None:
-                self.ends[id(batch)] = started + self.pace * listings / taken
+            self.running[id(batch)] = started, listings, taken
             yield taken
             if taken == 1 and listings:
                 self.pace = (time.perf_counter() - started) / listings
         finally:
-            self.ends.pop(id(batch), None)
+            self.running.pop(id(batch), None)
             for _ in range(taken):
                 self.free.release()
 
     def _frees_soon(self, listings: int) -> bool:
+        """Whether a stream is free, or one will be within SOON of this batch's time on one
+        stream (by the pace so far)."""
         if not self.free.locked():
             return True
-        if self.pace is None or not self.ends:
+        if self.pace is None or not self.running:
             return False
-        soonest = min(self.ends.values()) - time.perf_counter()
-        return soonest <= self.SOON * self.pace * listings
+        soonest = min(
+            started + self.pace * count / taken for started, count, taken in self.running.values()
+        )
+        return soonest - time.perf_counter() <= self.SOON * self.pace * listings

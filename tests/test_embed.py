@@ -355,19 +355,7 @@ def test_the_model_embeds_batches_at_once_but_alone_while_it_measures_precision(
     """Two streams of one batch each: batches overlap, except the precision trial (the first
     batch, whose timings decide, on both streams' threads), and torch's thread count is
     restored afterwards."""
-    model = load_model("tiny-random", device="cpu")
-    calls, lock = [], threading.Lock()
-    embed_images = model.embed_images
-
-    def recorded(pixels):
-        started = time.perf_counter()
-        time.sleep(0.05)  # a slower model, so that two batches would overlap
-        vectors = embed_images(pixels)
-        with lock:
-            calls.append((started, time.perf_counter(), torch.get_num_threads()))
-        return vectors
-
-    model.embed_images = recorded
+    model, calls = recording_model(seconds_a_batch=0.05)
     for i in range(24):
         add(conn, "shop.nl", f"p{i}", f"Bike {i}", images.add(f"{i}.jpg", jpeg((9 * i, 90, 9))))
     threads = torch.get_num_threads()
@@ -392,6 +380,46 @@ def test_the_model_embeds_batches_at_once_but_alone_while_it_measures_precision(
     assert torch.get_num_threads() == threads
     with ThreadPoolExecutor(1) as fresh:  # the default for threads started later, too
         assert fresh.submit(torch.get_num_threads).result() == threads
+
+
+def recording_model(seconds_a_batch=0.0, seconds_a_listing=0.0):
+    """tiny-random, made slower (so that batches can overlap), recording for each call to
+    embed_images when it started and ended and on how many threads it ran."""
+    model = load_model("tiny-random", device="cpu")
+    calls, lock = [], threading.Lock()
+    embed_images = model.embed_images
+
+    def recorded(pixels):
+        started = time.perf_counter()
+        time.sleep(seconds_a_batch + seconds_a_listing * len(pixels))
+        vectors = embed_images(pixels)
+        with lock:
+            calls.append((started, time.perf_counter(), torch.get_num_threads()))
+        return vectors
+
+    model.embed_images = recorded
+    return model, calls
+
+
+def test_the_runs_last_batch_takes_the_streams_left_free(conn, database_url, images, tmp_path):
+    per_stream = inference_streams(2, torch.device("cpu"))[1]
+    # One short page: the last batch from the start, with both streams free.
+    model, calls = recording_model()
+    for i in range(6):
+        add(conn, "shop.nl", f"a{i}", f"Bike {i}", images.add(f"a{i}.jpg", jpeg((9 * i, 9, 9))))
+    summary = run_embedding(database_url, model, settings(tmp_path, batch_size=8, streams=2))
+    assert summary.embedded == 6
+    assert [count for _, _, count in calls] == [2 * per_stream]
+    # Pages of 8, 8 and 4: the first two embed side by side and end together, and
+    # the last waits for both streams rather than run on one while the other idles.
+    model, calls = recording_model(seconds_a_listing=0.05)
+    for i in range(20):
+        add(conn, "shop.nl", f"b{i}", f"Bike {i}", images.add(f"b{i}.jpg", jpeg((9 * i, 9, 99))))
+    summary = run_embedding(database_url, model, settings(tmp_path, batch_size=8, streams=2))
+    assert summary.embedded == 20
+    calls.sort()
+    assert [count for _, _, count in calls] == [per_stream, per_stream, 2 * per_stream]
+    assert calls[2][0] >= max(calls[0][1], calls[1][1])
 
 
 def test_inference_streams_by_device():
