@@ -262,7 +262,7 @@ def main() -> None:
                     model.dtype = dtype  # one-off kernel set-up is not throughput
                     warm_up(model, photos, titles, batch)
                 settings = EmbedSettings(
-                    batch_size=args.batch_size,
+                    batch_size=batch,
                     limit=n,
                     workers=args.workers,
                     streams=args.streams,

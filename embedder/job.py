@@ -145,9 +145,10 @@ def inference_streams(requested: int | None, device: torch.device) -> tuple[int,
     On CPU, as requested, else one stream per core up to 4, the cores shared out
     among them. A team of threads on one batch waits at every op for its
     slowest member, and on cores shared with decoding and the database one of
-    them is often off its core: on 2 cores, minilm-effnet-lite0 embeds 81
-    listings/s end-to-end as 2 streams of 1 thread against 71 as 1 stream of 2,
-    which also leaves 3-7 CPU-ms a listing idle. On a GPU, one stream.
+    them is often off its core: on 2 cores, minilm-effnet-lite0 embeds 82.5
+    listings/s end-to-end as 2 streams of 1 thread against 72.4 as 1 stream of
+    2, which leaves 3 CPU-ms a listing idle (docs/benchmarks.md). On a GPU, one
+    stream.
     """
     if device.type != "cpu":
         return requested or 1, None
