@@ -15,7 +15,8 @@ from perception_models.preprocess import normalise_batch
 
 
 class EmbeddingModel(ABC):
-    """An image tower and a text tower, each returning L2-normalised float32 vectors.
+    """An image tower and a text tower, each returning L2-normalised float32 vectors on
+    the CPU (where the job writes them from), whatever device the model runs on.
 
     `preprocess(image)` -> (3, H, W) uint8 tensor; `tokenize(titles)` -> a token batch;
     `embed_images(pixels)` (B, 3, H, W) -> (B, image_dims), from uint8 pixels
@@ -71,7 +72,7 @@ class EmbeddingModel(ABC):
             return F.normalize(self._image_features(pixels).float(), dim=-1)
         with self._autocast():
             features = self._image_features(self.normalise(pixels.to(self.device)))
-        return F.normalize(features.float(), dim=-1)
+        return F.normalize(features.float(), dim=-1).cpu()
 
     @torch.inference_mode()
     def embed_texts(self, tokens) -> torch.Tensor:
@@ -83,7 +84,7 @@ class EmbeddingModel(ABC):
             tokens = tokens.to(self.device)
         with self._autocast():
             features = self._text_features(tokens)
-        return F.normalize(features.float(), dim=-1)
+        return F.normalize(features.float(), dim=-1).cpu()
 
 
 def combine(

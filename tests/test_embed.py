@@ -422,6 +422,28 @@ def test_the_runs_last_batch_takes_the_streams_left_free(conn, database_url, ima
     assert calls[2][0] >= max(calls[0][1], calls[1][1])
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_job_on_a_gpu_stores_what_the_cpu_would(conn, database_url, images, tmp_path):
+    cpu = load_model("tiny-random", device="cpu")
+    gpu = load_model("tiny-random", device="cuda")  # bf16 autocast by default
+    gpu.network.load_state_dict(cpu.network.state_dict())
+    photos = {f"p{i}": jpeg((25 * i, 90, 200 - 9 * i), size=(320, 240)) for i in range(10)}
+    for name, photo in photos.items():
+        add(conn, "shop.nl", name, f"Bike {name}", images.add(f"{name}.jpg", photo))
+    summary = run_embedding(database_url, gpu, settings(tmp_path, batch_size=4))
+    assert summary.embedded == 10 and not summary.failed, summary.lines()
+    for url, image, text, title in conn.execute(
+        "select url, image_embedding::text, text_embedding::text, name"
+        " from vector_storage join scraped_bikes on id = bike_id"
+    ):
+        pixels = decode_image(photos[url], cpu.preprocess, cpu.image_size)
+        for stored, expected in [
+            (image, cpu.embed_images(pixels[None])[0]),
+            (text, cpu.embed_texts(cpu.tokenize([title]))[0]),
+        ]:
+            assert torch.dot(torch.tensor(json.loads(stored)), expected) > 0.99
+
+
 def test_inference_streams_by_device():
     cores = torch.get_num_threads()
     assert inference_streams(None, torch.device("cpu")) == (min(cores, 4), max(1, cores // 4))
