@@ -303,13 +303,13 @@ def _load_embedding_model(name, device, remote, dtype="auto"):
         )
     import torch
 
-    from perception_models import WeightsNotFound, load_model
+    from perception_models import DeviceUnavailable, WeightsNotFound, load_model
 
     try:
         return load_model(
             name, device=device, dtype=None if dtype == "auto" else getattr(torch, dtype)
         )
-    except (WeightsNotFound, FileNotFoundError, KeyError) as exc:
+    except (WeightsNotFound, FileNotFoundError, KeyError, DeviceUnavailable) as exc:
         raise click.ClickException(str(exc).strip("'\"")) from exc
 
 

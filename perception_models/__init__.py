@@ -17,7 +17,15 @@ import torch
 from perception_models.base import EmbeddingModel, combine
 from perception_models.weights import WeightsNotFound
 
-__all__ = ["MODELS", "EmbeddingModel", "ModelSpec", "WeightsNotFound", "combine", "load_model"]
+__all__ = [
+    "MODELS",
+    "DeviceUnavailable",
+    "EmbeddingModel",
+    "ModelSpec",
+    "WeightsNotFound",
+    "combine",
+    "load_model",
+]
 
 
 @dataclass(frozen=True)
@@ -89,10 +97,21 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+class DeviceUnavailable(RuntimeError):
+    """The device asked for is not one torch can use on this machine."""
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "no CUDA (a CPU build)"
+        raise DeviceUnavailable(
+            f"device {device!r}: torch sees no CUDA GPU here (torch {torch.__version__}, "
+            f"built with {build}); use --device cpu or auto"
+        )
+    return resolved
 
 
 def load_model(

@@ -632,3 +632,12 @@ def test_an_unknown_model_is_one_line_and_starts_no_database(tmp_path):
         "minilm-effnet-lite0, tiny-random"
     ]
     assert not (tmp_path / ".bikematch").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_cuda_without_a_gpu_is_one_line_and_starts_no_database(tmp_path):
+    result = run_cli("embed", "--model", "tiny-random", "--device", "cuda", cwd=tmp_path)
+    assert result.returncode != 0
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("Error: device 'cuda': torch sees no CUDA GPU here"), line
+    assert not (tmp_path / ".bikematch").exists()
