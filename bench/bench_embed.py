@@ -243,7 +243,7 @@ def main() -> None:
                 f"device {args.device}, torch threads {torch.get_num_threads()}, "
                 f"model streams {streams} of {threads or torch.get_num_threads()} threads, "
                 f"decode workers {decode_workers(args.workers, device)}, "
-                f"batch {args.batch_size}"
+                f"batches of up to {args.batch_size} (fewer where they would not fill every stream)"
             )
             print(
                 f"{'model':22} {'listings':>8} {'dtype':>9} {'model-only/s':>13} "
@@ -308,7 +308,10 @@ def main() -> None:
                         + "; end-to-end "
                         + " ".join(f"{rate:.1f}" for rate in rates)
                     )
-                print(f"  decoding: {decode_ms(model, photos[:n]):.2f} ms a photo on one thread")
+                print(
+                    f"  batches of {batch}; decoding: {decode_ms(model, photos[:n]):.2f} ms a photo"
+                    " on one thread"
+                )
                 for precision in sorted({s.precision for s in summaries if s.precision}):
                     print(f"  {precision}")
     finally:

@@ -4,9 +4,9 @@ Batches are pipelined: while the model embeds batch N (in a worker thread,
 torch releases the GIL), the event loop claims batch N+1 and fetches and
 decodes its images, and batch N-1 is written to the database. On CPU the
 model embeds several batches at once, one per core by default, each on its
-own thread (`inference_streams`). Each batch
-commits on its own connection, so a crash loses at most the batches in
-flight, and the next run resumes from what is still pending. Claims use
+own thread (`inference_streams`). Each batch commits on its own connection,
+so a crash loses at most the batches in flight, and the next run resumes
+from what is still pending. Claims use
 `FOR NO KEY UPDATE SKIP LOCKED`, so embedders on several machines sharing one
 database never embed a listing twice.
 """
