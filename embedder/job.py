@@ -296,14 +296,13 @@ class _Job:
                     size = min(size, self.settings.limit - claimed)
                 page = await asyncio.to_thread(self._claim, conn, after, size)
                 if page is None:
-                    self.claimed_all = True
                     break
                 works, last_page = page
                 if works:
                     after = works[-1].bike_id
                 claimed += len(works)
-                limit = self.settings.limit
-                self.claimed_all = last_page or (limit is not None and claimed >= limit)
+                # Known before this batch's task first runs, so it can take every stream.
+                self.claimed_all = last_page
                 prepared, failures = await self._prepare(works, fetcher)
                 done = asyncio.Event()
                 embedded.append(done)
@@ -321,7 +320,7 @@ class _Job:
                         )
                     )
                 )
-            self.claimed_all = True
+            self.claimed_all = True  # at the limit, or no page left (nothing awaited since)
             await asyncio.gather(*batches)
         finally:
             for batch in batches:
