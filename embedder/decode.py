@@ -5,10 +5,15 @@ from __future__ import annotations
 import io
 import warnings
 
-from PIL import Image, UnidentifiedImageError
+from PIL import AvifImagePlugin, Image, UnidentifiedImageError
 
 #: Refuse images above this many pixels (decompression bombs, absurd scans).
 MAX_PIXELS = 40_000_000
+
+# Photos are decoded one per thread of the embedder's decode pool. PIL's AVIF decoder
+# would start a thread per core for each photo, threads that compete with the
+# model's for the cores.
+AvifImagePlugin.DEFAULT_MAX_THREADS = 1
 
 
 class DecodeError(Exception):

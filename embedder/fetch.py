@@ -30,6 +30,10 @@ _MAGIC = (
     (b"II*\x00", "tiff"),
     (b"MM\x00*", "tiff"),
 )
+#: ISO base media file brands of AVIF stills and sequences (in the "ftyp" box).
+_AVIF_BRANDS = {b"avif", b"avis"}
+#: Bytes of a download `image_kind` needs to see (an AVIF "ftyp" box lists its brands).
+SIGNATURE_BYTES = 64
 
 
 class FetchError(Exception):
@@ -85,6 +89,13 @@ class _PublicOnlyResolver(AbstractResolver):
 
 
 def image_kind(data: bytes) -> str | None:
+    """The image format `data` (a file's first SIGNATURE_BYTES) starts like, or None."""
+    if data[4:8] == b"ftyp":
+        # An AVIF names itself by brand: the major one, or a compatible one after a
+        # "mif1" major brand (HEIC, which PIL cannot read, has other brands).
+        size = int.from_bytes(data[:4], "big")
+        brands = {data[8:12]} | {data[at : at + 4] for at in range(16, min(size, len(data)), 4)}
+        return "avif" if brands & _AVIF_BRANDS else None
     for magic, kind in _MAGIC:
         if data.startswith(magic):
             if kind == "webp" and data[8:12] != b"WEBP":
@@ -236,6 +247,6 @@ class ImageFetcher:
                 raise FetchError(f"too large: over {self.settings.max_bytes} bytes")
         if not data:
             raise FetchError("empty response (0 bytes)")
-        if image_kind(bytes(data[:16])) is None:
+        if image_kind(bytes(data[:SIGNATURE_BYTES])) is None:
             raise FetchError("not an image: unknown file signature")
         return bytes(data)

@@ -23,13 +23,17 @@ _TORCH_MODES = {Image.Resampling.BILINEAR: "bilinear", Image.Resampling.BICUBIC:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Upright RGB: EXIF rotation applied; palette, CMYK, grey and alpha converted.
+    """Upright RGB: EXIF rotation applied; palette, CMYK, grey (8 or 16 bits) and alpha
+    converted.
 
     Transparent areas become white, the usual product-photo background.
     """
     # exif_transpose would copy even an upright image
     if image.getexif().get(ExifTags.Base.Orientation, 1) != 1:
         image = ImageOps.exif_transpose(image)
+    if image.mode.startswith("I;16"):
+        # 16-bit grey (PNG, TIFF): PIL's conversion would clip at 255, turning it white
+        image = Image.fromarray((np.asarray(image).astype(np.uint32) >> 8).astype(np.uint8))
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA"):

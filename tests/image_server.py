@@ -10,6 +10,7 @@ import zlib
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
 from PIL import Image
 
 
@@ -26,9 +27,20 @@ def jpeg(color, size=(64, 48), mode="RGB", exif_rotate=False) -> bytes:
 
 
 def png(image: Image.Image) -> bytes:
+    return encoded(image, "PNG")
+
+
+def encoded(image: Image.Image, image_format: str) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format=image_format)
     return buffer.getvalue()
+
+
+def grey16_png(size=(64, 48)) -> bytes:
+    """A 16-bit greyscale PNG: a dark left half (level 40 of 255), a light right half (200)."""
+    levels = np.full((size[1], size[0]), 200 * 257, dtype=np.uint16)
+    levels[:, : size[0] // 2] = 40 * 257
+    return png(Image.fromarray(levels))
 
 
 def huge_png(width=20000, height=20000) -> bytes:

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -18,14 +19,23 @@ from PIL import Image
 from bikematch.database import connect
 from bikematch.listings import Listing, store_listings
 from embedder.decode import decode_image
-from embedder.fetch import FetchSettings
+from embedder.fetch import FetchSettings, image_kind
 from embedder.job import EmbedSettings, decode_workers, inference_streams, run_embedding
 from embedder.remote import RemoteModel
 from perception_models import load_model
 from perception_models.precision import machine_description
 
 from .conftest import BIKEMATCH, run_cli
-from .image_server import ImageServer, LocalServer, huge_png, jpeg, palette_with_alpha, png
+from .image_server import (
+    ImageServer,
+    LocalServer,
+    encoded,
+    grey16_png,
+    huge_png,
+    jpeg,
+    palette_with_alpha,
+    png,
+)
 
 #: The kind of machine the job stores its precision choice under, with its default streams.
 JOB_MACHINE = machine_description(*inference_streams(None, torch.device("cpu")))
@@ -99,6 +109,31 @@ def test_decode_threads_start_no_torch_thread_teams():
     assert torch.allclose(vector.norm(dim=-1), torch.ones(1))
 
 
+def test_an_avif_decodes_on_its_decode_thread_alone():
+    """PIL's AVIF decoder starts a thread per core for each photo unless told otherwise."""
+    noise = np.random.default_rng(0).integers(0, 256, (900, 1200, 3), dtype=np.uint8)
+    photo = encoded(Image.fromarray(noise), "AVIF")
+    peak, decoding = 0, threading.Event()
+
+    def watch():
+        nonlocal peak
+        while decoding.is_set():
+            peak = max(peak, len(os.listdir("/proc/self/task")))
+
+    with ThreadPoolExecutor(1) as decoder:
+        decoder.submit(int).result()  # the decode thread itself
+        decoding.set()
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        before = len(os.listdir("/proc/self/task"))
+        for _ in range(3):
+            pixels = decoder.submit(decode_image, photo, lambda image: image).result()
+        decoding.clear()
+        watcher.join()
+    assert pixels.size == (1200, 900)
+    assert peak == before
+
+
 def test_decode_threads_default_to_two_beside_a_cpu_model_and_the_cores_beside_a_gpu(
     monkeypatch,
 ):
@@ -110,12 +145,18 @@ def test_decode_threads_default_to_two_beside_a_cpu_model_and_the_cores_beside_a
         assert decode_workers(None, cuda) == threads
 
 
+WEBP, AVIF = "image/webp", "image/avif"
+
+
 def test_good_and_broken_images(conn, database_url, images, tmp_path, tiny):
     cases = {
         "ok": images.add("ok.jpg", jpeg((200, 0, 0))),
         "cmyk": images.add("cmyk.jpg", jpeg((0, 100, 100, 0), mode="CMYK")),
         "palette": images.add("palette.png", palette_with_alpha(), "image/png"),
         "rotated": images.add("rotated.jpg", jpeg((0, 0, 200), exif_rotate=True)),
+        "webp": images.add("p.webp", encoded(Image.new("RGB", (60, 40), "teal"), "WEBP"), WEBP),
+        "avif": images.add("p.avif", encoded(Image.new("RGB", (60, 40), "olive"), "AVIF"), AVIF),
+        "grey16": images.add("grey16.png", grey16_png(), "image/png"),
         "redirected": f"{images.base}/redirect/ok.jpg",
         "missing": f"{images.base}/img/nothing.jpg",
         "html": images.add("page.jpg", b"<html>not an image</html>", "text/html"),
@@ -131,7 +172,9 @@ def test_good_and_broken_images(conn, database_url, images, tmp_path, tiny):
         add(conn, "shop.nl", name, f"Bike {name}", url)
     summary = run_embedding(database_url, tiny, settings(tmp_path))
     stored, failed = vectors(conn), failures(conn)
-    assert set(stored) == {"ok", "cmyk", "palette", "rotated", "redirected", "no-image"}
+    assert set(stored) == {
+        *("ok", "cmyk", "palette", "rotated", "webp", "avif", "grey16", "redirected", "no-image")
+    }
     assert stored["no-image"][:2] == (True, True)  # text-only, no image vector
     assert stored["ok"][:2] == (False, False)
     expected = {
@@ -148,10 +191,23 @@ def test_good_and_broken_images(conn, database_url, images, tmp_path, tiny):
     for name, (stage, error) in expected.items():
         assert failed[name][0] == stage and error in failed[name][1], (name, failed[name])
         assert failed[name][2] == 1
-    assert summary.embedded == 6 and summary.text_only == 1
+    assert summary.embedded == 9 and summary.text_only == 1
     assert 0 < summary.model_seconds < summary.seconds
     assert sum(summary.failed.values()) == 8
     assert images.requests["/img/boom.jpg"] == 2  # retried once
+
+
+def test_avif_is_known_by_its_brands_and_heic_is_not_taken_for_an_image():
+    def ftyp(major: bytes, *compatible: bytes) -> bytes:
+        brands = major + b"\x00\x00\x00\x00" + b"".join(compatible)
+        return (8 + len(brands)).to_bytes(4, "big") + b"ftyp" + brands + b"\x00\x00\x00\x0cmeta"
+
+    assert image_kind(ftyp(b"avif", b"avif", b"mif1", b"miaf")) == "avif"
+    assert image_kind(ftyp(b"mif1", b"mif1", b"avif")) == "avif"  # avif as a compatible brand
+    assert image_kind(ftyp(b"avis", b"avis", b"msf1")) == "avif"  # an AVIF sequence
+    assert image_kind(ftyp(b"heic", b"mif1", b"heic")) is None  # PIL cannot read HEIC
+    assert image_kind(ftyp(b"mif1", b"mif1") + b"avif") is None  # past the box: not a brand
+    assert image_kind(ftyp(b"isom", b"isom", b"mp42")) is None  # an MP4 video
 
 
 def test_failures_are_retried_up_to_a_cap_and_changes_reset_them(

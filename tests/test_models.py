@@ -148,6 +148,16 @@ def test_resize_reproduces_pils_filter(resample):
         assert inside.max() <= 1
 
 
+def test_16_bit_grey_keeps_its_levels():
+    """PIL's own conversion clips 16-bit grey at 255: a white image."""
+    levels = np.array([[0, 40 * 257, 200 * 257, 65535]], dtype=np.uint16)
+    for mode, order in (("I;16", "<u2"), ("I;16B", ">u2")):  # little- and big-endian
+        image = Image.frombytes(mode, (4, 1), levels.astype(order).tobytes())
+        rgb = np.asarray(preprocess.to_rgb(image))
+        assert rgb.shape == (1, 4, 3)
+        assert rgb[0, :, 0].tolist() == [0, 40, 200, 255] and (rgb == rgb[..., :1]).all()
+
+
 def test_center_crop_keeps_the_middle_square():
     wide = Image.new("RGB", (900, 300), (255, 0, 0))
     wide.paste((0, 0, 255), (300, 0, 600, 300))  # the middle third blue
