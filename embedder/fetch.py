@@ -30,6 +30,9 @@ _MAGIC = (
     (b"II*\x00", "tiff"),
     (b"MM\x00*", "tiff"),
 )
+#: Content types that say nothing of the bytes (binary/...: S3's default for uploads);
+#: the file's signature decides.
+_UNTYPED = {"application/octet-stream", "binary/octet-stream"}
 #: ISO base media file brands of AVIF stills and sequences (in the "ftyp" box).
 _AVIF_BRANDS = {b"avif", b"avis"}
 #: Bytes of a download `image_kind` needs to see (an AVIF "ftyp" box lists its brands).
@@ -233,9 +236,7 @@ class ImageFetcher:
 
     async def _read_image(self, response: aiohttp.ClientResponse) -> bytes:
         content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        if content_type and not (
-            content_type.startswith("image/") or content_type == "application/octet-stream"
-        ):
+        if content_type and not (content_type.startswith("image/") or content_type in _UNTYPED):
             raise FetchError(f"not an image: Content-Type {content_type}")
         declared = response.content_length
         if declared is not None and declared > self.settings.max_bytes:

@@ -157,6 +157,7 @@ def test_good_and_broken_images(conn, database_url, images, tmp_path, tiny):
         "webp": images.add("p.webp", encoded(Image.new("RGB", (60, 40), "teal"), "WEBP"), WEBP),
         "avif": images.add("p.avif", encoded(Image.new("RGB", (60, 40), "olive"), "AVIF"), AVIF),
         "grey16": images.add("grey16.png", grey16_png(), "image/png"),
+        "untyped": images.add("s3.jpg", jpeg((0, 90, 0)), "binary/octet-stream"),
         "redirected": f"{images.base}/redirect/ok.jpg",
         "missing": f"{images.base}/img/nothing.jpg",
         "html": images.add("page.jpg", b"<html>not an image</html>", "text/html"),
@@ -173,7 +174,8 @@ def test_good_and_broken_images(conn, database_url, images, tmp_path, tiny):
     summary = run_embedding(database_url, tiny, settings(tmp_path))
     stored, failed = vectors(conn), failures(conn)
     assert set(stored) == {
-        *("ok", "cmyk", "palette", "rotated", "webp", "avif", "grey16", "redirected", "no-image")
+        *("ok", "cmyk", "palette", "rotated", "webp", "avif", "grey16", "untyped"),
+        *("redirected", "no-image"),
     }
     assert stored["no-image"][:2] == (True, True)  # text-only, no image vector
     assert stored["ok"][:2] == (False, False)
@@ -191,7 +193,7 @@ def test_good_and_broken_images(conn, database_url, images, tmp_path, tiny):
     for name, (stage, error) in expected.items():
         assert failed[name][0] == stage and error in failed[name][1], (name, failed[name])
         assert failed[name][2] == 1
-    assert summary.embedded == 9 and summary.text_only == 1
+    assert summary.embedded == 10 and summary.text_only == 1
     assert 0 < summary.model_seconds < summary.seconds
     assert sum(summary.failed.values()) == 8
     assert images.requests["/img/boom.jpg"] == 2  # retried once
