@@ -13,18 +13,21 @@ happens once per batch (`normalise_batch`, called by
 
 from __future__ import annotations
 
+import functools
+import io
+
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import ExifTags, Image, ImageOps
+from PIL import ExifTags, Image, ImageCms, ImageOps
 
 #: PIL filters that torch's antialiased uint8 resize reproduces.
 _TORCH_MODES = {Image.Resampling.BILINEAR: "bilinear", Image.Resampling.BICUBIC: "bicubic"}
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Upright RGB: EXIF rotation applied; palette, CMYK, grey (8 or 16 bits) and alpha
-    converted.
+    """Upright sRGB: EXIF rotation applied; an embedded colour profile applied (the
+    colours a browser shows); palette, CMYK, grey (8 or 16 bits) and alpha converted.
 
     Transparent areas become white, the usual product-photo background.
     """
@@ -36,11 +39,73 @@ def to_rgb(image: Image.Image) -> Image.Image:
         image = Image.fromarray((np.asarray(image).astype(np.uint32) >> 8).astype(np.uint8))
     if image.mode == "P":
         image = image.convert("RGBA")
+    image = in_srgb(image)
     if image.mode in ("RGBA", "LA"):
         background = Image.new("RGB", image.size, (255, 255, 255))
         background.paste(image, mask=image.getchannel("A"))
         return background
     return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def in_srgb(image: Image.Image) -> Image.Image:
+    """`image` with its embedded ICC profile (Display P3, Adobe RGB, a CMYK press
+    profile...) applied, converted to sRGB; as it was where it has none, an sRGB one, or
+    one LittleCMS cannot use.
+
+    Shops differ in whether they keep a photo's profile: the same photo is served in
+    P3 with its profile by one and converted to sRGB by another's CDN. Read without
+    the profile, the P3 copy's colours are off: on three photos, EfficientNet-Lite0's
+    vectors of the P3 copies were at cosine 0.990-0.995 to the sRGB copies', and at
+    0.9987-0.9992 with the profile applied.
+    """
+    profile = image.info.get("icc_profile")
+    if not profile or image.mode not in _PROFILED_MODES:
+        return image
+    transform = _to_srgb(profile, image.mode)
+    if transform is None:
+        return image
+    return ImageCms.applyTransform(image, transform)
+
+
+#: The modes an embedded profile is applied in, and the mode each becomes.
+_PROFILED_MODES = {"RGB": "RGB", "RGBA": "RGBA", "CMYK": "RGB", "L": "RGB"}
+
+
+@functools.lru_cache(maxsize=32)
+def _to_srgb(profile: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
+    """The transform from `profile` to sRGB for `mode`; None where it is not needed (an
+    sRGB profile: every level within one of itself) or cannot be built. Shops serve
+    most photos with one of a few profiles, so transforms are kept; without LittleCMS's
+    per-transform cache, as the decode threads share them."""
+    output = _PROFILED_MODES[mode]
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+        transform = ImageCms.buildTransform(
+            source,
+            _SRGB,
+            mode,
+            output,
+            ImageCms.Intent.PERCEPTUAL,
+            flags=ImageCms.Flags.NOCACHE,
+        )
+    except (OSError, ValueError, ImageCms.PyCMSError):  # corrupt, or not for this mode
+        return None
+    if mode == output:
+        probe = Image.fromarray(_PROBE[:, :, : len(mode)].copy())
+        applied = np.asarray(ImageCms.applyTransform(probe, transform), dtype=np.int16)
+        if np.abs(applied - _PROBE[:, :, : len(mode)]).max() <= 1:
+            return None
+    return transform
+
+
+_SRGB = ImageCms.createProfile("sRGB")
+#: Colours across the RGB cube (and an alpha channel): where a profile leaves all of them
+#: as they are, it is sRGB in effect.
+_PROBE = np.stack(
+    [*np.meshgrid(*[np.linspace(0, 255, 8, dtype=np.uint8)] * 3, indexing="ij")]
+    + [np.full((8, 8, 8), 255, np.uint8)],
+    axis=-1,
+).reshape(16, 32, 4)
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageCms
 
 from perception_models import MODELS, combine, load_model, preprocess
 from perception_models.models import TINY_CONFIG, PECore
@@ -24,6 +25,8 @@ from perception_models.pe_core import (
 )
 from perception_models.tokenizers import ByteTokenizer
 from perception_models.weights import WeightsNotFound
+
+from .image_server import display_p3_profile, encoded
 
 HERE = Path(__file__).parent
 REFERENCES = ("timm", "open_clip")
@@ -156,6 +159,38 @@ def test_16_bit_grey_keeps_its_levels():
         rgb = np.asarray(preprocess.to_rgb(image))
         assert rgb.shape == (1, 4, 3)
         assert rgb[0, :, 0].tolist() == [0, 40, 200, 255] and (rgb == rgb[..., :1]).all()
+
+
+def test_an_embedded_colour_profile_is_applied():
+    """A Display P3 photo that kept its profile comes out in the sRGB a browser shows; an
+    sRGB profile, a broken one, or none leave the pixels as they are."""
+    srgb = ImageCms.createProfile("sRGB")
+    p3 = ImageCms.ImageCmsProfile(io.BytesIO(display_p3_profile()))
+    # a smooth photo stand-in (no channel at 0, where 8-bit P3 levels round coarsely)
+    ramp = np.linspace(32, 224, 64, dtype=np.uint8)
+    red, green = np.meshgrid(ramp, ramp[::-1])
+    original = Image.fromarray(np.stack([red, green, np.full_like(red, 60)], -1))
+    as_p3 = ImageCms.profileToProfile(original, srgb, p3, outputMode="RGB")
+    served = Image.open(io.BytesIO(encoded(as_p3, "PNG", icc_profile=p3.tobytes())))
+
+    def off(image):  # mean and most levels from the original
+        difference = np.abs(np.asarray(image, dtype=int) - np.asarray(original, dtype=int))
+        return difference.mean(), difference.max()
+
+    assert off(served)[0] > 5  # read without its profile
+    mean, most = off(preprocess.to_rgb(served))
+    assert mean < 1 and most <= 3
+
+    pixel = Image.new("RGB", (1, 1), (234, 51, 35))  # sRGB's red in P3's levels
+    pixel.info["icc_profile"] = p3.tobytes()
+    assert np.abs(np.asarray(preprocess.to_rgb(pixel), dtype=int) - (255, 0, 0)).max() <= 2
+    with_alpha = Image.new("RGBA", (1, 1), (234, 51, 35, 100))
+    with_alpha.info["icc_profile"] = p3.tobytes()
+    red, green, blue, alpha = preprocess.in_srgb(with_alpha).getpixel((0, 0))
+    assert red >= 253 and max(green, blue) <= 2 and alpha == 100
+    for profile in (ImageCms.ImageCmsProfile(srgb).tobytes(), b"not a profile", None):
+        pixel.info["icc_profile"] = profile
+        assert preprocess.in_srgb(pixel) is pixel
 
 
 def test_center_crop_keeps_the_middle_square():
