@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 from collections import defaultdict
 from datetime import UTC, datetime
 from html import escape
@@ -139,6 +138,7 @@ def _offer_html(offer, thumbs: Path, image_cache, cheapest: bool) -> str:
 
 def _thumbnail(image_url: str, thumbs: Path, image_cache: Path | None) -> str:
     """A local thumbnail when the image is in the embedder's cache, else the URL itself."""
+    from embedder.decode import DecodeError, decode_image
     from embedder.fetch import cached_image
 
     data = cached_image(image_cache, image_url) if image_cache else None
@@ -148,9 +148,21 @@ def _thumbnail(image_url: str, thumbs: Path, image_cache: Path | None) -> str:
     target = thumbs / name
     if not target.exists():
         try:
-            image = Image.open(io.BytesIO(data)).convert("RGB")
-            image.thumbnail((368, 276))
-            image.save(target, format="JPEG", quality=80)
-        except OSError:
+            thumb = decode_image(data, _thumbnail_of, target_size=max(THUMBNAIL))
+            thumb.save(target, format="JPEG", quality=80)
+        except (DecodeError, OSError):  # not an image, or the thumbnail cannot be written
             return image_url
     return f"thumbs/{name}"
+
+
+#: The largest a thumbnail gets (width, height): the offer card's image box at 2x.
+THUMBNAIL = (368, 276)
+
+
+def _thumbnail_of(image: Image.Image) -> Image.Image:
+    """The photo upright, in sRGB, on white where transparent (as embedded), made small."""
+    from perception_models.preprocess import to_rgb  # torch: only where thumbnails are made
+
+    image = to_rgb(image)
+    image.thumbnail(THUMBNAIL)
+    return image

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
 import socket
@@ -142,3 +143,43 @@ def test_report_renders_what_a_person_needs(demo, database_url):
     assert images and all('data-loaded="1"' in image for image in images[:20])  # local thumbnails
     assert "Listings that matched nothing" in dom
     assert "similarity 0." in dom and "cheapest at" in dom
+
+
+def test_report_thumbnails_show_photos_as_a_browser_would(tmp_path):
+    """Upright (EXIF rotation), in sRGB (an embedded profile), small; a photo that is not
+    one (here a decompression bomb) keeps its URL instead of failing the report."""
+    import asyncio
+
+    import numpy as np
+    from PIL import Image, ImageCms
+
+    from bikematch.report import THUMBNAIL, _thumbnail
+    from embedder.fetch import FetchSettings, ImageFetcher
+
+    from .image_server import ImageServer, display_p3_profile, encoded, huge_png, jpeg
+
+    p3 = ImageCms.ImageCmsProfile(io.BytesIO(display_p3_profile()))
+    red_in_p3 = Image.new("RGB", (800, 600), (234, 51, 35))  # sRGB's red
+    cache, thumbs = tmp_path / "cache", tmp_path / "thumbs"
+    thumbs.mkdir()
+    with ImageServer() as server:
+        urls = {
+            "rotated": server.add("rotated.jpg", jpeg((0, 0, 200), (800, 600), exif_rotate=True)),
+            "p3": server.add("p3.png", encoded(red_in_p3, "PNG", icc_profile=p3.tobytes())),
+            "bomb": server.add("bomb.png", huge_png()),
+        }
+
+        async def fetch_all():
+            settings = FetchSettings(allow_private=True, cache_dir=cache)
+            async with ImageFetcher(settings) as fetcher:
+                for url in urls.values():
+                    await fetcher.fetch(url)
+
+        asyncio.run(fetch_all())
+    made = {name: _thumbnail(url, thumbs, cache) for name, url in urls.items()}
+    assert made["bomb"] == urls["bomb"]
+    rotated = Image.open(tmp_path / made["rotated"])
+    assert rotated.size == (THUMBNAIL[1] * 600 // 800, THUMBNAIL[1])  # portrait now
+    red = np.asarray(Image.open(tmp_path / made["p3"]), dtype=int)
+    assert red.shape == (THUMBNAIL[1], THUMBNAIL[0], 3)
+    assert np.abs(red - (255, 0, 0)).max() <= 4  # JPEG rounding
