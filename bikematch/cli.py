@@ -646,20 +646,31 @@ def report(out_dir, image_cache) -> None:
     "--threshold", type=float, default=0.0, show_default=True, help="Lowest similarity to show."
 )
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
-def search(image, text, model_name, count, threshold, device) -> None:
+@click.option(
+    "--allow-private-hosts", is_flag=True, help="Let --image be a URL on a private address."
+)
+def search(image, text, model_name, count, threshold, device, allow_private_hosts) -> None:
     """The listings nearest to a photo or a text (through match_bikes and the HNSW index).
 
     \b
     Example:
         bikematch search --text "Gazelle Ultimate C380 500Wh" -k 5
     """
-    from bikematch.search import search_listings
+    from bikematch.search import read_photo, search_listings
+    from embedder.decode import DecodeError
+    from embedder.fetch import FetchError
 
     if bool(image) == bool(text):
         raise click.UsageError("give exactly one of --image and --text")
+    photo = None
+    if image:  # read before the model loads: a wrong path fails at once
+        try:
+            photo = read_photo(image, _fetch_settings(allow_private_hosts, "off"))
+        except (OSError, FetchError, DecodeError) as exc:
+            raise click.ClickException(f"cannot read {image}: {exc}") from exc
     model = _load_embedding_model(model_name, device, None)
     url = resolve_url(load_settings())
-    rows = search_listings(url, model, image=image, text=text, count=count, threshold=threshold)
+    rows = search_listings(url, model, image=photo, text=text, count=count, threshold=threshold)
     if not rows:
         click.echo("no listing found")
     for row in rows:

@@ -3,37 +3,46 @@
 from __future__ import annotations
 
 import asyncio
-import io
 from pathlib import Path
 
 import torch
 from pgvector import HalfVector
-from PIL import Image
 
 from bikematch.database import connect
+from embedder.decode import decode_image
+from embedder.fetch import FetchSettings, ImageFetcher
 from perception_models import combine
 
 
-def query_embedding(model, image: str | None = None, text: str | None = None) -> torch.Tensor:
-    """A combined [image, text] query with only the given half set (the other is zeros)."""
+def query_embedding(model, image: bytes | None = None, text: str | None = None) -> torch.Tensor:
+    """A combined [image, text] query with only the given half set (the other is zeros).
+
+    `image` is a photo's bytes (`read_photo`), decoded as the embedder decodes a
+    listing's, so a listing's own photo finds it at a cosine of about 1.
+    """
     if image is not None:
-        picture = Image.open(io.BytesIO(_read_image(image)))
-        vector = model.embed_images(model.collate([model.preprocess(picture)]))
+        pixels = decode_image(image, model.preprocess, model.image_size)
+        vector = model.embed_images(model.collate([pixels]))
         return torch.cat([vector, torch.zeros(1, model.text_dims)], dim=-1)[0]
     vector = model.embed_texts(model.tokenize([text]))
     return combine(None, vector, image_dims=model.image_dims)[0]
 
 
-def _read_image(source: str) -> bytes:
+def read_photo(source: str, fetch: FetchSettings | None = None) -> bytes:
+    """A query photo's bytes, from a file or an http(s) URL (fetched as the embedder
+    fetches, with `fetch`'s settings), checked to be an image. Raises OSError,
+    FetchError or DecodeError."""
     if source.startswith(("http://", "https://")):
-        from embedder.fetch import FetchSettings, ImageFetcher
 
-        async def fetch() -> bytes:
-            async with ImageFetcher(FetchSettings(cache_dir=None)) as fetcher:
+        async def fetched() -> bytes:
+            async with ImageFetcher(fetch or FetchSettings()) as fetcher:
                 return await fetcher.fetch(source)
 
-        return asyncio.run(fetch())
-    return Path(source).read_bytes()
+        data = asyncio.run(fetched())
+    else:
+        data = Path(source).read_bytes()
+    decode_image(data, lambda image: None)
+    return data
 
 
 #: The image weight the stored embeddings were made with (the embedder's default).
@@ -41,7 +50,8 @@ STORED_IMAGE_WEIGHT = 0.5
 
 
 def search_listings(url: str, model, *, image=None, text=None, count=10, threshold=0.0):
-    """Nearest listings as (shop, name, price, currency, url, similarity).
+    """Nearest listings as (shop, name, price, currency, url, similarity); `image`: a
+    photo's bytes (`read_photo`), or `text`.
 
     A photo or a text fills one half of the query, so the combined cosine is
     that half's cosine times sqrt(its weight); the similarity returned is the

@@ -90,6 +90,42 @@ def test_search_by_text_finds_the_bike(demo, database_url):
     assert lines[0].startswith("1.000")  # the text half's own cosine, not scaled
 
 
+def test_search_by_photo_finds_the_listing_it_came_from(demo, database_url, tmp_path):
+    """The query photo is decoded as the embedder decoded the listing's, so the listing's
+    own photo comes back first at about 1 (the demo stores bf16 vectors in halfvec)."""
+    from bikematch.database import connect
+    from embedder.fetch import cached_image
+
+    with connect(database_url) as conn:
+        name, image_url = conn.execute(
+            "select name, image_url from scraped_bikes"
+            " where webshop = 'fietsvoordeelshop.nl' and image_url is not null"
+            " order by url limit 1"
+        ).fetchone()
+    cache = demo["report"].parent / ".bikematch" / "demo" / "image-cache"
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(cached_image(cache, image_url))
+    (tmp_path / "notes.txt").write_text("not a photo")
+
+    def search(image):
+        args = ("search", "--image", image, "--model", "minilm-effnet-lite0", "-k", "3")
+        return run_cli(*args, "--device", "cpu", env=demo["env"])
+
+    result = search(str(photo))
+    assert result.returncode == 0, result.stderr
+    first = result.stdout.strip().splitlines()[0]
+    assert name in first and float(first.split()[0]) >= 0.998, result.stdout
+    for image, error in (
+        (str(tmp_path / "notes.txt"), "not an image"),
+        (str(tmp_path / "missing.jpg"), "No such file"),
+    ):
+        result = search(image)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"Error: cannot read {image}: "), lines
+        assert error in lines[0], lines
+
+
 def _chromium() -> str:
     for name in ("chromium", "chromium-browser", "google-chrome"):
         if shutil.which(name):
