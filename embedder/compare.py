@@ -41,10 +41,12 @@ def compare_models(url, first, second, sample: int, fetch_settings) -> list[str]
         if isinstance(data, FetchError | BaseException):
             continue
         try:
-            first_pixels.append(decode_image(data, first.preprocess))
-            second_pixels.append(decode_image(data, second.preprocess))
+            # as the embedding job decodes them (JPEGs at the model's draft scale)
+            pixels = [decode_image(data, m.preprocess, m.image_size) for m in (first, second)]
         except DecodeError:
             continue
+        first_pixels.append(pixels[0])
+        second_pixels.append(pixels[1])
         titles.append(title)
     if not titles:
         return ["none of the sampled images could be fetched"]
