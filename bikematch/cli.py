@@ -424,8 +424,7 @@ def embed(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from tqdm import tqdm
-
+    from bikematch.progress import embedding_progress
     from embedder.job import EmbedSettings, run_embedding
 
     model = _load_embedding_model(model_name, device, remote, dtype)  # a bad name fails first
@@ -441,18 +440,8 @@ def embed(
         precision_max_age=None if remeasure_precision else EmbedSettings.precision_max_age,
         fetch=_fetch_settings(allow_private_hosts, cache_dir, fetch_concurrency),
     )
-    bar = tqdm(unit=" listings", desc=f"embedding ({model.name})", file=sys.stderr, leave=False)
-
-    def progress(done, failed, total):
-        bar.total = total
-        bar.n = done + failed
-        bar.set_postfix(failed=failed, refresh=False)
-        bar.refresh()
-
-    try:
+    with embedding_progress(model.name) as progress:
         summary = run_embedding(url, model, settings, progress)
-    finally:
-        bar.close()
     for line in summary.lines():
         click.echo(line)
 
@@ -523,6 +512,7 @@ def run(ctx, shops_file, model_name, anchor_shop, device, batch_size) -> None:
         DATABASE_URL=postgresql://... bikematch run --shops shops.yaml
     """
     from bikematch import pipeline
+    from bikematch.progress import embedding_progress
     from embedder.job import EmbedSettings
     from perception_models import MODELS
     from scrapers.params import load_shops
@@ -544,7 +534,9 @@ def run(ctx, shops_file, model_name, anchor_shop, device, batch_size) -> None:
             choose_precision=True,
             fetch=_fetch_settings(False, None),
         )
-        for line in pipeline.embed(url, model, settings).lines():
+        with embedding_progress(model.name) as progress:
+            summary = pipeline.embed(url, model, settings, progress)
+        for line in summary.lines():
             click.echo(line)
         stage = "cluster"
         click.echo("== cluster")

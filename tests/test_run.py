@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+
+from bikematch.progress import ProgressLines, duration
 
 from .conftest import run_cli
 from .fixture_shops import ShopServer
@@ -19,7 +23,12 @@ def shops(tmp_path):
 
 def test_run_does_every_stage_in_order(conn, database_url, shops):
     conn.execute("drop table if exists master_bikes, int_vector_neighbours cascade")
-    env = {"DATABASE_URL": database_url, "BIKEMATCH_IMAGE_CACHE": "off"}
+    # a progress line after every batch (not a terminal: lines, not a bar)
+    env = {
+        "DATABASE_URL": database_url,
+        "BIKEMATCH_IMAGE_CACHE": "off",
+        "BIKEMATCH_PROGRESS_EVERY": "0",
+    }
     result = run_cli(
         "run",
         "--shops",
@@ -30,6 +39,8 @@ def test_run_does_every_stage_in_order(conn, database_url, shops):
         "jsonld-shop.nl",
         "--device",
         "cpu",
+        "--batch-size",
+        "4",
         env=env,
     )
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
@@ -37,6 +48,11 @@ def test_run_does_every_stage_in_order(conn, database_url, shops):
     assert out.index("== scrape") < out.index("== embed") < out.index("== cluster")
     assert "jsonld-shop.nl" in out and "model tiny-random: embedded" in out
     assert "clustered" in out
+    progress = re.findall(
+        r"embedding \(tiny-random\): (\d+) of (\d+) listings \(\d+ failed\), [\d.]+/s",
+        result.stderr,
+    )
+    assert len(progress) >= 2 and int(progress[0][0]) < int(progress[-1][0]), result.stderr
     # The fixture's images are on 127.0.0.1, which the nightly job must refuse.
     assert conn.execute("select count(*) from embedding_failures").fetchone()[0] > 0
     assert conn.execute("select count(*) from master_bikes").fetchone()[0] > 0
@@ -58,3 +74,18 @@ def test_run_stops_at_the_first_failed_stage(conn, database_url, shops):
     assert "== scrape" in result.stdout and "== cluster" not in result.stdout
     assert result.stderr.strip().splitlines()[-1].startswith("error: the embed stage failed:")
     assert "facebook/PE-Core-L14-336" in result.stderr
+
+
+def test_progress_lines_are_timed_and_say_what_is_left():
+    lines, now = [], [100.0]
+    progress = ProgressLines("embedding (m)", 30, lines.append, clock=lambda: now[0])
+    now[0] = 110.0
+    progress(100, 0, 1000)  # 10 s in: too soon
+    now[0] = 130.0
+    progress(290, 10, 1000)
+    now[0] = 140.0
+    progress(400, 10, 1000)  # 10 s after the last line
+    now[0] = 200.0
+    progress(990, 10, 1000)  # all done: the summary says it
+    assert lines == ["  embedding (m): 300 of 1000 listings (10 failed), 10.0/s, about 1 min left"]
+    assert [duration(s) for s in (40, 240, 7500)] == ["40 s", "4 min", "2 h 05 min"]
