@@ -12,9 +12,9 @@ DEFAULT_EVERY = 30.0
 
 
 class ProgressLines:
-    """`progress(done, failed, total)` writes a line at most every `every` seconds:
-    done of total, failures, rate and time left. The first call only starts the
-    clock's count, and the last (all done) writes nothing: a summary follows it."""
+    """`progress(done, failed, total)` writes a line at most every `every` seconds, the
+    first `every` seconds after it was made: done of total, failures, rate and time
+    left. The last call (all done) writes nothing: a summary follows it."""
 
     def __init__(self, what: str, every: float, write, clock=time.monotonic) -> None:
         self.what = what
