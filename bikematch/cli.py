@@ -483,6 +483,32 @@ def embed_compare(models, sample, device, allow_private_hosts) -> None:
         click.echo(line)
 
 
+@embed.command("prune-cache")
+@click.option("--cache-dir", help="Image cache directory.")
+def embed_prune_cache(cache_dir) -> None:
+    """Remove cached images that no listing's image URL names any more.
+
+    The cache keeps every image the embedder fetched, so that reruns fetch nothing
+    again and the report has thumbnails; on a long-lived machine it only grows.
+
+    \b
+    Example:
+        bikematch embed prune-cache
+    """
+    from embedder.fetch import prune_cache
+
+    cache = _fetch_settings(False, cache_dir).cache_dir
+    if cache is None:
+        raise click.ClickException("the image cache is off (BIKEMATCH_IMAGE_CACHE=off)")
+    url = _ready_database()
+    with connect(url) as conn:
+        urls = conn.execute(
+            "select distinct image_url from scraped_bikes where image_url is not null"
+        )
+        removed, freed = prune_cache(cache, (row[0] for row in urls))
+    click.echo(f"removed {removed} cached images ({freed / 2**20:.1f} MiB) from {cache}")
+
+
 @cli.command()
 @click.option(
     "--shops",

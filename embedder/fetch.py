@@ -9,15 +9,22 @@ such an address is refused too), unless `allow_private` is set.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import ipaddress
+import logging
+import os
 import socket
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
+
+log = logging.getLogger(__name__)
 
 # The first bytes of the image formats we accept.
 _MAGIC = (
@@ -110,7 +117,12 @@ def image_kind(data: bytes) -> str | None:
 def _cache_paths(cache_dir: Path, url: str) -> tuple[Path, Path]:
     """(the URL's index entry, the blob directory): blobs are named by their content hash."""
     key = hashlib.sha256(url.encode()).hexdigest()
-    return cache_dir / "urls" / key, cache_dir / "blobs"
+    return cache_dir / _URLS / key, cache_dir / _BLOBS
+
+
+#: The cache's layout: urls/<sha256 of the URL> holds the sha256 of its image's bytes,
+#: blobs/<sha256 of the bytes> the bytes (shared by URLs that serve the same image).
+_URLS, _BLOBS = "urls", "blobs"
 
 
 def cached_image(cache_dir: Path, url: str) -> bytes | None:
@@ -122,6 +134,36 @@ def cached_image(cache_dir: Path, url: str) -> bytes | None:
     return blob.read_bytes() if blob.exists() else None
 
 
+def prune_cache(cache_dir: Path, keep_urls: Iterable[str]) -> tuple[int, int]:
+    """Forget cached URLs not in `keep_urls` (the image URLs listings still have) and
+    remove the images no remaining URL names. Returns (images removed, bytes freed).
+
+    Safe beside a running embedder: an image it stores between the two steps may be
+    removed, and is then fetched again when next needed.
+    """
+    index_dir, blob_dir = Path(cache_dir) / _URLS, Path(cache_dir) / _BLOBS
+    keep = {hashlib.sha256(url.encode()).hexdigest() for url in keep_urls}
+    named = set()
+    for entry in index_dir.glob("*") if index_dir.is_dir() else ():
+        if entry.name in keep:
+            with contextlib.suppress(OSError):
+                named.add(entry.read_text().strip())
+        else:
+            entry.unlink(missing_ok=True)
+    removed = freed = 0
+    an_hour_ago = time.time() - 3600
+    for blob in blob_dir.glob("*") if blob_dir.is_dir() else ():
+        if blob.name in named:
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            stat = blob.stat()
+            if blob.suffix == ".tmp" and stat.st_mtime > an_hour_ago:
+                continue  # a write in progress
+            blob.unlink()
+            removed, freed = removed + (blob.suffix != ".tmp"), freed + stat.st_size
+    return removed, freed
+
+
 class ImageFetcher:
     """`await fetcher.fetch(url)` -> bytes of a verified image, or FetchError."""
 
@@ -130,6 +172,8 @@ class ImageFetcher:
         self.semaphore = asyncio.Semaphore(settings.concurrency)
         self.session: aiohttp.ClientSession | None = None
         self.cache_hits = 0
+        #: Whether writing to the cache failed (it is then skipped, not fatal).
+        self.cache_failed = False
 
     async def __aenter__(self) -> ImageFetcher:
         connector = aiohttp.TCPConnector(
@@ -159,18 +203,25 @@ class ImageFetcher:
         return cached_image(self.settings.cache_dir, url)
 
     def _store(self, url: str, data: bytes) -> None:
+        """Cache an image; where the cache cannot be written (a full disk), the image is
+        still returned, and the run says so once."""
         paths = self._cache_paths(url)
         if paths is None:
             return
         digest = hashlib.sha256(data).hexdigest()
-        paths[1].mkdir(parents=True, exist_ok=True)
-        paths[0].parent.mkdir(parents=True, exist_ok=True)
         blob = paths[1] / digest
-        if not blob.exists():
-            temporary = blob.with_suffix(".tmp")
-            temporary.write_bytes(data)
-            temporary.replace(blob)
-        paths[0].write_text(digest)
+        try:
+            paths[1].mkdir(parents=True, exist_ok=True)
+            paths[0].parent.mkdir(parents=True, exist_ok=True)
+            if not blob.exists():
+                temporary = blob.with_suffix(f".{os.getpid()}.{id(data)}.tmp")
+                temporary.write_bytes(data)
+                temporary.replace(blob)
+            paths[0].write_text(digest)
+        except OSError as exc:
+            if not self.cache_failed:
+                log.warning("images are not being cached: %s", exc)
+            self.cache_failed = True
 
     # ------------------------------------------------------------ fetching
 

@@ -19,7 +19,7 @@ from PIL import Image
 from bikematch.database import connect
 from bikematch.listings import Listing, store_listings
 from embedder.decode import decode_image
-from embedder.fetch import FetchSettings, image_kind
+from embedder.fetch import FetchSettings, cached_image, image_kind
 from embedder.job import EmbedSettings, decode_workers, inference_streams, run_embedding
 from embedder.remote import RemoteModel
 from perception_models import load_model
@@ -253,6 +253,44 @@ def test_changed_title_or_image_is_embedded_again_and_cached_images_not_refetche
     assert after["p2"] == before["p2"]
     assert images.requests["/img/0.jpg"] == 1  # the renamed listing's image came from the cache
     assert summary.cache_hits == 1
+
+
+def test_prune_cache_removes_images_no_listing_names(conn, database_url, images, tmp_path, tiny):
+    red = jpeg((200, 0, 0))
+    for name in ("a", "b", "c"):
+        add(conn, "shop.nl", name, f"Bike {name}", images.add(f"{name}.jpg", red))  # one blob
+    add(conn, "shop.nl", "d", "Bike d", images.add("d.jpg", jpeg((0, 0, 200))))
+    add(conn, "shop.nl", "e", "Bike e", images.add("e.jpg", jpeg((0, 200, 0))))
+    run_embedding(database_url, tiny, settings(tmp_path))
+    cache = tmp_path / "cache"
+    assert len(list((cache / "blobs").iterdir())) == 3
+    (cache / "blobs" / "left-over.1.2.tmp").write_bytes(b"x")
+    os.utime(cache / "blobs" / "left-over.1.2.tmp", (0, 0))  # a write that died long ago
+    conn.execute("update scraped_bikes set image_url = null where url in ('a', 'b', 'd')")
+
+    env = {"DATABASE_URL": database_url, "BIKEMATCH_IMAGE_CACHE": str(cache)}
+    result = run_cli("embed", "prune-cache", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"removed 1 cached images (0.0 MiB) from {cache}")
+    kept = {url: cached_image(cache, f"{images.base}/img/{url}.jpg") for url in "abcde"}
+    assert kept["c"] == red and kept["e"] is not None  # c's blob was a's and b's too
+    assert kept["a"] is kept["b"] is kept["d"] is None
+    assert len(list((cache / "blobs").iterdir())) == 2
+
+    off = run_cli("embed", "prune-cache", env={**env, "BIKEMATCH_IMAGE_CACHE": "off"})
+    assert off.returncode == 1 and off.stderr.strip() == (
+        "Error: the image cache is off (BIKEMATCH_IMAGE_CACHE=off)"
+    )
+
+
+def test_an_image_cache_that_cannot_be_written_does_not_stop_the_job(
+    conn, database_url, images, tmp_path, tiny, caplog
+):
+    add(conn, "shop.nl", "p", "Bike", images.add("p.jpg", jpeg((9, 99, 9))))
+    (tmp_path / "cache").write_text("a file where the cache directory should be")
+    summary = run_embedding(database_url, tiny, settings(tmp_path))
+    assert summary.embedded == 1 and not summary.failed
+    assert "images are not being cached" in caplog.text
 
 
 def test_text_only_can_be_switched_off(conn, database_url, tmp_path, tiny):
