@@ -377,7 +377,8 @@ def _fetch_settings(allow_private_hosts, cache_dir, concurrency=None):
     "--text-only/--no-text-only",
     default=True,
     show_default=True,
-    help="Embed listings without an image from their title alone.",
+    help="Embed listings without an image, or whose image fails (it is retried on "
+    "later runs), from their title alone.",
 )
 @click.option(
     "--image-weight",

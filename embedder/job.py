@@ -56,6 +56,7 @@ class EmbedSettings:
     workers: int | None = None
     #: Batches the model embeds at once; None: `inference_streams` picks by device.
     streams: int | None = None
+    #: Embed listings without an image, or whose image failed, from their title alone.
     text_only: bool = True
     max_attempts: int = 5
     image_weight: float = 0.5
@@ -73,6 +74,9 @@ class EmbedSummary:
     model: str
     embedded: int = 0
     text_only: int = 0
+    #: Of `text_only`: listings whose image failed (counted in `failed` too), embedded
+    #: from their title meanwhile.
+    image_failed_text_only: int = 0
     skipped: int = 0
     failed: Counter = field(default_factory=Counter)
     seconds: float = 0.0
@@ -87,8 +91,13 @@ class EmbedSummary:
     streams: int = 1
 
     @property
+    def not_embedded(self) -> int:
+        """Listings that failed and have no vector from this run."""
+        return sum(self.failed.values()) - self.image_failed_text_only
+
+    @property
     def rate(self) -> float:
-        return (self.embedded + sum(self.failed.values())) / self.seconds if self.seconds else 0.0
+        return (self.embedded + self.not_embedded) / self.seconds if self.seconds else 0.0
 
     @property
     def model_busy(self) -> float:
@@ -106,9 +115,14 @@ class EmbedSummary:
             if self.write_wait >= 0.05
             else ""
         )
+        meanwhile = (
+            f", {self.image_failed_text_only} of them as their image failed"
+            if self.image_failed_text_only
+            else ""
+        )
         return [
-            f"model {self.model}: embedded {self.embedded} ({self.text_only} text-only), "
-            f"skipped {self.skipped}, failed {sum(self.failed.values())} ({failed})",
+            f"model {self.model}: embedded {self.embedded} ({self.text_only} text-only"
+            f"{meanwhile}), skipped {self.skipped}, failed {sum(self.failed.values())} ({failed})",
             f"{self.rate:.1f} listings/s over {self.seconds:.1f} s "
             f"({self._busy_subject} busy {self.model_busy:.0%} of it{waited}); "
             f"{self.cache_hits} images from the local cache",
@@ -125,6 +139,8 @@ class _Prepared:
     work: store.Work
     pixels: torch.Tensor | None = None
     image_bytes: bytes = b""
+    #: Why its image could not be used, for a listing embedded from its title meanwhile.
+    image_failure: store.Failure | None = None
 
 
 def decode_workers(requested: int | None, device: torch.device) -> int:
@@ -348,11 +364,13 @@ class _Job:
         finally:
             done.set()
         await asyncio.to_thread(self._write, conn, embedded, failures, measured)
+        failed = {failure.bike_id for failure in failures}
         self.summary.embedded += len(embedded)
         self.summary.text_only += sum(1 for item in embedded if item.image is None)
+        self.summary.image_failed_text_only += sum(1 for e in embedded if e.bike_id in failed)
         self.summary.failed.update(failure.stage for failure in failures)
         if self.progress:
-            self.progress(self.summary.embedded, sum(self.summary.failed.values()), total)
+            self.progress(self.summary.embedded, self.summary.not_embedded, total)
 
     def _claim(self, conn, after: uuid.UUID, size: int) -> tuple[list[store.Work], bool] | None:
         """The next page of pending work (possibly empty after re-checks), and whether it
@@ -385,20 +403,27 @@ class _Job:
             try:
                 data = await fetcher.fetch(work.image_url)
             except FetchError as exc:
-                return store.Failure(work.bike_id, "fetch", str(exc), work.source_hash)
+                return self._image_failed(work, "fetch", exc)
             try:
                 pixels = await loop.run_in_executor(
                     self.decoders, decode_image, data, self.model.preprocess, self.model.image_size
                 )
             except DecodeError as exc:
-                return store.Failure(work.bike_id, "decode", str(exc), work.source_hash)
+                return self._image_failed(work, "decode", exc)
             return _Prepared(work, pixels, data)
 
         results = await asyncio.gather(*(one(work) for work in works))
         prepared = [r for r in results if isinstance(r, _Prepared)]
         failures = [r for r in results if isinstance(r, store.Failure)]
+        failures += [p.image_failure for p in prepared if p.image_failure]
         self.summary.skipped += sum(1 for r in results if r is None)
         return prepared, failures
+
+    def _image_failed(self, work: store.Work, stage: str, error: Exception):
+        """The failure to record; with text-only on, also the listing to embed from its
+        title meanwhile (its image is retried on later runs, up to the cap)."""
+        failure = store.Failure(work.bike_id, stage, str(error), work.source_hash)
+        return _Prepared(work, image_failure=failure) if self.settings.text_only else failure
 
     def _embed_safely(self, prepared: list[_Prepared], failures, threads=None):
         """The batch's vectors, its failures (every listing of it, if the model fails) and
@@ -413,7 +438,9 @@ class _Job:
             log.exception("embedding a batch failed")
             reason = f"{type(exc).__name__}: {exc}"
             failed = [
-                store.Failure(p.work.bike_id, "embed", reason, p.work.source_hash) for p in prepared
+                store.Failure(p.work.bike_id, "embed", reason, p.work.source_hash)
+                for p in prepared
+                if p.image_failure is None  # recorded already (its image failed)
             ]
             return [], failures + failed, None
         finally:

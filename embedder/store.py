@@ -109,9 +109,12 @@ def write(conn, model: str, embedded: list[Embedded], failures: list[Failure]) -
                 embedded_at = excluded.embedded_at
             """  # noqa: S608 (a constant column list; values come by COPY)
         )
+        # Their images worked; a listing embedded from its title because its image
+        # failed keeps its failure (updated below), to be retried.
+        failed = {failure.bike_id for failure in failures}
         conn.execute(
             "delete from embedding_failures where model = %s and bike_id = any(%s)",
-            (model, [item.bike_id for item in embedded]),
+            (model, [item.bike_id for item in embedded if item.bike_id not in failed]),
         )
     if failures:
         conn.cursor().executemany(

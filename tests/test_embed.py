@@ -173,12 +173,14 @@ def test_good_and_broken_images(conn, database_url, images, tmp_path, tiny):
         add(conn, "shop.nl", name, f"Bike {name}", url)
     summary = run_embedding(database_url, tiny, settings(tmp_path))
     stored, failed = vectors(conn), failures(conn)
-    assert set(stored) == {
+    with_image = {
         *("ok", "cmyk", "palette", "rotated", "webp", "avif", "grey16", "untyped"),
-        *("redirected", "no-image"),
+        "redirected",
     }
+    assert {name for name, row in stored.items() if row[:2] == (False, False)} == with_image
+    # every other listing from its title alone: no image, or one that failed (recorded)
+    assert set(stored) == set(cases)
     assert stored["no-image"][:2] == (True, True)  # text-only, no image vector
-    assert stored["ok"][:2] == (False, False)
     expected = {
         "missing": ("fetch", "HTTP 404"),
         "html": ("fetch", "not an image: Content-Type text/html"),
@@ -193,9 +195,11 @@ def test_good_and_broken_images(conn, database_url, images, tmp_path, tiny):
     for name, (stage, error) in expected.items():
         assert failed[name][0] == stage and error in failed[name][1], (name, failed[name])
         assert failed[name][2] == 1
-    assert summary.embedded == 10 and summary.text_only == 1
+    assert summary.embedded == 18 and summary.text_only == 9
+    assert summary.image_failed_text_only == 8 and summary.not_embedded == 0
     assert 0 < summary.model_seconds < summary.seconds
     assert sum(summary.failed.values()) == 8
+    assert "embedded 18 (9 text-only, 8 of them as their image failed)" in summary.lines()[0]
     assert images.requests["/img/boom.jpg"] == 2  # retried once
 
 
@@ -217,6 +221,7 @@ def test_failures_are_retried_up_to_a_cap_and_changes_reset_them(
 ):
     bike = add(conn, "shop.nl", "p", "Bike", f"{images.base}/img/later.jpg")
     run_embedding(database_url, tiny, settings(tmp_path, max_attempts=2))
+    assert vectors(conn)["p"][:2] == (True, True)  # from its title, meanwhile
     # Not pending again until its backoff passes; then retried; then capped.
     pending = "select count(*) from bikematch_listings_to_embed('tiny-random', 2)"
     assert conn.execute(pending).fetchone()[0] == 0
@@ -230,7 +235,7 @@ def test_failures_are_retried_up_to_a_cap_and_changes_reset_them(
     url = images.add("later2.jpg", jpeg((1, 2, 3)))
     conn.execute("update scraped_bikes set image_url = %s where id = %s", (url, bike))
     run_embedding(database_url, tiny, settings(tmp_path, max_attempts=2))
-    assert "p" in vectors(conn) and failures(conn) == {}
+    assert vectors(conn)["p"][:2] == (False, False) and failures(conn) == {}
 
 
 def test_changed_title_or_image_is_embedded_again_and_cached_images_not_refetched(
@@ -293,10 +298,26 @@ def test_an_image_cache_that_cannot_be_written_does_not_stop_the_job(
     assert "images are not being cached" in caplog.text
 
 
-def test_text_only_can_be_switched_off(conn, database_url, tmp_path, tiny):
+def test_text_only_can_be_switched_off(conn, database_url, images, tmp_path, tiny):
     add(conn, "shop.nl", "p", "Bike without a picture", None)
+    add(conn, "shop.nl", "q", "Bike with a broken picture", f"{images.base}/img/gone.jpg")
     summary = run_embedding(database_url, tiny, settings(tmp_path, text_only=False))
     assert summary.skipped == 1 and vectors(conn) == {}
+    assert set(failures(conn)) == {"q"} and summary.not_embedded == 1
+
+
+def test_an_image_that_works_again_replaces_the_title_only_vector(
+    conn, database_url, images, tmp_path, tiny
+):
+    add(conn, "shop.nl", "p", "Bike", f"{images.base}/img/soon.jpg")
+    run_embedding(database_url, tiny, settings(tmp_path))
+    assert vectors(conn)["p"][:2] == (True, True) and failures(conn)["p"][2] == 1
+    images.add("soon.jpg", jpeg((5, 50, 150)))  # the shop fixed it, at the same URL
+    assert run_embedding(database_url, tiny, settings(tmp_path)).embedded == 0  # backoff
+    conn.execute("update embedding_failures set last_attempt_at = now() - interval '1 day'")
+    summary = run_embedding(database_url, tiny, settings(tmp_path))
+    assert summary.embedded == 1 and summary.text_only == 0
+    assert vectors(conn)["p"][:2] == (False, False) and failures(conn) == {}
 
 
 def test_the_summary_says_when_database_writes_held_the_job_up(conn, database_url, tmp_path, tiny):

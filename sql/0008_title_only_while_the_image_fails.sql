@@ -1,0 +1,39 @@
+-- A listing whose image fails (404, timeout, not an image...) is embedded from
+-- its title alone meanwhile (text_only, with its image_url still set), so it
+-- takes part in matching instead of waiting for an image that may never come.
+-- Such a vector counts as pending again whenever its failure may be retried
+-- (after 2^attempts minutes, up to max_attempts), so the image is still tried.
+-- Otherwise as in 0004.
+create or replace function bikematch_listings_to_embed(
+    model_name text, max_attempts integer default 5
+)
+returns table (bike_id uuid, name text, image_url text, source_hash text)
+language sql stable as $$
+    select
+        listing.id,
+        listing.name,
+        listing.image_url,
+        bikematch_embedding_source(listing.name, listing.image_url)
+    from scraped_bikes as listing
+    left join vector_storage as vector
+        on vector.bike_id = listing.id and vector.model = model_name
+    left join embedding_failures as failure
+        on failure.bike_id = listing.id and failure.model = model_name
+    where
+        (
+            vector.bike_id is null
+            or vector.source_hash is distinct from
+            bikematch_embedding_source(listing.name, listing.image_url)
+            or (vector.text_only and listing.image_url is not null)
+        )
+        and (
+            failure.bike_id is null
+            or failure.source_hash is distinct from
+            bikematch_embedding_source(listing.name, listing.image_url)
+            or (
+                failure.attempts < max_attempts
+                and failure.last_attempt_at
+                < now() - make_interval(mins => power(2, failure.attempts)::integer)
+            )
+        )
+$$;
