@@ -15,13 +15,15 @@ from perception_models.precision import PrecisionChoice, dtype_name
 
 # Pending listings after `after` in id order, locked so that a second
 # embedder skips them (and waits for nothing). The lock lasts until the
-# batch's transaction commits its vectors.
+# batch's transaction commits its vectors. `after` goes to the function too,
+# which applies it to every table it reads (sql/0008): a claim reads from
+# where the last one stopped, not from the start of the pending set.
 _CLAIM = """
 select listing.id, listing.name, listing.image_url, pending.source_hash
-from bikematch_listings_to_embed(%(model)s, %(max_attempts)s) as pending
+from bikematch_listings_to_embed(%(model)s, %(max_attempts)s, %(after)s) as pending
 inner join scraped_bikes as listing on pending.bike_id = listing.id
 where listing.id > %(after)s
-order by listing.id
+order by pending.bike_id
 limit %(limit)s
 for no key update of listing skip locked
 """

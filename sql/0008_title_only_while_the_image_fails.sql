@@ -3,9 +3,18 @@
 -- takes part in matching instead of waiting for an image that may never come.
 -- Such a vector counts as pending again whenever its failure may be retried
 -- (after 2^attempts minutes, up to max_attempts), so the image is still tried.
+--
+-- after_id: only listings with a larger id, for the embedder's claims, which
+-- page through the pending set in id order. The range is applied to every
+-- table the set reads: Postgres carries equalities across a join, not ranges,
+-- so a range on the caller's side alone left each claim reading the listings,
+-- vectors and failures before it (a run's claims cost grew with the square of
+-- the table). A new argument is a new function, hence the drop.
 -- Otherwise as in 0004.
+drop function if exists bikematch_listings_to_embed(text, integer);
+
 create or replace function bikematch_listings_to_embed(
-    model_name text, max_attempts integer default 5
+    model_name text, max_attempts integer default 5, after_id uuid default null
 )
 returns table (bike_id uuid, name text, image_url text, source_hash text)
 language sql stable as $$
@@ -16,11 +25,16 @@ language sql stable as $$
         bikematch_embedding_source(listing.name, listing.image_url)
     from scraped_bikes as listing
     left join vector_storage as vector
-        on vector.bike_id = listing.id and vector.model = model_name
+        on
+            vector.bike_id = listing.id and vector.model = model_name
+            and (after_id is null or vector.bike_id > after_id)
     left join embedding_failures as failure
-        on failure.bike_id = listing.id and failure.model = model_name
+        on
+            failure.bike_id = listing.id and failure.model = model_name
+            and (after_id is null or failure.bike_id > after_id)
     where
-        (
+        (after_id is null or listing.id > after_id)
+        and (
             vector.bike_id is null
             or vector.source_hash is distinct from
             bikematch_embedding_source(listing.name, listing.image_url)

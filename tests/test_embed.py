@@ -18,9 +18,16 @@ from PIL import Image
 
 from bikematch.database import connect
 from bikematch.listings import Listing, store_listings
+from embedder import store
 from embedder.decode import decode_image
 from embedder.fetch import FetchSettings, cached_image, image_kind
-from embedder.job import EmbedSettings, decode_workers, inference_streams, run_embedding
+from embedder.job import (
+    EmbedSettings,
+    decode_workers,
+    inference_streams,
+    register,
+    run_embedding,
+)
 from embedder.remote import RemoteModel
 from perception_models import load_model
 from perception_models.precision import machine_description
@@ -296,6 +303,41 @@ def test_an_image_cache_that_cannot_be_written_does_not_stop_the_job(
     summary = run_embedding(database_url, tiny, settings(tmp_path))
     assert summary.embedded == 1 and not summary.failed
     assert "images are not being cached" in caplog.text
+
+
+def test_a_claim_reads_from_where_the_last_one_stopped(conn, tiny):
+    """A run claims pages of pending listings in id order. Each claim must start reading
+    at the last page's end: read from the start of the pending set, a run's claims
+    cost grew with the square of the table (95 ms a claim at 90% of 200,000)."""
+    register(conn, tiny)
+    conn.execute(
+        "insert into scraped_bikes (webshop, url, name)"
+        " select 'shop.nl', 'p' || g, 'Bike ' || g from generate_series(1, 3000) as g"
+    )
+    ids = [row[0] for row in conn.execute("select id from scraped_bikes order by id")]
+    after = ids[-41]  # all before it embedded already; 40 pending after it
+    conn.execute(
+        """
+        insert into vector_storage
+            (bike_id, model, text_embedding, embedding, text_only, input_hash, source_hash)
+        select
+            id, 'tiny-random', array_fill(1, array[32])::vector,
+            (array_fill(0, array[32]) || array_fill(1, array[32]))::halfvec, true, 'x',
+            bikematch_embedding_source(name, image_url)
+        from scraped_bikes where id <= %s
+        """,
+        (after,),
+    )
+    values = {"model": "tiny-random", "after": after, "limit": 32, "max_attempts": 5}
+    claimed = [work.bike_id for work in store.claim(conn, **values)]
+    assert claimed == ids[-40:-8]
+    (plan,) = conn.execute("explain (analyze, format json) " + store._CLAIM, values).fetchone()[0]
+
+    def rows_read(node) -> float:
+        own = node["Actual Rows"] * node["Actual Loops"] if "Scan" in node["Node Type"] else 0
+        return own + sum(rows_read(child) for child in node.get("Plans", []))
+
+    assert rows_read(plan["Plan"]) < 500  # from the start: several thousand
 
 
 def test_text_only_can_be_switched_off(conn, database_url, images, tmp_path, tiny):
