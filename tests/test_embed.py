@@ -707,9 +707,12 @@ def test_resume_after_a_kill(conn, database_url, images, tmp_path):
 def test_two_embedders_never_embed_the_same_listing(conn, database_url, images):
     for i in range(24):
         add(conn, "shop.nl", f"p{i}", f"Bike {i}", images.add(f"{i}.jpg", jpeg((i * 10, 5, 5))))
-    images.delay = 0.05
-    first = _embed_process(database_url, "--batch-size", "3")
-    second = _embed_process(database_url, "--batch-size", "3")
+    # Slow enough that one embedder alone would take ~6 s: longer than the two
+    # processes' start-up (torch, the model) can differ on a loaded machine.
+    images.delay = 0.5
+    args = ("--batch-size", "3", "--fetch-concurrency", "2")
+    first = _embed_process(database_url, *args)
+    second = _embed_process(database_url, *args)
     outputs = [process.communicate(timeout=180) for process in (first, second)]
     assert first.returncode == 0 and second.returncode == 0, outputs
     embedded = [int(out.split("embedded ")[1].split(" ")[0]) for out, _ in outputs]
