@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import email.utils
 import hashlib
 import ipaddress
 import logging
@@ -47,11 +49,13 @@ SIGNATURE_BYTES = 64
 
 
 class FetchError(Exception):
-    """An image that could not be fetched; `retryable` for timeouts and server errors."""
+    """An image that could not be fetched; `retryable` for timeouts and server errors;
+    `retry_after`: the seconds a busy server asked us to wait (HTTP Retry-After)."""
 
-    def __init__(self, message: str, retryable: bool = False) -> None:
+    def __init__(self, message: str, retryable: bool = False, retry_after: float | None = None):
         super().__init__(message)
         self.retryable = retryable
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,9 @@ class FetchSettings:
     backoff: float = 0.5
     max_bytes: int = 20 * 2**20
     max_redirects: int = 5
+    #: The longest Retry-After (429, 503) honoured within a run; a server that asks for
+    #: longer fails the image now, to be retried on a later run.
+    max_retry_after: float = 30.0
     allow_private: bool = False
     cache_dir: Path | None = None
     user_agent: str = "bikematch-embedder/0.1"
@@ -96,6 +103,22 @@ class _PublicOnlyResolver(AbstractResolver):
 
     async def close(self) -> None:
         await self._resolver.close()
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds from an HTTP Retry-After header (delay-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # HTTP dates are GMT
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, (when - datetime.datetime.now(datetime.UTC)).total_seconds())
 
 
 def image_kind(data: bytes) -> str | None:
@@ -240,8 +263,13 @@ class ImageFetcher:
             except FetchError as exc:
                 if not exc.retryable or attempt >= self.settings.retries:
                     raise
+                wait = self.settings.backoff * 2**attempt
+                if exc.retry_after is not None:
+                    if exc.retry_after > self.settings.max_retry_after:
+                        raise
+                    wait = max(wait, exc.retry_after)
             attempt += 1
-            await asyncio.sleep(self.settings.backoff * 2 ** (attempt - 1))
+            await asyncio.sleep(wait)
 
     async def _fetch_once(self, url: str) -> bytes:
         for _ in range(self.settings.max_redirects + 1):
@@ -255,7 +283,9 @@ class ImageFetcher:
                         url = urljoin(url, location)
                         continue
                     if response.status >= 500 or response.status == 429:
-                        raise FetchError(f"HTTP {response.status}", retryable=True)
+                        wait = retry_after(response.headers.get("Retry-After"))
+                        asked = f" (retry after {wait:g} s)" if wait is not None else ""
+                        raise FetchError(f"HTTP {response.status}{asked}", True, wait)
                     if response.status != 200:
                         raise FetchError(f"HTTP {response.status}")
                     return await self._read_image(response)

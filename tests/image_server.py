@@ -7,7 +7,7 @@ import struct
 import threading
 import time
 import zlib
-from collections import Counter
+from collections import Counter, defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -97,12 +97,14 @@ class LocalServer(ThreadingHTTPServer):
 
 
 class ImageServer:
-    """Serves /img/<name>; `delay` slows every image; `requests` counts them;
-    `most_at_once` is the most requests it was serving at the same time."""
+    """Serves /img/<name>; `delay` slows every image; `requests` counts them, `asked_at`
+    times them; `most_at_once` is the most requests it was serving at the same time.
+    /busy/<seconds>/<name> answers its first request 429 with Retry-After: seconds."""
 
     def __init__(self) -> None:
         self.images: dict[str, tuple[int, str, bytes]] = {}
         self.requests: Counter = Counter()
+        self.asked_at: defaultdict[str, list[float]] = defaultdict(list)
         self.delay = 0.0
         self.most_at_once = 0
         self._serving = 0
@@ -125,6 +127,13 @@ class ImageServer:
 
             def _serve(self):
                 server.requests[self.path] += 1
+                server.asked_at[self.path].append(time.monotonic())
+                if self.path.startswith("/busy/") and server.requests[self.path] == 1:
+                    self.send_response(429)
+                    self.send_header("Retry-After", self.path.split("/")[2])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if self.path.startswith("/slow/"):
                     time.sleep(5)
                 if server.delay:

@@ -8,7 +8,8 @@ import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler
 
 import numpy as np
@@ -20,7 +21,7 @@ from bikematch.database import connect
 from bikematch.listings import Listing, store_listings
 from embedder import store
 from embedder.decode import decode_image
-from embedder.fetch import FetchSettings, cached_image, image_kind
+from embedder.fetch import FetchSettings, cached_image, image_kind, retry_after
 from embedder.job import (
     EmbedSettings,
     decode_workers,
@@ -221,6 +222,29 @@ def test_avif_is_known_by_its_brands_and_heic_is_not_taken_for_an_image():
     assert image_kind(ftyp(b"heic", b"mif1", b"heic")) is None  # PIL cannot read HEIC
     assert image_kind(ftyp(b"mif1", b"mif1") + b"avif") is None  # past the box: not a brand
     assert image_kind(ftyp(b"isom", b"isom", b"mp42")) is None  # an MP4 video
+
+
+def test_a_busy_server_is_asked_again_after_the_time_it_asks_for(
+    conn, database_url, images, tmp_path, tiny
+):
+    images.add("b.jpg", jpeg((10, 100, 10)))
+    images.add("c.jpg", jpeg((10, 10, 100)))
+    add(conn, "shop.nl", "b", "Bike b", f"{images.base}/busy/1/b.jpg")
+    add(conn, "shop.nl", "c", "Bike c", f"{images.base}/busy/3600/c.jpg")
+    run_embedding(database_url, tiny, settings(tmp_path))  # a backoff of 0.05 s
+    first, second = images.asked_at["/busy/1/b.jpg"]
+    assert second - first >= 1.0 and vectors(conn)["b"][:2] == (False, False)
+    # an hour is more than a run waits: it fails now, for a later run to retry
+    assert images.requests["/busy/3600/c.jpg"] == 1
+    assert failures(conn)["c"][:2] == ("fetch", "HTTP 429 (retry after 3600 s)")
+
+
+def test_retry_after_takes_seconds_or_an_http_date():
+    assert retry_after("5") == 5.0 and retry_after(" 0 ") == 0.0
+    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # past
+    soon = format_datetime(datetime.now(UTC) + timedelta(seconds=120), usegmt=True)
+    assert 115 < retry_after(soon) <= 120
+    assert retry_after(None) is retry_after("") is retry_after("soon") is retry_after("-3") is None
 
 
 def test_failures_are_retried_up_to_a_cap_and_changes_reset_them(
