@@ -284,7 +284,7 @@ class ImageFetcher:
                         continue
                     if response.status >= 500 or response.status == 429:
                         wait = retry_after(response.headers.get("Retry-After"))
-                        asked = f" (retry after {wait:g} s)" if wait is not None else ""
+                        asked = f" (retry after {wait:.0f} s)" if wait is not None else ""
                         raise FetchError(f"HTTP {response.status}{asked}", True, wait)
                     if response.status != 200:
                         raise FetchError(f"HTTP {response.status}")
