@@ -31,6 +31,7 @@ MODEL = "bench-claims"
 RANGE_ON_THE_LISTING_ONLY = store._CLAIM.replace(
     "%(max_attempts)s, %(after)s)", "%(max_attempts)s)"
 )
+assert RANGE_ON_THE_LISTING_ONLY != store._CLAIM, "the claim changed: update this bench"
 
 
 def fill(conn, listings: int, pending: float) -> None:
