@@ -311,7 +311,7 @@ faults = []
 
 def batches():  # a CNN's first layer: 49 MiB of activations per batch
     with torch.inference_mode():
-        for _ in range(6):
+        for _ in range(11):
             before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             torch.relu(conv(pixels))
             faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
@@ -319,7 +319,7 @@ def batches():  # a CNN's first layer: 49 MiB of activations per batch
 worker = threading.Thread(target=batches)  # the embedder runs the model off the main thread
 worker.start()
 worker.join()
-print(max(faults[3:]))
+print(sum(faults[1:]))  # after the first batch, which faults in the weights and the heap
 """
 
 
@@ -330,9 +330,13 @@ def test_cpu_batches_reuse_freed_memory_instead_of_faulting_it_in_again():
         )
         return int(run.stdout.split()[-1])
 
-    pages = 32 * 32 * 112 * 112 * 4 // 4096
-    assert faults("default") > pages / 2  # glibc maps the activations anew each batch
-    assert faults("tuned") < pages / 100
+    pages = 32 * 32 * 112 * 112 * 4 // 4096  # of one batch's activation tensor
+    # Default glibc maps each batch's activations anew: 10 batches fault in 3 tensors each.
+    assert faults("default") > 20 * pages
+    # Tuned, batches reuse the heap. It may still grow once by a tensor in the first few
+    # batches, when another thread's small block lands in freed space (timing decides which
+    # batch, 2nd or 4th here), and then stays as it is.
+    assert faults("tuned") < 3 * pages
 
 
 def test_precision_trial_keeps_float32_results_and_applies_its_rule(monkeypatch):
