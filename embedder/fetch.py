@@ -4,6 +4,10 @@ Scraped image URLs are untrusted. Addresses on loopback, private, link-local
 (169.254.169.254, cloud metadata), multicast and reserved ranges are refused,
 at every redirect hop and at DNS resolution time (so a name that resolves to
 such an address is refused too), unless `allow_private` is set.
+
+A host that answers 429 (Too Many Requests), or 503 with a Retry-After, is
+asked for nothing more until the time it gave (or the backoff): its other
+images wait too, instead of each being refused in turn.
 """
 
 from __future__ import annotations
@@ -197,6 +201,8 @@ class ImageFetcher:
         self.cache_hits = 0
         #: Whether writing to the cache failed (it is then skipped, not fatal).
         self.cache_failed = False
+        #: host -> (monotonic time it asked us to wait until, the HTTP status that asked).
+        self._host_busy_until: dict[str, tuple[float, int]] = {}
 
     async def __aenter__(self) -> ImageFetcher:
         connector = aiohttp.TCPConnector(
@@ -256,7 +262,10 @@ class ImageFetcher:
         attempt = 0
         while True:
             try:
+                await self._wait_for_host(url)
                 async with self.semaphore:
+                    if self._host_busy_for(url) > 0:
+                        continue  # it answered 429 while this request waited for a slot
                     data = await self._fetch_once(url)
                 self._store(url, data)
                 return data
@@ -284,6 +293,7 @@ class ImageFetcher:
                         continue
                     if response.status >= 500 or response.status == 429:
                         wait = retry_after(response.headers.get("Retry-After"))
+                        self._host_busy(url, response.status, wait)
                         asked = f" (retry after {wait:.0f} s)" if wait is not None else ""
                         raise FetchError(f"HTTP {response.status}{asked}", True, wait)
                     if response.status != 200:
@@ -296,6 +306,33 @@ class ImageFetcher:
             except OSError as exc:
                 raise FetchError(str(exc)) from exc
         raise FetchError(f"more than {self.settings.max_redirects} redirects")
+
+    def _host_busy(self, url: str, status: int, wait: float | None) -> None:
+        """A server that is too busy (429, or 503 with a Retry-After) is busy for every
+        image it serves: none is asked for until the time it gave, or the backoff."""
+        if wait is None and status != 429:
+            return  # a 500 or a bare 503 may be this image's alone
+        host = urlsplit(url).netloc.lower()
+        until = time.monotonic() + (self.settings.backoff if wait is None else wait)
+        if until > self._host_busy_until.get(host, (0.0, 0))[0]:
+            self._host_busy_until[host] = (until, status)
+
+    def _host_busy_for(self, url: str) -> float:
+        """Seconds the URL's host asked us to wait still."""
+        busy = self._host_busy_until.get(urlsplit(url).netloc.lower())
+        return 0.0 if busy is None else busy[0] - time.monotonic()
+
+    async def _wait_for_host(self, url: str) -> None:
+        """Wait while the URL's host asked us to; where that is longer than a run waits,
+        fail without asking, for a later run to retry."""
+        while (left := self._host_busy_for(url)) > 0:
+            if left > self.settings.max_retry_after:
+                host = urlsplit(url).netloc.lower()
+                status = self._host_busy_until[host][1]
+                raise FetchError(
+                    f"HTTP {status} earlier from {host} (retry after {left:.0f} s)", True, left
+                )
+            await asyncio.sleep(left)
 
     async def _check_url(self, url: str) -> None:
         parts = urlsplit(url)

@@ -229,14 +229,50 @@ def test_a_busy_server_is_asked_again_after_the_time_it_asks_for(
 ):
     images.add("b.jpg", jpeg((10, 100, 10)))
     images.add("c.jpg", jpeg((10, 10, 100)))
+    other_host = images.base.replace("127.0.0.1", "localhost")  # the same server
     add(conn, "shop.nl", "b", "Bike b", f"{images.base}/busy/1/b.jpg")
-    add(conn, "shop.nl", "c", "Bike c", f"{images.base}/busy/3600/c.jpg")
+    add(conn, "shop.nl", "c", "Bike c", f"{other_host}/busy/3600/c.jpg")
     run_embedding(database_url, tiny, settings(tmp_path))  # a backoff of 0.05 s
     first, second = images.asked_at["/busy/1/b.jpg"]
     assert second - first >= 1.0 and vectors(conn)["b"][:2] == (False, False)
     # an hour is more than a run waits: it fails now, for a later run to retry
     assert images.requests["/busy/3600/c.jpg"] == 1
     assert failures(conn)["c"][:2] == ("fetch", "HTTP 429 (retry after 3600 s)")
+
+
+def test_a_busy_host_is_asked_for_none_of_its_images_until_the_time_it_gave(
+    conn, database_url, images, tmp_path, tiny
+):
+    """A 429 speaks for the whole host: its other images wait too (one request at a time
+    here, so that the second image is asked for after the first one's 429)."""
+    for name in "abc":
+        images.add(f"{name}.jpg", jpeg((10, 20 * ord(name) % 256, 10)))
+        add(conn, "shop.nl", name, f"Bike {name}", f"{images.base}/busy/1/{name}.jpg")
+    one_at_a_time = FetchSettings(allow_private=True, concurrency=1, retries=3, backoff=0.05)
+    summary = run_embedding(database_url, tiny, settings(tmp_path, fetch=one_at_a_time))
+    assert summary.embedded == 3 and summary.text_only == 0 and failures(conn) == {}
+    # (when, whether answered 429): each image's first request was
+    asked = sorted((t, i == 0) for times in images.asked_at.values() for i, t in enumerate(times))
+    assert len(asked) == 6
+    # each 429 holds the host for its second: no request comes sooner after one
+    for at, _ in asked[1:]:
+        last_429 = max(earlier for earlier, busy in asked if busy and earlier < at)
+        assert at - last_429 >= 0.9, asked
+
+    # A host that asks for longer than a run waits: its other images fail at once,
+    # without being asked for, for a later run to retry.
+    for name in "def":
+        images.add(f"{name}.jpg", jpeg((10, 20 * ord(name) % 256, 90)))
+        add(conn, "shop.nl", name, f"Bike {name}", f"{images.base}/busy/3600/{name}.jpg")
+    summary = run_embedding(database_url, tiny, settings(tmp_path, fetch=one_at_a_time))
+    assert sum(images.requests[f"/busy/3600/{name}.jpg"] for name in "def") == 1
+    stages = {name: failures(conn)[name][:2] for name in "def"}
+    assert sorted(stages.values()) == [
+        ("fetch", "HTTP 429 (retry after 3600 s)"),
+        ("fetch", f"HTTP 429 earlier from {images.base[7:]} (retry after 3600 s)"),
+        ("fetch", f"HTTP 429 earlier from {images.base[7:]} (retry after 3600 s)"),
+    ]
+    assert summary.text_only == 3  # from their titles meanwhile
 
 
 def test_retry_after_takes_seconds_or_an_http_date():
