@@ -141,12 +141,23 @@ def _json_ld_products(page: Selector) -> list[tuple[dict, bool, int]]:
             documents.append(json.loads(text, strict=False))
         except ValueError:
             try:  # comments and trailing commas, as some CMSs write them
-                documents.append(jstyleson.loads(text, strict=False))
+                documents.append(jstyleson.loads(_quote_zero_padded(text), strict=False))
             except ValueError:
                 log.debug("skipping a JSON-LD block that is not JSON")
     products: list[tuple[dict, bool, int]] = []
     _walk(_inline_references(documents), False, products)
     return products
+
+
+# A JSON string (skipped as a whole), or a number written with leading zeros.
+_ZERO_PADDED = re.compile(r'"(?:\\.|[^"\\])*"|(?<![\w.+-])0\d+')
+
+
+def _quote_zero_padded(text: str) -> str:
+    """Quote numbers written with leading zeros, which JSON forbids: Shopify's Dawn
+    theme (before 2023) and its many copies write a barcode unquoted, as in
+    `"gtin12": 012345678912`, and no JSON parser then reads the product."""
+    return _ZERO_PADDED.sub(lambda m: m[0] if m[0][0] == '"' else f'"{m[0]}"', text)
 
 
 def _inline_references(documents):
@@ -260,11 +271,7 @@ def _fill_from_schema(result: ProductPage, node: dict, url: str, source: str) ->
     amount, currency, error = _lowest_offer_price(offers)
     if amount is None and error and result.price_error is None:
         result.price_error = error
-    gtin = None
-    for key in _GTIN_KEYS:
-        gtin = valid_gtin(_first_text(_prop(node, key))) or gtin
-        if gtin:
-            break
+    gtin, sku = _identifiers(node, offers)
     # In stock when any offer (variant, seller) is.
     stocks = {availability(_first_text(_prop(offer, "availability"))) for offer in offers}
     stock = "InStock" if "InStock" in stocks else "OutOfStock" if "OutOfStock" in stocks else None
@@ -276,9 +283,34 @@ def _fill_from_schema(result: ProductPage, node: dict, url: str, source: str) ->
         image_url=absolute_url(_best_image(_prop(node, "image")), url),
         brand=clean_text(_name_of(_prop(node, "brand")) or _name_of(_prop(node, "manufacturer"))),
         gtin=gtin,
-        sku=clean_text(_first_text(_prop(node, "sku")) or _first_text(_prop(node, "mpn"))),
+        sku=sku,
         availability=stock,
     )
+
+
+def _identifiers(node: dict, offers: list[dict]) -> tuple[str | None, str | None]:
+    """(GTIN, SKU): the product's own; else the one that each of its variants (a
+    ProductGroup's) or offers carries, where they all carry the same (Shopify's themes
+    write them per offer). A page of frame sizes or colours with a GTIN each gets
+    none: any one of them would veto matches with a shop that lists another size."""
+    variants = [v for v in _as_list(_prop(node, "hasVariant")) if isinstance(v, dict)]
+    units = [[v, *_offers(v)] for v in variants] if variants else [[o] for o in offers]
+
+    def gtin_of(nodes: list[dict]) -> str | None:
+        found = (valid_gtin(_first_text(_prop(n, key))) for n in nodes for key in _GTIN_KEYS)
+        return next(filter(None, found), None)
+
+    def sku_of(nodes: list[dict]) -> str | None:
+        found = (clean_text(_first_text(_prop(n, key))) for n in nodes for key in ("sku", "mpn"))
+        return next(filter(None, found), None)
+
+    def shared(values: list[str | None], key=lambda value: value) -> str | None:
+        if not values or None in values or len({key(v) for v in values}) > 1:
+            return None
+        return values[0]
+
+    gtin = gtin_of([node]) or shared([gtin_of(unit) for unit in units], key=lambda g: g.zfill(14))
+    return gtin, sku_of([node]) or shared([sku_of(unit) for unit in units])
 
 
 def _prop(node: dict, key: str):

@@ -71,6 +71,37 @@ EXPECTED = {
             "availability": "InStock",
         },
     ),
+    # Shopify's Dawn theme (before 2023): GTIN and SKU on the offer, the barcode written
+    # as a JSON number with a leading zero (which no JSON parser reads); digits after
+    # colons inside strings stay as they are.
+    "jsonld_shopify_dawn.html": (
+        "https://fietsenwinkelzuid.nl/products/gazelle-grenoble-c5-hmb-elite",
+        {
+            "name": "Gazelle Grenoble C5 HMB Elite",
+            "price": "2499.00",
+            "currency": "EUR",
+            "image_url": "https://fietsenwinkelzuid.nl/cdn/shop/files/grenoble-c5.jpg?v=1699&width=1946",
+            "brand": "Gazelle",
+            "gtin": "087123456785",
+            "sku": "GZ-GRN-C5-57",
+            "availability": "InStock",
+        },
+    ),
+    # The same theme with a frame size per offer, each with its own GTIN and SKU: the
+    # page is several sizes, none of whose codes stands for the listing.
+    "jsonld_shopify_sizes.html": (
+        "https://fietsenwinkelzuid.nl/products/sparta-c-grid-energy-m7b?variant=2",
+        {
+            "name": "Sparta c-Grid Energy M7b",
+            "price": "2299.00",
+            "currency": "EUR",
+            "image_url": "https://fietsenwinkelzuid.nl/cdn/shop/files/c-grid.jpg?v=1702",
+            "brand": "Sparta",
+            "gtin": None,
+            "sku": None,
+            "availability": "InStock",
+        },
+    ),
     "microdata.html": (
         "https://bikeshop.example/sparta-c-grid",
         {
