@@ -8,7 +8,7 @@ listing's price (or currency) differs from its latest history row.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -127,7 +127,7 @@ def store_listings(
 ) -> StoreResult:
     """Upsert a batch in one statement (and one transaction); later duplicates win."""
     unique: dict[tuple[str, str], Listing] = {}
-    for listing in listings:
+    for listing in map(_without_nul, listings):
         unique[(listing.webshop, listing.url)] = listing
     if not unique:
         return StoreResult()
@@ -136,6 +136,16 @@ def store_listings(
     with conn.transaction():
         stored, new, changes = conn.execute(_UPSERT, params).fetchone()
     return StoreResult(stored=stored, new=new, price_changes=changes)
+
+
+def _without_nul(listing: Listing) -> Listing:
+    """Postgres refuses NUL in text (a scraped "\\u0000" in JSON-LD, a CSV's stray byte)."""
+    texts = {
+        name: value.replace("\x00", "")
+        for name, value in vars(listing).items()
+        if isinstance(value, str) and "\x00" in value
+    }
+    return replace(listing, **texts) if texts else listing
 
 
 def store_in_batches(

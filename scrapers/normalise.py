@@ -34,6 +34,9 @@ _ISO = re.compile(r"^[A-Z]{3}$")
 # "1.999 - 2.499", "€ 1.999 tot € 2.499", "1,999 to 2,499": ranges take the lowest.
 _RANGE = re.compile(r"\s+(?:-|–|—|tot|to|bis|à)\s+", re.IGNORECASE)
 _WHITESPACE = re.compile(r"\s+")
+#: Control characters (C0, DEL, C1) left once whitespace is collapsed: Postgres refuses
+#: NUL in text, and none of them belongs in a title.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _MAX_PRICE = Decimal("9999999999.99")  # numeric(12, 2)
 
 
@@ -86,12 +89,14 @@ def parse_price(value, currency_hint: str | None = None) -> tuple[Decimal | None
 
 
 def clean_text(text) -> str | None:
-    """Tags stripped, entities decoded, whitespace collapsed; None when empty."""
+    """Tags stripped, entities decoded, whitespace collapsed, control characters
+    dropped; None when empty."""
     if text is None:
         return None
     if isinstance(text, list):
         text = " ".join(str(part) for part in text if part)
-    cleaned = _WHITESPACE.sub(" ", replace_entities(remove_tags(str(text)))).strip()
+    collapsed = _WHITESPACE.sub(" ", replace_entities(remove_tags(str(text))))
+    cleaned = _CONTROL.sub("", collapsed).strip()
     return cleaned or None
 
 

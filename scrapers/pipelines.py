@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 
+import psycopg
 from scrapy.exceptions import DropItem
 
 from bikematch.database import connect, resolve_url
-from bikematch.listings import Listing, store_listings
+from bikematch.listings import Listing, StoreResult, store_listings
 from bikematch.settings import load_settings
 
 log = logging.getLogger(__name__)
@@ -48,10 +49,23 @@ class ListingPipeline:
         return item
 
     def flush(self) -> None:
-        if not self.batch:
+        batch, self.batch = self.batch, []
+        if not batch:
             return
-        result = store_listings(self.conn, self.batch)
-        self.batch = []
+        try:
+            self._count(store_listings(self.conn, batch))
+        except psycopg.DataError:
+            # One listing the database refuses must not take its batch, or the rest of
+            # the crawl, with it: store them one by one, and count the ones refused.
+            for listing in batch:
+                try:
+                    self._count(store_listings(self.conn, [listing]))
+                except psycopg.DataError as exc:
+                    self.stats.inc_value("bikematch/dropped/refused_by_database")
+                    reason = str(exc).splitlines()[0]
+                    log.warning("listing not stored: %s: %s", listing.url, reason)
+
+    def _count(self, result: StoreResult) -> None:
         self.stats.inc_value("bikematch/stored", result.stored)
         self.stats.inc_value("bikematch/new", result.new)
         self.stats.inc_value("bikematch/price_changes", result.price_changes)

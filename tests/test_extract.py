@@ -226,5 +226,7 @@ def test_gtins_titles_and_images():
     assert clean_text("  Gazelle&nbsp;Ultimate <b>C380</b>\n  HMB &amp; co ") == (
         "Gazelle Ultimate C380 HMB & co"
     )
+    # JSON-LD's "\u0000" and other control characters: Postgres refuses NUL in text
+    assert clean_text("Gazelle\x00 Ultimate\x07 C380\x85HMB\x9f") == "Gazelle Ultimate C380 HMB"
     assert largest_from_srcset("a.jpg 300w, b.jpg 1200w, c.jpg 800w") == "b.jpg"
     assert largest_from_srcset("a.jpg 1x, b.jpg 2x") == "b.jpg"

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import subprocess
+from collections import Counter
+from dataclasses import replace
 from decimal import Decimal
 
 import pytest
+
+from bikematch.listings import Listing
+from scrapers.pipelines import ListingPipeline
 
 from .conftest import run_cli
 from .fixture_shops import ShopServer
@@ -168,3 +173,30 @@ def test_scrapy_crawl_works_from_the_repository_root(conn, database_url, shops):
         ).fetchone()[0]
         == 3
     )
+
+
+class Stats(Counter):
+    """The part of Scrapy's stats collector the pipeline uses."""
+
+    def inc_value(self, key: str, count: int = 1) -> None:
+        self[key] += count
+
+
+def test_a_listing_the_database_refuses_costs_only_itself(conn, database_url, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    bikes = [
+        Listing("shop.nl", f"https://shop.nl/bike-{i}", f"Bike {i}", price=Decimal(2499))
+        for i in range(5)
+    ]
+    bikes[1] = replace(bikes[1], price=Decimal("123456789012.50"))  # over numeric(12, 2)
+    bikes[3] = replace(bikes[3], name="Gazelle\x00 C380", brand="Gaz\x00elle")  # "\u0000"
+    stats = Stats()
+    pipeline = ListingPipeline(stats, batch_size=3)
+    pipeline.open_spider()
+    for bike in bikes:
+        pipeline.process_item(bike)
+    pipeline.close_spider()
+    rows = conn.execute("select url, name, brand from scraped_bikes order by url").fetchall()
+    assert [url[-1] for url, _, _ in rows] == ["0", "2", "3", "4"]
+    assert rows[2][1:] == ("Gazelle C380", "Gazelle")
+    assert stats["bikematch/stored"] == 4 and stats["bikematch/dropped/refused_by_database"] == 1
