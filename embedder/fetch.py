@@ -191,6 +191,14 @@ def prune_cache(cache_dir: Path, keep_urls: Iterable[str]) -> tuple[int, int]:
     return removed, freed
 
 
+def _host(url: str) -> str:
+    """The URL's host and port as it names them; "" where it cannot be read."""
+    try:
+        return urlsplit(url).netloc.lower()
+    except ValueError:  # left to _check_url to refuse
+        return ""
+
+
 class ImageFetcher:
     """`await fetcher.fetch(url)` -> bytes of a verified image, or FetchError."""
 
@@ -289,7 +297,10 @@ class ImageFetcher:
                         location = response.headers.get("Location")
                         if not location:
                             raise FetchError(f"HTTP {response.status} without a Location")
-                        url = urljoin(url, location)
+                        try:
+                            url = urljoin(url, location)
+                        except ValueError as exc:
+                            raise FetchError(f"not a valid URL: {exc}: {location[:100]}") from exc
                         continue
                     if response.status >= 500 or response.status == 429:
                         wait = retry_after(response.headers.get("Retry-After"))
@@ -301,6 +312,8 @@ class ImageFetcher:
                     return await self._read_image(response)
             except TimeoutError as exc:
                 raise FetchError(f"timed out after {self.settings.timeout:g} s", True) from exc
+            except aiohttp.InvalidURL as exc:  # a redirect's Location, say
+                raise FetchError(f"not a valid URL: {exc}") from exc
             except aiohttp.ClientError as exc:
                 raise FetchError(f"{type(exc).__name__}: {exc}", retryable=True) from exc
             except OSError as exc:
@@ -312,14 +325,14 @@ class ImageFetcher:
         image it serves: none is asked for until the time it gave, or the backoff."""
         if wait is None and status != 429:
             return  # a 500 or a bare 503 may be this image's alone
-        host = urlsplit(url).netloc.lower()
+        host = _host(url)
         until = time.monotonic() + (self.settings.backoff if wait is None else wait)
         if until > self._host_busy_until.get(host, (0.0, 0))[0]:
             self._host_busy_until[host] = (until, status)
 
     def _host_busy_for(self, url: str) -> float:
         """Seconds the URL's host asked us to wait still."""
-        busy = self._host_busy_until.get(urlsplit(url).netloc.lower())
+        busy = self._host_busy_until.get(_host(url))
         return 0.0 if busy is None else busy[0] - time.monotonic()
 
     async def _wait_for_host(self, url: str) -> None:
@@ -327,7 +340,7 @@ class ImageFetcher:
         fail without asking, for a later run to retry."""
         while (left := self._host_busy_for(url)) > 0:
             if left > self.settings.max_retry_after:
-                host = urlsplit(url).netloc.lower()
+                host = _host(url)
                 status = self._host_busy_until[host][1]
                 raise FetchError(
                     f"HTTP {status} earlier from {host} (retry after {left:.0f} s)", True, left
@@ -335,22 +348,28 @@ class ImageFetcher:
             await asyncio.sleep(left)
 
     async def _check_url(self, url: str) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            parts = urlsplit(url)
+            hostname, _ = parts.hostname, parts.port  # .port checks the range
+            if hostname:
+                hostname.encode("idna")  # a label empty or over 63 characters
+        except ValueError as exc:  # UnicodeError is one
+            raise FetchError(f"not a valid URL: {exc}: {url[:100]}") from exc
+        if parts.scheme not in ("http", "https") or not hostname:
             raise FetchError(f"not an http(s) URL: {url[:100]}")
         if self.settings.allow_private:
             return
         try:
-            addresses = [str(ipaddress.ip_address(parts.hostname))]
+            addresses = [str(ipaddress.ip_address(hostname))]
         except ValueError:
             try:
-                infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, None)
+                infos = await asyncio.get_running_loop().getaddrinfo(hostname, None)
             except OSError as exc:
-                raise FetchError(f"cannot resolve {parts.hostname}: {exc}", True) from exc
+                raise FetchError(f"cannot resolve {hostname}: {exc}", True) from exc
             addresses = [info[4][0] for info in infos]
         # The resolver filters again at connect time, against DNS rebinding.
         if not any(address_allowed(address) for address in addresses):
-            raise FetchError(f"refused: {parts.hostname} is a private or reserved address")
+            raise FetchError(f"refused: {hostname} is a private or reserved address")
 
     async def _read_image(self, response: aiohttp.ClientResponse) -> bytes:
         content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()

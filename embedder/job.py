@@ -195,6 +195,12 @@ def inference_pool(streams: int, threads: int | None):
             torch.set_num_threads(previous)
 
 
+def _described(error: Exception) -> Exception:
+    """An unexpected error, for a failure's message: its type and its first line."""
+    text = str(error).strip().splitlines()
+    return RuntimeError(f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": "))
+
+
 def input_hash(title: str, image: bytes) -> str:
     """Hash of exactly what was embedded: the title and the image bytes."""
     digest = hashlib.sha256()
@@ -404,12 +410,18 @@ class _Job:
                 data = await fetcher.fetch(work.image_url)
             except FetchError as exc:
                 return self._image_failed(work, "fetch", exc)
+            except Exception as exc:  # a defect here must not stop the whole job
+                log.exception("fetching %s failed", work.image_url[:200])
+                return self._image_failed(work, "fetch", _described(exc))
             try:
                 pixels = await loop.run_in_executor(
                     self.decoders, decode_image, data, self.model.preprocess, self.model.image_size
                 )
             except DecodeError as exc:
                 return self._image_failed(work, "decode", exc)
+            except Exception as exc:  # as above
+                log.exception("decoding %s failed", work.image_url[:200])
+                return self._image_failed(work, "decode", _described(exc))
             return _Prepared(work, pixels, data)
 
         results = await asyncio.gather(*(one(work) for work in works))
@@ -436,7 +448,7 @@ class _Job:
             embedded, measured = self._embed(prepared)
         except Exception as exc:  # a model error must not stop the whole job
             log.exception("embedding a batch failed")
-            reason = f"{type(exc).__name__}: {exc}"
+            reason = str(_described(exc))
             failed = [
                 store.Failure(p.work.bike_id, "embed", reason, p.work.source_hash)
                 for p in prepared

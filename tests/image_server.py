@@ -9,6 +9,7 @@ import time
 import zlib
 from collections import Counter, defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote
 
 import numpy as np
 from PIL import Image, ImageCms
@@ -99,7 +100,8 @@ class LocalServer(ThreadingHTTPServer):
 class ImageServer:
     """Serves /img/<name>; `delay` slows every image; `requests` counts them, `asked_at`
     times them; `most_at_once` is the most requests it was serving at the same time.
-    /busy/<seconds>/<name> answers its first request 429 with Retry-After: seconds."""
+    /busy/<seconds>/<name> answers its first request 429 with Retry-After: seconds;
+    /redirect/<name> redirects to /img/<name>, /moved/<quoted URL> to that URL."""
 
     def __init__(self) -> None:
         self.images: dict[str, tuple[int, str, bytes]] = {}
@@ -138,6 +140,12 @@ class ImageServer:
                     time.sleep(5)
                 if server.delay:
                     time.sleep(server.delay)
+                if self.path.startswith("/moved/"):  # to the rest of the path, unquoted
+                    self.send_response(301)
+                    self.send_header("Location", unquote(self.path.removeprefix("/moved/")))
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if self.path.startswith("/redirect/"):
                     self.send_response(302)
                     self.send_header("Location", "/img/" + self.path.rsplit("/", 1)[-1])

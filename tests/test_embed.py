@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from PIL import Image
 
 from bikematch.database import connect
 from bikematch.listings import Listing, store_listings
-from embedder import store
+from embedder import job, store
 from embedder.decode import decode_image
 from embedder.fetch import FetchSettings, cached_image, image_kind, retry_after
 from embedder.job import (
@@ -175,6 +176,11 @@ def test_good_and_broken_images(conn, database_url, images, tmp_path, tiny):
         "huge": images.add("huge.png", huge_png(), "image/png"),
         "server-error": images.add("boom.jpg", b"", status=500),
         "timeout": f"{images.base}/slow/ok.jpg",
+        # scraped URLs that no request can be made for
+        "bad-ipv6": "https://[::1/x.jpg",
+        "bad-port": "http://127.0.0.1:99999/x.jpg",
+        "bad-label": f"http://{'a' * 64}.example/x.jpg",
+        "bad-redirect": f"{images.base}/moved/{quote('http://[::1/x.jpg', safe='')}",
         "no-image": None,
     }
     for name, url in cases.items():
@@ -198,17 +204,43 @@ def test_good_and_broken_images(conn, database_url, images, tmp_path, tiny):
         "huge": ("decode", "huge dimensions"),
         "server-error": ("fetch", "HTTP 500"),
         "timeout": ("fetch", "timed out"),
+        "bad-ipv6": ("fetch", "not a valid URL: Invalid IPv6 URL"),
+        "bad-port": ("fetch", "not a valid URL: Port out of range"),
+        "bad-label": ("fetch", "not a valid URL: encoding with 'idna' codec failed"),
+        "bad-redirect": ("fetch", "not a valid URL: Invalid IPv6 URL: http://[::1/x.jpg"),
     }
     assert set(failed) == set(expected)
     for name, (stage, error) in expected.items():
         assert failed[name][0] == stage and error in failed[name][1], (name, failed[name])
         assert failed[name][2] == 1
-    assert summary.embedded == 18 and summary.text_only == 9
-    assert summary.image_failed_text_only == 8 and summary.not_embedded == 0
+    assert summary.embedded == 22 and summary.text_only == 13
+    assert summary.image_failed_text_only == 12 and summary.not_embedded == 0
     assert 0 < summary.model_seconds < summary.seconds
-    assert sum(summary.failed.values()) == 8
-    assert "embedded 18 (9 text-only, 8 of them as their image failed)" in summary.lines()[0]
+    assert sum(summary.failed.values()) == 12
+    assert "embedded 22 (13 text-only, 12 of them as their image failed)" in summary.lines()[0]
     assert images.requests["/img/boom.jpg"] == 2  # retried once
+
+
+def test_an_unexpected_error_on_one_image_is_that_listings_failure(
+    conn, database_url, images, tmp_path, tiny, monkeypatch
+):
+    """Not a known kind of bad input but a defect (a library's bug, memory): recorded for
+    its listing, with its type, and the job goes on."""
+    cursed = jpeg((66, 6, 6))
+    add(conn, "shop.nl", "cursed", "Bike c", images.add("c.jpg", cursed))
+    add(conn, "shop.nl", "fine", "Bike f", images.add("f.jpg", jpeg((6, 66, 6))))
+    decode = job.decode_image
+
+    def decode_or_break(data, *args):
+        if data == cursed:
+            raise RuntimeError("kaboom\nsecond line")
+        return decode(data, *args)
+
+    monkeypatch.setattr(job, "decode_image", decode_or_break)
+    summary = run_embedding(database_url, tiny, settings(tmp_path))
+    assert summary.embedded == 2 and summary.image_failed_text_only == 1
+    assert failures(conn)["cursed"][:2] == ("decode", "RuntimeError: kaboom")
+    assert vectors(conn)["fine"][:2] == (False, False)
 
 
 def test_avif_is_known_by_its_brands_and_heic_is_not_taken_for_an_image():
