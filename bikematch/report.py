@@ -7,6 +7,7 @@ from collections import defaultdict
 from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from PIL import Image
 
@@ -119,7 +120,7 @@ def _offer_html(offer, thumbs: Path, image_cache, cheapest: bool) -> str:
     how = escape(matched_via)
     if similarity is not None:
         how += f" · similarity {similarity:.3f}"
-    source = _thumbnail(image_url, thumbs, image_cache) if image_url else ""
+    source = _thumbnail(image_url, thumbs, image_cache) if _web_link(image_url) else ""
     image = (
         f'<img src="{escape(source)}" alt="{escape(title)}" onload="this.dataset.loaded=1">'
         if source
@@ -130,10 +131,19 @@ def _offer_html(offer, thumbs: Path, image_cache, cheapest: bool) -> str:
 <div class="offer{" cheapest" if cheapest else ""}">
   {image}
   <div class="shop">{escape(shop)}</div>
-  <div class="title"><a href="{escape(url)}">{escape(title)}</a></div>
+  <div class="title"><a href="{escape(_web_link(url))}">{escape(title)}</a></div>
   <div class="price">{escape(price_text)}</div>
   <div class="how">{how}</div>
 </div>"""
+
+
+def _web_link(url: str | None) -> str:
+    """The URL where it is an http(s) one; "" for the rest (javascript:, data:, junk):
+    listings come from shops' pages and imported files, and a report is opened by people."""
+    try:
+        return url if url and urlsplit(url).scheme.lower() in ("http", "https") else ""
+    except ValueError:
+        return ""
 
 
 def _thumbnail(image_url: str, thumbs: Path, image_cache: Path | None) -> str:

@@ -7,6 +7,7 @@ import re
 import shutil
 import socket
 import subprocess
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -179,6 +180,29 @@ def test_report_renders_what_a_person_needs(demo, database_url):
     assert images and all('data-loaded="1"' in image for image in images[:20])  # local thumbnails
     assert "Listings that matched nothing" in dom
     assert "similarity 0." in dom and "cheapest at" in dom
+
+
+def test_report_links_only_to_web_pages_and_escapes_what_shops_wrote(tmp_path):
+    from bikematch.report import _offer_html
+
+    offer = (
+        "shop<b>.nl",
+        '<script>alert("title")</script>',
+        "javascript:alert(document.cookie)",
+        "JavaScript:alert(1)//.jpg",
+        Decimal("2499.00"),
+        "EUR",
+        0.97,
+        "embedding",
+        1,
+    )
+    card = _offer_html(offer, tmp_path, None, cheapest=True)
+    assert "javascript:" not in card.lower() and "<script>" not in card and "<b>" not in card
+    assert 'href=""' in card and "<img" not in card
+    safe = ("shop.nl", "Bike", "https://shop.nl/b?a=1&b=2", "https://shop.nl/b.jpg", *offer[4:])
+    card = _offer_html(safe, tmp_path, None, cheapest=False)
+    assert 'href="https://shop.nl/b?a=1&amp;b=2"' in card
+    assert 'src="https://shop.nl/b.jpg"' in card
 
 
 def test_report_thumbnails_show_photos_as_a_browser_would(tmp_path):
