@@ -268,6 +268,9 @@ def _print_scrape_summary(summaries) -> None:
     widths = [max(len(str(v)) for v in column) for column in zip(header, *rows, strict=False)]
     for row in (header, *rows):
         click.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    for s in summaries:
+        if s.bad_sitemaps:
+            click.echo(f"{s.shop}: {s.bad_sitemaps} sitemap(s) could not be read (see the log)")
 
 
 @cli.command()

@@ -27,6 +27,7 @@ class CrawlSummary:
     price_changes: int = 0
     price_unparsed: int = 0
     http_errors: int = 0
+    bad_sitemaps: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
 
     @classmethod
@@ -50,6 +51,7 @@ class CrawlSummary:
             price_changes=stats.get("bikematch/price_changes", 0),
             price_unparsed=stats.get("bikematch/price_unparsed", 0),
             http_errors=http_errors,
+            bad_sitemaps=stats.get("bikematch/bad_sitemap", 0),
             dropped=dropped,
         )
 

@@ -9,6 +9,7 @@ unreadable price.
 
 from __future__ import annotations
 
+import gzip
 import json
 import threading
 from dataclasses import dataclass, field
@@ -322,6 +323,36 @@ def css_product(state: ShopState, bike: Bike) -> str:
 # ---------------------------------------------------------------- the server
 
 
+def sitemap_index(base: str) -> str:
+    sitemaps = "".join(
+        f"<sitemap><loc>{base}/sitemaps/{name}</loc></sitemap>"
+        for name in ("bikes.xml.gz", "pages.xml", "broken.xml")
+    )
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        f'<sitemapindex xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">{sitemaps}</sitemapindex>'
+    )
+
+
+def _urlset(urls: list[str]) -> str:
+    entries = "".join(f"<url><loc>{url}</loc><lastmod>2024-05-01</lastmod></url>" for url in urls)
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        f'<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">{entries}</urlset>'
+    )
+
+
+def bikes_sitemap(base: str) -> str:
+    return _urlset([f"{base}/jsonld/fiets/{bike.key}" for bike in bikes_of("jsonld")])
+
+
+def pages_sitemap(base: str) -> str:
+    """Pages the shop's `allow` leaves out, and one of its products again."""
+    return _urlset(
+        [f"{base}/jsonld/over-ons", f"{base}/jsonld/kapot", f"{base}/jsonld/fiets/finez"]
+    )
+
+
 class ShopServer:
     def __init__(self) -> None:
         self.state = ShopState()
@@ -354,6 +385,15 @@ class ShopServer:
                     bike = next((b for b in bikes_of("jsonld") if path.endswith("/" + b.key)), None)
                     if bike:
                         return self.send(200, jsonld_product(state, bike))
+                if path == "/sitemap_index.xml":
+                    return self.send(200, sitemap_index(self.base()), "application/xml")
+                if path == "/sitemaps/bikes.xml.gz":  # a file, as served: no Content-Encoding
+                    body = gzip.compress(bikes_sitemap(self.base()).encode())
+                    return self.send(200, body, "application/x-gzip")
+                if path == "/sitemaps/pages.xml":
+                    return self.send(200, pages_sitemap(self.base()), "application/xml")
+                if path == "/sitemaps/broken.xml":  # moved, and the shop answers with a page
+                    return self.send(200, "<html><body>Oeps! Niet gevonden</body></html>")
                 if path == "/shopify/products.json":
                     return self.send(
                         200, json.dumps(shopify_products(state, page)), "application/json"
@@ -371,8 +411,11 @@ class ShopServer:
                         return self.send(200, css_product(state, bike))
                 return self.send(404, "<html><body>Not found</body></html>")
 
+            def base(self) -> str:
+                return f"http://{self.headers['Host']}"
+
             def send(self, status, body, content_type="text/html; charset=utf-8", headers=None):
-                data = body.encode()
+                data = body if isinstance(body, bytes) else body.encode()
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))

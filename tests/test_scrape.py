@@ -13,7 +13,7 @@ from bikematch.listings import Listing
 from scrapers.pipelines import ListingPipeline
 
 from .conftest import run_cli
-from .fixture_shops import ShopServer
+from .fixture_shops import ShopServer, bikes_of
 
 
 @pytest.fixture
@@ -173,6 +173,29 @@ def test_scrapy_crawl_works_from_the_repository_root(conn, database_url, shops):
         ).fetchone()[0]
         == 3
     )
+
+
+def test_a_shop_is_read_from_its_sitemaps(conn, database_url, shops, tmp_path):
+    """A sitemap index naming a gzipped sitemap (a .xml.gz file, not an encoded response),
+    a plain one whose pages `allow` leaves out, and a broken one."""
+    config = tmp_path / "sitemap-shop.yaml"
+    config.write_text(
+        f"""
+shops:
+  - name: sitemap-shop.nl
+    platform: jsonld
+    sitemap_url: "{shops.base}/sitemap_index.xml"
+    allow: ["/jsonld/fiets/"]
+    delay: 0
+"""
+    )
+    result = run_cli("scrape", "--shops", str(config), env={"DATABASE_URL": database_url})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {key for _, key in listings(conn)} == {bike.key for bike in bikes_of("jsonld")}
+    asked = shops.state.requested
+    assert "/sitemaps/bikes.xml.gz" in asked and "/sitemaps/broken.xml" in asked
+    assert "/jsonld/over-ons" not in asked and "/jsonld/kapot" not in asked
+    assert "sitemap-shop.nl: 1 sitemap(s) could not be read" in result.stdout
 
 
 class Stats(Counter):

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import scrapy
 from scrapy.http import TextResponse
 from scrapy.linkextractors import LinkExtractor
+from scrapy.utils.gz import gunzip, gzip_magic_number
 from scrapy.utils.sitemap import Sitemap
 
 from bikematch.listings import Listing
@@ -26,6 +27,9 @@ from scrapers.normalise import (
     valid_gtin,
 )
 from scrapers.params import Shop, ShopConfigError, load_shops
+
+#: The most a gzipped sitemap may unpack to (the protocol's limit is 50 MB).
+SITEMAP_MAX_BYTES = 64 * 2**20
 
 
 class ShopSpider(scrapy.Spider):
@@ -111,8 +115,13 @@ class JsonLdSpider(ShopSpider):
 
     def parse_sitemap(self, response):
         try:
-            sitemap = Sitemap(response.body)
-        except Exception:  # lxml raises various errors on broken XML
+            body = response.body
+            if gzip_magic_number(response):  # sitemap.xml.gz, sent as a file, not encoded
+                body = gunzip(body, max_size=SITEMAP_MAX_BYTES)
+            sitemap = Sitemap(body)
+            if sitemap.type not in ("urlset", "sitemapindex"):  # an HTML error page, say
+                raise ValueError(sitemap.type)
+        except Exception:  # gzip and lxml raise various errors on broken files
             self.crawler.stats.inc_value("bikematch/bad_sitemap")
             self.logger.error("not a sitemap: %s", response.url)
             return
