@@ -690,8 +690,9 @@ def search(image, text, model_name, count, threshold, device, allow_private_host
             photo = read_photo(image, _fetch_settings(allow_private_hosts, "off"))
         except (OSError, FetchError, DecodeError) as exc:
             raise click.ClickException(f"cannot read {image}: {exc}") from exc
+    url = _ready_database()
+    _require_vectors(url, model_name)  # before the model loads, too
     model = _load_embedding_model(model_name, device, None)
-    url = resolve_url(load_settings())
     rows = search_listings(url, model, image=photo, text=text, count=count, threshold=threshold)
     if not rows:
         click.echo("no listing found")
@@ -699,6 +700,27 @@ def search(image, text, model_name, count, threshold, device, allow_private_host
         shop, name, price, currency, listing_url, similarity = row
         price_text = f"{currency or ''} {price}" if price is not None else "-"
         click.echo(f"{similarity:.3f}  {shop:22}  {price_text:>12}  {name}  {listing_url}")
+
+
+def _require_vectors(url: str, model_name: str) -> None:
+    """A one-line error, naming the models that have vectors, where this one has none."""
+    from bikematch.database import connect
+
+    with connect(url) as conn:
+        models = [
+            name
+            for (name,) in conn.execute(
+                "select name from embedding_models as model where exists"
+                " (select from vector_storage as vector where vector.model = model.name)"
+                " order by name"
+            )
+        ]
+    if model_name not in models:
+        have = f"vectors exist for {', '.join(models)}" if models else "no model has vectors yet"
+        raise click.ClickException(
+            f"no vectors for model {model_name} ({have}): run `bikematch embed --model"
+            f" {model_name}` first, or search with --model"
+        )
 
 
 @cli.command("import")

@@ -89,6 +89,14 @@ def test_search_by_text_finds_the_bike(demo, database_url):
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 3 and title in lines[0], result.stdout
     assert lines[0].startswith("1.000")  # the text half's own cosine, not scaled
+    # The default model (PE-Core) has no vectors here: said before loading it (its weights
+    # are not on this machine, and fetching them would be the error).
+    result = run_cli("search", "--text", title, env=demo["env"])
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "Error: no vectors for model pe-core-l14-336 (vectors exist for minilm-effnet-lite0):"
+        " run `bikematch embed --model pe-core-l14-336` first, or search with --model"
+    ]
 
 
 def test_search_by_photo_finds_the_listing_it_came_from(demo, database_url, tmp_path):
