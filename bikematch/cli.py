@@ -656,7 +656,23 @@ def report(out_dir, image_cache) -> None:
     from bikematch.report import write_report
 
     url = resolve_url(load_settings())
+    _require_clusters(url)
     click.echo(str(write_report(url, Path(out_dir), image_cache=Path(image_cache))))
+
+
+def _require_clusters(url: str) -> None:
+    """A one-line error where `bikematch cluster` has not built the cluster tables yet."""
+    from bikematch.database import connect
+
+    with connect(url) as conn:
+        found = conn.execute(
+            "select to_regclass('master_bikes') is not null and"
+            " to_regclass('bike_clusters') is not null"
+        ).fetchone()[0]
+    if not found:
+        raise click.ClickException(
+            "no clusters yet: run `bikematch cluster` (or `bikematch run`) first"
+        )
 
 
 @cli.command()
@@ -805,8 +821,15 @@ def eval_command(truth_file, model_name, complete, as_json) -> None:
         pairs = read_truth(truth_file)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
-    with connect(resolve_url(load_settings())) as conn:
+    url = resolve_url(load_settings())
+    _require_clusters(url)
+    with connect(url) as conn:
         result = evaluate_truth(conn, pairs, model_name, complete=complete)
+    if result.listed and result.missing == result.listed:
+        raise click.ClickException(
+            f"none of the {result.listed} listings {truth_file} names is in the database"
+            " (as webshop and url exactly as stored)"
+        )
     if as_json:
         click.echo(json.dumps(result.as_json()))
     else:

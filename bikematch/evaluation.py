@@ -93,8 +93,11 @@ def read_truth(path) -> list[tuple[tuple[str, str], tuple[str, str]]]:
     from pathlib import Path
 
     text = Path(path).read_text(encoding="utf-8")
-    dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t|#")
-    rows = csv.DictReader(text.splitlines(), dialect=dialect)
+    try:
+        delimiter = csv.Sniffer().sniff(text[:4096], delimiters=",;\t|#").delimiter
+    except csv.Error:  # one column, say: the column check below names what is missing
+        delimiter = ","
+    rows = csv.DictReader(text.splitlines(), delimiter=delimiter)
     needed = {"webshop_a", "url_a", "webshop_b", "url_b"}
     if not needed <= set(rows.fieldnames or []):
         raise ValueError(f"{path}: needs columns {', '.join(sorted(needed))}")

@@ -89,3 +89,34 @@ def test_progress_lines_are_timed_and_say_what_is_left():
     progress(990, 10, 1000)  # all done: the summary says it
     assert lines == ["  embedding (m): 300 of 1000 listings (10 failed), 10.0/s, about 1 min left"]
     assert [duration(s) for s in (40, 240, 7500)] == ["40 s", "4 min", "2 h 05 min"]
+
+
+def test_report_and_eval_say_what_is_missing_in_one_line(conn, database_url, tmp_path):
+    conn.execute(
+        "drop table if exists master_bikes, bike_clusters, bike_offers, price_changes,"
+        " int_vector_neighbours cascade"
+    )
+    env = {"DATABASE_URL": database_url}
+    truth = tmp_path / "truth.csv"
+    truth.write_text("webshop_a,url_a,webshop_b,url_b\na.nl,https://a.nl/1,b.nl,https://b.nl/1\n")
+    one_column = tmp_path / "one-column.csv"
+    one_column.write_text("url\nhttps://a.nl/1\n")
+
+    def error(*args: str) -> str:
+        result = run_cli(*args, env=env)
+        assert result.returncode == 1, result.stdout + result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+        return lines[0].removeprefix("Error: ")
+
+    no_clusters = "no clusters yet: run `bikematch cluster` (or `bikematch run`) first"
+    assert error("report", "--out", str(tmp_path / "report")) == no_clusters
+    assert error("eval", "--truth", str(truth)) == no_clusters
+    assert error("eval", "--truth", str(one_column)).endswith(
+        "needs columns url_a, url_b, webshop_a, webshop_b"
+    )
+    run_cli("cluster", env=env, check=True)  # empty clusters: the listings are not there
+    assert error("eval", "--truth", str(truth)) == (
+        f"none of the 2 listings {truth} names is in the database"
+        " (as webshop and url exactly as stored)"
+    )
