@@ -752,7 +752,11 @@ def _require_vectors(url: str, model_name: str) -> None:
     "gtin, sku (repeatable).",
 )
 @click.option("--currency", help="ISO 4217 currency for prices without one.")
-def import_command(file, shop, delimiter, mappings, currency) -> None:
+@click.option(
+    "--encoding",
+    help="The file's text encoding, e.g. cp1252 (default: UTF-8, or as its byte-order mark says).",
+)
+def import_command(file, shop, delimiter, mappings, currency, encoding) -> None:
     """Load listings from a CSV or JSONL file (a shop feed, a benchmark) into scraped_bikes.
 
     The same upsert as scraped listings: rerunning changes nothing, a changed
@@ -769,7 +773,9 @@ def import_command(file, shop, delimiter, mappings, currency) -> None:
     try:
         mapping = parse_mapping(list(mappings))  # before starting a database for nothing
         with connect(_ready_database()) as conn:
-            summary = import_file(conn, Path(file), shop, mapping, delimiter, currency)
+            summary = import_file(
+                conn, Path(file), shop, mapping, delimiter, currency, encoding=encoding
+            )
     except ImportError_ as exc:
         raise click.ClickException(str(exc)) from exc
     for line in summary.lines():

@@ -7,6 +7,7 @@ counted by reason; an unreadable price is stored as NULL and counted.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 from collections import Counter
@@ -53,11 +54,36 @@ def parse_mapping(pairs: list[str]) -> dict[str, str]:
     return mapping
 
 
-def read_rows(path: Path, delimiter: str | None = None) -> Iterator[dict]:
+def file_encoding(path: Path, given: str | None = None) -> str:
+    """`given` (checked), else what the file's byte-order mark says (Excel's "Unicode
+    text" is UTF-16), else UTF-8."""
+    if given:
+        try:
+            return codecs.lookup(given).name
+        except LookupError:
+            raise ImportError_(f"--encoding {given}: not an encoding Python knows") from None
+    with path.open("rb") as handle:
+        head = handle.read(4)
+    if head.startswith(codecs.BOM_UTF8):
+        return "utf-8-sig"
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    return "utf-8"
+
+
+def read_rows(
+    path: Path,
+    delimiter: str | None = None,
+    encoding: str | None = None,
+    required: dict[str, str] | None = None,
+) -> Iterator[dict]:
+    """The file's rows as dicts; a CSV whose header lacks a `required` column (field ->
+    column) is refused, naming its columns."""
     if not path.exists():
         raise ImportError_(f"{path}: no such file")
+    encoding = file_encoding(path, encoding)
     if path.suffix.lower() in (".jsonl", ".ndjson"):
-        with path.open(encoding="utf-8") as lines:
+        with path.open(encoding=encoding) as lines:
             for number, line in enumerate(lines, start=1):
                 if not line.strip():
                     continue
@@ -67,7 +93,7 @@ def read_rows(path: Path, delimiter: str | None = None) -> Iterator[dict]:
                     raise ImportError_(f"{path}:{number}: not JSON ({exc})") from exc
                 yield row if isinstance(row, dict) else {}
         return
-    with path.open(encoding="utf-8", newline="") as handle:
+    with path.open(encoding=encoding, newline="") as handle:
         if delimiter is None:
             sample = handle.read(8192)
             handle.seek(0)
@@ -75,7 +101,16 @@ def read_rows(path: Path, delimiter: str | None = None) -> Iterator[dict]:
                 delimiter = csv.Sniffer().sniff(sample, delimiters=",;\t|#").delimiter
             except csv.Error:
                 delimiter = ","
-        yield from csv.DictReader(handle, delimiter=delimiter)
+        rows = csv.DictReader(handle, delimiter=delimiter)
+        columns = rows.fieldnames or []  # reads the header
+        missing = {f: c for f, c in (required or {}).items() if c not in columns}
+        if missing:
+            raise ImportError_(
+                f"{path}: no column {' or '.join(missing.values())} (its columns:"
+                f" {', '.join(columns)[:300] or 'none'}); name the column to use with"
+                f" {' '.join(f'--map {f}=COLUMN' for f in missing)}"
+            )
+        yield from rows
 
 
 def import_file(
@@ -85,12 +120,14 @@ def import_file(
     mapping: dict[str, str] | None = None,
     delimiter: str | None = None,
     currency: str | None = None,
+    encoding: str | None = None,
 ) -> ImportSummary:
     summary = ImportSummary()
     mapping = {name: (mapping or {}).get(name, name) for name in FIELDS}
 
     def listings() -> Iterator[Listing]:
-        for row in read_rows(path, delimiter):
+        required = {f: mapping[f] for f in ("url", "name")}
+        for row in read_rows(path, delimiter, encoding, required):
             summary.read += 1
             value = {name: row.get(source) for name, source in mapping.items()}
             url = str(value["url"]).strip() if value["url"] not in (None, "") else None
@@ -122,5 +159,12 @@ def import_file(
                 sku=clean_text(value["sku"]),
             )
 
-    summary.stored = store_in_batches(conn, listings())
+    try:
+        summary.stored = store_in_batches(conn, listings())
+    except UnicodeDecodeError as exc:
+        raise ImportError_(
+            f"{path}: not {exc.encoding} text (byte 0x{exc.object[exc.start]:02x} near row"
+            f" {summary.read + 1}): give its encoding with --encoding, e.g. cp1252 for a"
+            " Windows export"
+        ) from None
     return summary

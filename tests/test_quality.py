@@ -74,6 +74,37 @@ def test_import_csv_and_jsonl_through_the_listing_upsert(conn, database_url, tmp
     assert price.fetchone() == (Decimal("7490.00"), "EUR")
 
 
+def test_import_reads_excel_exports_and_says_which_file_it_cannot_read(
+    conn, database_url, tmp_path
+):
+    env = {"DATABASE_URL": database_url}
+    rows = "url\tname\tprice\nu1\tRiese & Müller Charger4\t€ 6.199,00\n"
+    unicode_text = tmp_path / "unicode.txt"  # Excel's "Unicode text": UTF-16, tabs
+    unicode_text.write_bytes(rows.encode("utf-16"))
+    result = run_cli("import", str(unicode_text), "--shop", "excel.nl", env=env)
+    assert result.returncode == 0 and "stored 1 (1 new" in result.stdout, result.stderr
+    windows = tmp_path / "windows.csv"  # Excel's CSV on a Dutch Windows: cp1252, semicolons
+    windows.write_bytes("url;name;price\nu2;Gazelle Médeo T10;€ 3.199,00\n".encode("cp1252"))
+    result = run_cli("import", str(windows), "--shop", "excel.nl", env=env)
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert "not utf-8 text (byte 0xe9 near row 1)" in result.stderr
+    assert "--encoding, e.g. cp1252" in result.stderr
+    result = run_cli("import", str(windows), "--shop", "excel.nl", "--encoding", "cp1252", env=env)
+    assert result.returncode == 0, result.stderr
+    names = dict(conn.execute("select url, name from scraped_bikes where webshop = 'excel.nl'"))
+    assert names == {"u1": "Riese & Müller Charger4", "u2": "Gazelle Médeo T10"}
+    assert conn.execute("select price from scraped_bikes where url = 'u2'").fetchone()[0] == 3199
+
+    nameless = tmp_path / "nameless.csv"
+    nameless.write_text("id,title,price\n1,Bike,10\n")
+    result = run_cli("import", str(nameless), "--shop", "x.nl", "--map", "url=id", env=env)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"Error: {nameless}: no column name (its columns: id, title, price); name the column"
+        " to use with --map name=COLUMN"
+    ]
+
+
 def test_import_rejects_a_bad_mapping(tmp_path):
     feed = tmp_path / "feed.csv"
     feed.write_text("id,title\n1,x\n")
