@@ -471,7 +471,7 @@ def embed_compare(models, sample, device, allow_private_hosts) -> None:
     Example:
         bikematch embed compare --model clip-vit-b-32 --model remote:https://emb.example/embed
     """
-    from embedder.compare import compare_models
+    from embedder.compare import CompareError, compare_models
 
     if len(models) != 2:
         raise click.UsageError("give --model exactly twice")
@@ -483,7 +483,11 @@ def embed_compare(models, sample, device, allow_private_hosts) -> None:
             loaded.append(_load_embedding_model(name, device, None))
     url = _ready_database()
     fetch = _fetch_settings(allow_private_hosts, None)
-    for line in compare_models(url, loaded[0], loaded[1], sample, fetch):
+    try:
+        lines = compare_models(url, loaded[0], loaded[1], sample, fetch)
+    except CompareError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for line in lines:
         click.echo(line)
 
 

@@ -12,13 +12,19 @@ from embedder.decode import DecodeError, decode_image
 from embedder.fetch import FetchError, ImageFetcher
 
 
+class CompareError(ValueError):
+    """Two models that cannot be compared here (the message says why)."""
+
+
 def compare_models(url, first, second, sample: int, fetch_settings) -> list[str]:
+    """Lines reporting how far the two models' vectors agree on `sample` listings;
+    CompareError where there is nothing to compare."""
     if (first.image_dims, first.text_dims) != (second.image_dims, second.text_dims):
-        return [
+        raise CompareError(
             f"{first.name} and {second.name} have different dimensions "
             f"({first.image_dims}/{first.text_dims} vs {second.image_dims}/{second.text_dims}): "
             "their vectors cannot be compared"
-        ]
+        )
     with connect(url) as conn:
         rows = conn.execute(
             "select name, image_url from scraped_bikes where image_url is not null"
@@ -26,7 +32,7 @@ def compare_models(url, first, second, sample: int, fetch_settings) -> list[str]
             (sample,),
         ).fetchall()
     if not rows:
-        return ["no listings with an image to compare on"]
+        raise CompareError("no listings with an image to compare on")
 
     async def fetch_all():
         async with ImageFetcher(fetch_settings) as fetcher:
@@ -49,7 +55,7 @@ def compare_models(url, first, second, sample: int, fetch_settings) -> list[str]
         second_pixels.append(pixels[1])
         titles.append(title)
     if not titles:
-        return ["none of the sampled images could be fetched"]
+        raise CompareError(f"none of the {len(rows)} sampled listings' images could be read")
     image_cos = _cosines(
         first.embed_images(first.collate(first_pixels)),
         second.embed_images(second.collate(second_pixels)),

@@ -869,11 +869,28 @@ def test_remote_backend_has_the_same_contract(conn, database_url, images, tmp_pa
     summary = run_embedding(database_url, remote, settings(tmp_path))
     assert summary.embedded == 5 and len(vectors(conn, "tiny-remote")) == 5
 
-    from embedder.compare import compare_models
+    from embedder.compare import CompareError, compare_models
 
     lines = compare_models(database_url, tiny, remote, 5, settings(tmp_path).fetch)
     assert "image: mean cosine 1.0000" in lines[1] or "image: mean cosine 0.99" in lines[1], lines
     assert "100% above 0.95" in lines[2], lines
+    # nothing to compare: an error (the CLI's exit status 1), not a report
+    result = run_cli(
+        "embed",
+        "compare",
+        "--model",
+        "tiny-random",
+        "--model",
+        "minilm-effnet-lite0",
+        env={"DATABASE_URL": database_url},
+    )
+    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1] == (
+        "Error: tiny-random and minilm-effnet-lite0 have different dimensions"
+        " (32/32 vs 1280/384): their vectors cannot be compared"
+    )
+    conn.execute("update scraped_bikes set image_url = 'http://[::1/x.jpg'")
+    with pytest.raises(CompareError, match="none of the 5 sampled listings' images could be read"):
+        compare_models(database_url, tiny, remote, 5, settings(tmp_path).fetch)
     with pytest.raises(Exception, match="HTTP 401"):
         RemoteModel(service.url, name="x", token="wrong", retries=0)
 
