@@ -666,8 +666,6 @@ def report(out_dir, image_cache) -> None:
 
 def _require_clusters(url: str) -> None:
     """A one-line error where `bikematch cluster` has not built the cluster tables yet."""
-    from bikematch.database import connect
-
     with connect(url) as conn:
         found = conn.execute(
             "select to_regclass('master_bikes') is not null and"
@@ -724,8 +722,6 @@ def search(image, text, model_name, count, threshold, device, allow_private_host
 
 def _require_vectors(url: str, model_name: str) -> None:
     """A one-line error, naming the models that have vectors, where this one has none."""
-    from bikematch.database import connect
-
     with connect(url) as conn:
         models = [
             name

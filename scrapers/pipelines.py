@@ -54,13 +54,13 @@ class ListingPipeline:
             return
         try:
             self._count(store_listings(self.conn, batch))
-        except psycopg.DataError:
+        except (psycopg.DataError, psycopg.IntegrityError):
             # One listing the database refuses must not take its batch, or the rest of
             # the crawl, with it: store them one by one, and count the ones refused.
             for listing in batch:
                 try:
                     self._count(store_listings(self.conn, [listing]))
-                except psycopg.DataError as exc:
+                except (psycopg.DataError, psycopg.IntegrityError) as exc:
                     self.stats.inc_value("bikematch/dropped/refused_by_database")
                     reason = str(exc).splitlines()[0]
                     log.warning("listing not stored: %s: %s", listing.url, reason)
