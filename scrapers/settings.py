@@ -18,6 +18,9 @@ CONCURRENT_REQUESTS = 32
 CONCURRENT_REQUESTS_PER_DOMAIN = 4
 DOWNLOAD_DELAY = 0.5
 DOWNLOAD_TIMEOUT = 30
+# Scrapy's default lets one response take 1 GiB of memory. A product page, a page of
+# products.json or a sitemap (50 MB at most by its protocol) fits well within this.
+DOWNLOAD_MAXSIZE = 64 * 2**20
 RETRY_TIMES = 2
 REDIRECT_MAX_TIMES = 5
 COOKIES_ENABLED = False
