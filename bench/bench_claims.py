@@ -29,7 +29,7 @@ from embedder import store  # noqa: E402
 MODEL = "bench-claims"
 #: The claim as it was: the page's range on the listing only, not passed to the function.
 RANGE_ON_THE_LISTING_ONLY = store._CLAIM.replace(
-    "%(max_attempts)s, %(after)s)", "%(max_attempts)s)"
+    "%(max_attempts)s, %(after)s, %(before)s)", "%(max_attempts)s, null, %(before)s)"
 )
 assert RANGE_ON_THE_LISTING_ONLY != store._CLAIM, "the claim changed: update this bench"
 
@@ -64,7 +64,7 @@ def fill(conn, listings: int, pending: float) -> None:
 
 
 def claim_ms(conn, query: str, after, repeats: int = 5) -> float:
-    values = {"model": MODEL, "after": after, "limit": 32, "max_attempts": 5}
+    values = {"model": MODEL, "after": after, "limit": 32, "max_attempts": 5, "before": None}
     times = []
     for _ in range(repeats):
         started = time.perf_counter()

@@ -330,6 +330,31 @@ def _fetch_settings(allow_private_hosts, cache_dir, concurrency=None):
     )
 
 
+class _PastTime(click.ParamType):
+    """An ISO 8601 date or time, UTC unless it says otherwise, or 'now'; not in the future."""
+
+    name = "time"
+
+    def convert(self, value, param, ctx):
+        from datetime import UTC, datetime, timedelta
+
+        if isinstance(value, datetime):
+            return value
+        now = datetime.now(UTC)
+        if value.strip().lower() == "now":
+            return now
+        try:
+            moment = datetime.fromisoformat(value.strip())
+        except ValueError:
+            self.fail(f"{value!r} is not an ISO 8601 date or time (2026-11-21T08:00Z)", param, ctx)
+        moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        if moment > now + timedelta(minutes=1):
+            self.fail(
+                f"{value} is in the future: every run would embed everything again", param, ctx
+            )
+        return moment
+
+
 @cli.group(invoke_without_command=True)
 @click.option(
     "--model",
@@ -399,6 +424,14 @@ def _fetch_settings(allow_private_hosts, cache_dir, concurrency=None):
     help="Fetch images from private/loopback addresses (tests, intranets).",
 )
 @click.option("--cache-dir", help="Image cache directory ('off' for none).")
+@click.option(
+    "--reembed-before",
+    type=_PastTime(),
+    metavar="TIME",
+    help="Also embed again the listings whose vector is older than TIME (ISO 8601, UTC "
+    "unless it says otherwise, or 'now'): after an upgrade that reads photos differently. "
+    "Rerun the same command to resume.",
+)
 @click.pass_context
 def embed(
     ctx,
@@ -416,6 +449,7 @@ def embed(
     remote,
     allow_private_hosts,
     cache_dir,
+    reembed_before,
 ) -> None:
     """Embed pending listings' images and titles into vector_storage.
 
@@ -443,6 +477,7 @@ def embed(
         choose_precision=dtype == "auto" and not remote,
         precision_max_age=None if remeasure_precision else EmbedSettings.precision_max_age,
         fetch=_fetch_settings(allow_private_hosts, cache_dir, fetch_concurrency),
+        reembed_before=reembed_before,
     )
     with embedding_progress(model.name) as progress:
         summary = run_embedding(url, model, settings, progress)

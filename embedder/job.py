@@ -25,7 +25,7 @@ import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import torch
 
@@ -59,6 +59,9 @@ class EmbedSettings:
     #: Embed listings without an image, or whose image failed, from their title alone.
     text_only: bool = True
     max_attempts: int = 5
+    #: Also embed again the listings whose vector was embedded before this time (after
+    #: a release that changes how photos are read); None: only new and changed ones.
+    reembed_before: datetime | None = None
     image_weight: float = 0.5
     #: Local models on CPU: start in float32, switch to bf16 autocast if one batch shows it
     #: agrees and is faster (perception_models/precision.py). Ignored on CUDA.
@@ -257,7 +260,12 @@ class _Job:
             register(connections[0], self.model)
             if self.precision_pending and self.settings.precision_max_age is not None:
                 self._use_stored_precision(connections[0])
-            total = store.count_pending(connections[0], self.model.name, self.settings.max_attempts)
+            total = store.count_pending(
+                connections[0],
+                self.model.name,
+                self.settings.max_attempts,
+                self.settings.reembed_before,
+            )
             connections[0].commit()
             if self.settings.limit is not None:
                 total = min(total, self.settings.limit)
@@ -381,18 +389,17 @@ class _Job:
     def _claim(self, conn, after: uuid.UUID, size: int) -> tuple[list[store.Work], bool] | None:
         """The next page of pending work (possibly empty after re-checks), and whether it
         is the last (shorter than asked for); None at the end."""
-        works = store.claim(conn, self.model.name, after, size, self.settings.max_attempts)
+        model, attempts, before = (
+            self.model.name,
+            self.settings.max_attempts,
+            self.settings.reembed_before,
+        )
+        works = store.claim(conn, model, after, size, attempts, before)
         if not works:
             conn.rollback()
             return None
         # Locked now; drop any another embedder finished between our snapshot and the lock.
-        still = {
-            row[0]
-            for row in conn.execute(
-                "select bike_id from bikematch_listings_to_embed(%s, %s) where bike_id = any(%s)",
-                (self.model.name, self.settings.max_attempts, [w.bike_id for w in works]),
-            )
-        }
+        still = store.still_pending(conn, model, attempts, [w.bike_id for w in works], before)
         kept = [w for w in works if w.bike_id in still]
         if not kept:
             conn.rollback()  # others did this page; the next claim moves past it

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import numpy as np
 import psycopg
@@ -20,7 +20,7 @@ from perception_models.precision import PrecisionChoice, dtype_name
 # where the last one stopped, not from the start of the pending set.
 _CLAIM = """
 select listing.id, listing.name, listing.image_url, pending.source_hash
-from bikematch_listings_to_embed(%(model)s, %(max_attempts)s, %(after)s) as pending
+from bikematch_listings_to_embed(%(model)s, %(max_attempts)s, %(after)s, %(before)s) as pending
 inner join scraped_bikes as listing on pending.bike_id = listing.id
 where listing.id > %(after)s
 order by pending.bike_id
@@ -28,7 +28,7 @@ limit %(limit)s
 for no key update of listing skip locked
 """
 
-_COUNT = "select count(*) from bikematch_listings_to_embed(%s, %s)"
+_COUNT = "select count(*) from bikematch_listings_to_embed(%s, %s, null, %s)"
 
 
 @dataclass
@@ -57,16 +57,41 @@ class Failure:
     source_hash: str
 
 
-def count_pending(conn: psycopg.Connection, model: str, max_attempts: int) -> int:
-    return conn.execute(_COUNT, (model, max_attempts)).fetchone()[0]
+def count_pending(
+    conn: psycopg.Connection, model: str, max_attempts: int, before: datetime | None = None
+) -> int:
+    """Listings to embed; with `before`, also those whose vector is older than that."""
+    return conn.execute(_COUNT, (model, max_attempts, before)).fetchone()[0]
 
 
-def claim(conn, model: str, after: uuid.UUID, limit: int, max_attempts: int) -> list[Work]:
+def claim(
+    conn,
+    model: str,
+    after: uuid.UUID,
+    limit: int,
+    max_attempts: int,
+    before: datetime | None = None,
+) -> list[Work]:
     """Lock the next page of pending listings in conn's open transaction."""
+    values = {
+        "model": model,
+        "after": after,
+        "limit": limit,
+        "max_attempts": max_attempts,
+        "before": before,
+    }
+    return [Work(*row) for row in conn.execute(_CLAIM, values).fetchall()]
+
+
+def still_pending(
+    conn, model: str, max_attempts: int, ids: list[uuid.UUID], before: datetime | None = None
+) -> set[uuid.UUID]:
+    """Of `ids`, those still pending (another embedder may have done some meanwhile)."""
     rows = conn.execute(
-        _CLAIM, {"model": model, "after": after, "limit": limit, "max_attempts": max_attempts}
-    ).fetchall()
-    return [Work(*row) for row in rows]
+        "select bike_id from bikematch_listings_to_embed(%s, %s, null, %s) where bike_id = any(%s)",
+        (model, max_attempts, before, ids),
+    )
+    return {row[0] for row in rows}
 
 
 def write(conn, model: str, embedded: list[Embedded], failures: list[Failure]) -> None:

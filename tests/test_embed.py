@@ -420,7 +420,13 @@ def test_a_claim_reads_from_where_the_last_one_stopped(conn, tiny):
         """,
         (after,),
     )
-    values = {"model": "tiny-random", "after": after, "limit": 32, "max_attempts": 5}
+    values = {
+        "model": "tiny-random",
+        "after": after,
+        "limit": 32,
+        "max_attempts": 5,
+        "before": None,
+    }
     claimed = [work.bike_id for work in store.claim(conn, **values)]
     assert claimed == ids[-40:-8]
     (plan,) = conn.execute("explain (analyze, format json) " + store._CLAIM, values).fetchone()[0]
@@ -452,6 +458,31 @@ def test_an_image_that_works_again_replaces_the_title_only_vector(
     summary = run_embedding(database_url, tiny, settings(tmp_path))
     assert summary.embedded == 1 and summary.text_only == 0
     assert vectors(conn)["p"][:2] == (False, False) and failures(conn) == {}
+
+
+def test_vectors_older_than_a_time_are_embedded_again_once(
+    conn, database_url, images, tmp_path, tiny
+):
+    for i in range(3):
+        add(conn, "shop.nl", f"p{i}", f"Bike {i}", images.add(f"{i}.jpg", jpeg((80 * i, 9, 9))))
+    add(conn, "shop.nl", "bare", "Bike without a photo", None)
+    assert run_embedding(database_url, tiny, settings(tmp_path)).embedded == 4
+    first = vectors(conn)
+    upgraded_at = conn.execute("select now()").fetchone()[0]
+    earlier = upgraded_at - timedelta(hours=1)
+    assert (
+        run_embedding(database_url, tiny, settings(tmp_path, reembed_before=earlier)).embedded == 0
+    )
+    again = settings(tmp_path, reembed_before=upgraded_at)
+    summary = run_embedding(database_url, tiny, again)
+    assert summary.embedded == 4 and summary.text_only == 1
+    second = vectors(conn)
+    assert all(second[url][3] > upgraded_at >= first[url][3] for url in first)
+    assert {url: row[:3] for url, row in second.items()} == {
+        url: row[:3] for url, row in first.items()
+    }
+    # each once: the same command again (after a kill, say) finds nothing left to do
+    assert run_embedding(database_url, tiny, again).embedded == 0
 
 
 def test_the_summary_says_when_database_writes_held_the_job_up(conn, database_url, tmp_path, tiny):
@@ -893,6 +924,16 @@ def test_remote_backend_has_the_same_contract(conn, database_url, images, tmp_pa
         compare_models(database_url, tiny, remote, 5, settings(tmp_path).fetch)
     with pytest.raises(Exception, match="HTTP 401"):
         RemoteModel(service.url, name="x", token="wrong", retries=0)
+
+
+def test_reembed_before_takes_a_past_time(tmp_path):
+    for value, error in (
+        ("2999-01-01", "2999-01-01 is in the future: every run would embed everything again"),
+        ("yesterday", "'yesterday' is not an ISO 8601 date or time (2026-11-21T08:00Z)"),
+    ):
+        result = run_cli("embed", "--model", "tiny-random", "--reembed-before", value, cwd=tmp_path)
+        assert result.returncode == 2 and error in result.stderr, result.stderr
+    assert not (tmp_path / ".bikematch").exists()  # refused before starting a database
 
 
 def test_an_unknown_model_is_one_line_and_starts_no_database(tmp_path):

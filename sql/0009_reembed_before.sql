@@ -1,0 +1,50 @@
+-- embedded_before: also the listings whose vector for the model was embedded
+-- before this time, as when a new release of the embedder decodes or
+-- preprocesses photos differently and the stored vectors should follow
+-- (`bikematch embed --reembed-before TIME`). A vector written since counts as
+-- done, so rerunning the same command after a kill resumes where it stopped.
+-- A new argument is a new function, hence the drop. Otherwise as in 0008.
+drop function if exists bikematch_listings_to_embed(text, integer, uuid);
+
+create or replace function bikematch_listings_to_embed(
+    model_name text,
+    max_attempts integer default 5,
+    after_id uuid default null,
+    embedded_before timestamptz default null
+)
+returns table (bike_id uuid, name text, image_url text, source_hash text)
+language sql stable as $$
+    select
+        listing.id,
+        listing.name,
+        listing.image_url,
+        bikematch_embedding_source(listing.name, listing.image_url)
+    from scraped_bikes as listing
+    left join vector_storage as vector
+        on
+            vector.bike_id = listing.id and vector.model = model_name
+            and (after_id is null or vector.bike_id > after_id)
+    left join embedding_failures as failure
+        on
+            failure.bike_id = listing.id and failure.model = model_name
+            and (after_id is null or failure.bike_id > after_id)
+    where
+        (after_id is null or listing.id > after_id)
+        and (
+            vector.bike_id is null
+            or vector.source_hash is distinct from
+            bikematch_embedding_source(listing.name, listing.image_url)
+            or (vector.text_only and listing.image_url is not null)
+            or vector.embedded_at < embedded_before
+        )
+        and (
+            failure.bike_id is null
+            or failure.source_hash is distinct from
+            bikematch_embedding_source(listing.name, listing.image_url)
+            or (
+                failure.attempts < max_attempts
+                and failure.last_attempt_at
+                < now() - make_interval(mins => power(2, failure.attempts)::integer)
+            )
+        )
+$$;
