@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import numpy as np
 import torch
 
 from bikematch.database import connect
@@ -204,12 +205,17 @@ def _described(error: Exception) -> Exception:
     return RuntimeError(f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": "))
 
 
-def input_hash(title: str, image: bytes) -> str:
-    """Hash of exactly what was embedded: the title and the image bytes."""
+def input_hash(title: str, image: bytes, vector: np.ndarray) -> str:
+    """What the stored vector is: the title and image bytes embedded, and the vector
+    they gave. Clustering keys its neighbour searches on it (int_vector_neighbours), so
+    a vector embedded again differently (--reembed-before after an upgrade, another
+    --image-weight) is searched again even where title and image are the same."""
     digest = hashlib.sha256()
     digest.update(title.encode("utf-8"))
     digest.update(b"\x1f")
     digest.update(image)
+    digest.update(b"\x1f")
+    digest.update(np.ascontiguousarray(vector, dtype=np.float32).tobytes())
     return digest.hexdigest()
 
 
@@ -513,7 +519,7 @@ class _Job:
                     image=None if image is None else image.numpy(),
                     text=texts[i].numpy(),
                     joined=joined.numpy(),
-                    input_hash=input_hash(item.work.name, item.image_bytes),
+                    input_hash=input_hash(item.work.name, item.image_bytes, joined.numpy()),
                     source_hash=item.work.source_hash,
                 )
             )

@@ -473,14 +473,17 @@ def test_vectors_older_than_a_time_are_embedded_again_once(
     assert (
         run_embedding(database_url, tiny, settings(tmp_path, reembed_before=earlier)).embedded == 0
     )
-    again = settings(tmp_path, reembed_before=upgraded_at)
+    # embedded again differently (here: another image weight), same titles and photos
+    again = settings(tmp_path, reembed_before=upgraded_at, image_weight=0.8)
     summary = run_embedding(database_url, tiny, again)
     assert summary.embedded == 4 and summary.text_only == 1
     second = vectors(conn)
     assert all(second[url][3] > upgraded_at >= first[url][3] for url in first)
-    assert {url: row[:3] for url, row in second.items()} == {
-        url: row[:3] for url, row in first.items()
+    assert {url: row[:2] for url, row in second.items()} == {
+        url: row[:2] for url, row in first.items()
     }
+    # a new vector, a new input_hash: clustering searches its neighbours again
+    assert all(second[f"p{i}"][2] != first[f"p{i}"][2] for i in range(3))
     # each once: the same command again (after a kill, say) finds nothing left to do
     assert run_embedding(database_url, tiny, again).embedded == 0
 
