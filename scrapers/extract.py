@@ -28,6 +28,7 @@ from scrapers.normalise import (
     availability,
     clean_text,
     currency_code,
+    only_value,
     parse_price,
     valid_gtin,
 )
@@ -289,10 +290,9 @@ def _fill_from_schema(result: ProductPage, node: dict, url: str, source: str) ->
 
 
 def _identifiers(node: dict, offers: list[dict]) -> tuple[str | None, str | None]:
-    """(GTIN, SKU): the product's own; else the one that each of its variants (a
-    ProductGroup's) or offers carries, where they all carry the same (Shopify's themes
-    write them per offer). A page of frame sizes or colours with a GTIN each gets
-    none: any one of them would veto matches with a shop that lists another size."""
+    """(GTIN, SKU): the product's own; else the one its variants (a ProductGroup's) or
+    offers give, where they give one (Shopify's themes write them per offer), not one
+    of several (`only_value`)."""
     variants = [v for v in _as_list(_prop(node, "hasVariant")) if isinstance(v, dict)]
     units = [[v, *_offers(v)] for v in variants] if variants else [[o] for o in offers]
 
@@ -304,13 +304,8 @@ def _identifiers(node: dict, offers: list[dict]) -> tuple[str | None, str | None
         found = (clean_text(_first_text(_prop(n, key))) for n in nodes for key in ("sku", "mpn"))
         return next(filter(None, found), None)
 
-    def shared(values: list[str | None], key=lambda value: value) -> str | None:
-        if not values or None in values or len({key(v) for v in values}) > 1:
-            return None
-        return values[0]
-
-    gtin = gtin_of([node]) or shared([gtin_of(unit) for unit in units], key=lambda g: g.zfill(14))
-    return gtin, sku_of([node]) or shared([sku_of(unit) for unit in units])
+    gtin = gtin_of([node]) or only_value(map(gtin_of, units), key=lambda g: g.zfill(14))
+    return gtin, sku_of([node]) or only_value(map(sku_of, units))
 
 
 def _prop(node: dict, key: str):

@@ -112,6 +112,17 @@ def valid_gtin(value) -> str | None:
     return digits if (10 - total % 10) % 10 == check else None
 
 
+def only_value(values, key=lambda value: value) -> str | None:
+    """The one value the non-empty `values` agree on (equal under `key`), else None.
+
+    A product page of several variants (frame sizes, colours) has a GTIN or SKU of its
+    own only where its variants share one: any one of several would stand for one size,
+    and a GTIN vetoes matches with a shop that lists another.
+    """
+    found = {key(value): value for value in values if value}
+    return next(iter(found.values())) if len(found) == 1 else None
+
+
 def absolute_url(url, base: str) -> str | None:
     if not url or not isinstance(url, str):
         return None

@@ -13,6 +13,7 @@ from scrapers.normalise import (
     PriceError,
     clean_text,
     largest_from_srcset,
+    only_value,
     parse_price,
     valid_gtin,
 )
@@ -42,7 +43,8 @@ EXPECTED = {
             "availability": "InStock",
         },
     ),
-    # A ProductGroup: the lowest variant price (an AggregateOffer's lowPrice).
+    # A ProductGroup: the lowest variant price (an AggregateOffer's lowPrice); the one
+    # GTIN its variants give (the other has none); no SKU (each size has its own).
     "jsonld_productgroup.html": (
         "https://shop.example/batavus-finez",
         {
@@ -51,7 +53,7 @@ EXPECTED = {
             "currency": "EUR",
             "image_url": "https://shop.example/media/finez.webp",
             "brand": "Batavus",
-            "gtin": None,
+            "gtin": "8712345678906",
             "sku": None,
             "availability": "InStock",  # one variant is
         },
@@ -226,6 +228,14 @@ def test_gtins_titles_and_images():
     assert clean_text("  Gazelle&nbsp;Ultimate <b>C380</b>\n  HMB &amp; co ") == (
         "Gazelle Ultimate C380 HMB & co"
     )
+    # a variant page's own code: the one its variants give, not one of several
+    assert only_value(["8712345678906", None, "8712345678906"]) == "8712345678906"
+    assert only_value(["036000291452", "0036000291452"], key=lambda g: g.zfill(14)) in (
+        "036000291452",
+        "0036000291452",
+    )
+    assert only_value(["8712345678906", "8712345678920"]) is None
+    assert only_value([None, ""]) is None
     # JSON-LD's "\u0000" and other control characters: Postgres refuses NUL in text
     assert clean_text("Gazelle\x00 Ultimate\x07 C380\x85HMB\x9f") == "Gazelle Ultimate C380 HMB"
     assert largest_from_srcset("a.jpg 300w, b.jpg 1200w, c.jpg 800w") == "b.jpg"

@@ -72,10 +72,11 @@ def test_scrapes_every_platform(conn, database_url, shops):
         "EUR",
     )
     assert rows[("jsonld-shop.nl", "op-aanvraag")][3] is None  # unreadable price kept as NULL
-    # shopify: lowest variant price, first image, that variant's barcode
+    # shopify: lowest variant price, first image, the one barcode its variants give (the
+    # other has none), no SKU (each size has its own)
     shopify = rows[("shopify-shop.nl", "ultimate-shopify")]
     assert shopify[3:5] == (Decimal("2999.00"), "EUR")
-    assert shopify[7:10] == ("8712345678906", "ultimate-53", "InStock")
+    assert shopify[7:10] == ("8712345678906", None, "InStock")
     # woocommerce: minor units, entities decoded
     woo = rows[("woo-shop.nl", "finez")]
     assert woo[2] == "Batavus Finez E-go® Power Exclusive (625 Wh) - dames"

@@ -23,6 +23,7 @@ from scrapers.normalise import (
     absolute_url,
     availability,
     clean_text,
+    only_value,
     parse_price,
     valid_gtin,
 )
@@ -225,7 +226,8 @@ class ShopifySpider(ShopSpider):
         yield self.page_request(page + 1)
 
     def product_listing(self, product: dict, api_url: str) -> Listing:
-        """One row per product: its first image and its lowest variant price."""
+        """One row per product: its first image, its lowest variant price, and the GTIN
+        and SKU its variants share, if they share one."""
         variants = [v for v in product.get("variants") or [] if isinstance(v, dict)]
         priced, error = [], None
         for variant in variants:
@@ -235,8 +237,8 @@ class ShopifySpider(ShopSpider):
                 error = str(exc)
                 continue
             if amount is not None:
-                priced.append((amount, variant))
-        amount, cheapest = min(priced, key=lambda pair: pair[0]) if priced else (None, {})
+                priced.append(amount)
+        amount = min(priced) if priced else None
         images = [i for i in product.get("images") or [] if isinstance(i, dict)]
         known_stock = [v["available"] for v in variants if "available" in v]
         page = ProductPage(
@@ -244,8 +246,11 @@ class ShopifySpider(ShopSpider):
             price=amount,
             image_url=absolute_url(images[0].get("src"), api_url) if images else None,
             brand=clean_text(product.get("vendor")),
-            gtin=valid_gtin(cheapest.get("barcode")),
-            sku=clean_text(cheapest.get("sku")),
+            # the variants' own, where they share one (only_value), not the cheapest's
+            gtin=only_value(
+                (valid_gtin(v.get("barcode")) for v in variants), key=lambda g: g.zfill(14)
+            ),
+            sku=only_value(clean_text(v.get("sku")) for v in variants),
             availability=availability(any(known_stock)) if known_stock else None,
             price_error=None if priced else error,
         )
