@@ -281,8 +281,8 @@ class WooCommerceSpider(ShopSpider):
         for product in products:
             if isinstance(product, dict):
                 yield self.product_listing(product, response.url)
-        total_pages = response.headers.get("X-WP-TotalPages")
-        if total_pages is None or page < int(total_pages):
+        total_pages = (response.headers.get("X-WP-TotalPages") or b"").strip()
+        if not total_pages.isdigit() or page < int(total_pages):  # absent or garbled: go on
             yield self.page_request(page + 1)
 
     def product_listing(self, product: dict, api_url: str) -> Listing:
