@@ -112,7 +112,7 @@ def read_product_page(html: str | bytes, url: str) -> ProductPage:
     og_type = (_meta(page, "og:type") or "").lower()
     result.is_product = result.is_product or og_type in ("product", "og:product", "product.item")
 
-    _fill_from_meta(result, page, url)
+    _fill_from_meta(result, page, url, heading)
 
     if result.name is None:
         result.fill("heuristic", name=heading)
@@ -429,7 +429,27 @@ def _meta(page: Selector, *names: str) -> str | None:
     return None
 
 
-def _fill_from_meta(result: ProductPage, page: Selector, url: str) -> None:
+# What shops put between a page's title and their own name: "Stromer ST3 | Fietsshop".
+_TITLE_SEPARATORS = (" | ", " – ", " — ", " - ", " :: ", " » ")
+
+
+def _without_site_name(title: str | None, site: str | None, heading: str | None) -> str | None:
+    """An og:title without the shop's name after it, where the page says that is what
+    follows (its og:site_name), or the page's heading is what precedes it."""
+    if not title:
+        return title
+    for separator in _TITLE_SEPARATORS:
+        head, found, tail = title.rpartition(separator)
+        if not found or not head.strip():
+            continue
+        if (site and tail.strip().lower() == site.lower()) or (
+            heading and head.strip().lower() == heading.lower()
+        ):
+            return head.strip()
+    return title
+
+
+def _fill_from_meta(result: ProductPage, page: Selector, url: str, heading: str | None) -> None:
     amount = currency = None
     text = _meta(page, "product:price:amount", "og:price:amount", "product:sale_price:amount")
     if text is not None and result.price is None:
@@ -440,7 +460,11 @@ def _fill_from_meta(result: ProductPage, page: Selector, url: str) -> None:
             result.price_error = result.price_error or str(exc)
     result.fill(
         "meta",
-        name=clean_text(_meta(page, "og:title", "twitter:title")),
+        name=_without_site_name(
+            clean_text(_meta(page, "og:title", "twitter:title")),
+            clean_text(_meta(page, "og:site_name")),
+            heading,
+        ),
         price=amount,
         currency=currency or currency_code(_meta(page, "product:price:currency")),
         image_url=absolute_url(

@@ -74,20 +74,54 @@ def main_image(page: Selector) -> str | None:
     best, best_area = None, -1
     scope = page.css("main, [class*=product], [id*=product]") or [page]
     for image in scope[0].css("img"):
-        srcset = image.attrib.get("srcset") or image.attrib.get("data-srcset")
-        src = (
-            largest_from_srcset(srcset)
-            if srcset
-            else image.attrib.get("src") or image.attrib.get("data-src")
-        )
-        if not src or src.startswith("data:"):
+        src, from_srcset = _image_source(image)
+        if not src:
             continue
         try:
             area = int(image.attrib.get("width", 0)) * int(image.attrib.get("height", 0))
         except ValueError:
             area = 0
-        if srcset:
+        if from_srcset:
             area = max(area, 10**6)
         if area > best_area:
             best, best_area = src, area
     return best
+
+
+# Where lazy-loading scripts and shop themes keep an image's real address, the
+# largest first (WooCommerce's gallery: data-large_image; zoom scripts:
+# data-zoom-image), while `src` holds a placeholder until the image scrolls into view.
+_SRCSET_ATTRIBUTES = ("data-srcset", "data-lazy-srcset", "srcset")
+_SRC_ATTRIBUTES = (
+    "data-large_image",
+    "data-zoom-image",
+    "data-src",
+    "data-lazy-src",
+    "data-original",
+    "src",
+)
+
+
+def _image_source(image: Selector) -> tuple[str | None, bool]:
+    """(the image's address, whether a srcset gave it): the largest srcset candidate
+    of the image and of its <picture>'s sources, else its real (not lazy placeholder)
+    src."""
+    sets = [image.attrib.get(name) for name in _SRCSET_ATTRIBUTES]
+    # (lxml's parser does not know <source> is empty: the <img> ends up inside it)
+    for source in image.xpath("ancestor::picture[1]//source"):
+        sets += [source.attrib.get(name) for name in _SRCSET_ATTRIBUTES]
+    candidates = ", ".join(
+        entry
+        for srcset in sets
+        if srcset
+        for entry in srcset.split(",")
+        if entry.strip() and not entry.strip().startswith("data:")
+    )
+    largest = largest_from_srcset(candidates) if candidates else None
+    if largest:
+        return largest, True
+    for name in _SRC_ATTRIBUTES:
+        value = (image.attrib.get(name) or "").strip()
+        if value and not value.startswith("data:"):
+            return value, False
+    return None, False

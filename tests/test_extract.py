@@ -144,6 +144,49 @@ EXPECTED = {
             "availability": "InStock",
         },
     ),
+    # OpenGraph's title without the shop's name (og:site_name) after it.
+    "opengraph_site_name.html": (
+        "https://fietsenwinkelzuid.nl/qwic-premium-i",
+        {
+            "name": "Qwic Premium i MN7 Belt",
+            "price": "2649.00",
+            "currency": "EUR",
+            "image_url": "https://fietsenwinkelzuid.nl/media/qwic-premium-i.jpg",
+            "brand": None,
+            "gtin": None,
+            "sku": None,
+            "availability": None,
+        },
+    ),
+    # No structured data, and the photo loaded lazily: its real address in data-srcset,
+    # a placeholder in src.
+    "heuristics_lazy.html": (
+        "https://fietsenwinkeloost.nl/sparta-m10-ltd",
+        {
+            "name": "Sparta M10 Ltd",
+            "price": "3299.00",
+            "currency": "EUR",
+            "image_url": "https://fietsenwinkeloost.nl/media/sparta-m10-1200.jpg",
+            "brand": None,
+            "gtin": None,
+            "sku": None,
+            "availability": None,
+        },
+    ),
+    # A <picture>: the largest candidate of its sources, not the <img> fallback.
+    "heuristics_picture.html": (
+        "https://bikes.example.co.uk/cube-kathmandu-slx",
+        {
+            "name": "Cube Kathmandu Hybrid SLX 750",
+            "price": "2999.00",
+            "currency": "GBP",
+            "image_url": "https://bikes.example.co.uk/img/kathmandu-1600.avif",
+            "brand": None,
+            "gtin": None,
+            "sku": None,
+            "availability": None,
+        },
+    ),
     # No structured data: heading, the current (not struck-through) price,
     # the largest srcset candidate of the product area.
     "heuristics.html": (
