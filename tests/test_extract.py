@@ -158,8 +158,8 @@ EXPECTED = {
             "availability": None,
         },
     ),
-    # No structured data, and the photo loaded lazily: its real address in data-srcset,
-    # a placeholder in src.
+    # No structured data, and the photo loaded lazily: a placeholder in src, its real
+    # address in data-src, the large one in data-large_image (WooCommerce's gallery).
     "heuristics_lazy.html": (
         "https://fietsenwinkeloost.nl/sparta-m10-ltd",
         {
