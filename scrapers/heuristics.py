@@ -21,12 +21,32 @@ _NOT_CURRENT = re.compile(
 _PRICE_CONTAINER = "[class*=price], [id*=price], [class*=Price], [class*=prijs], [id*=prijs]"
 
 
+#: Where a product page keeps its product (and main_image looks for its photo).
+_PRODUCT_AREA = "main, [class*=product], [id*=product]"
+
+
+# An h1 that is the site's logo or name, not the product's: in the page's own header or
+# navigation (not an article's header), or marked as a logo or site title.
+_SITE_HEADING = (
+    "ancestor-or-self::*[self::header or self::nav][not(ancestor::article or ancestor::main)]"
+    " | ancestor-or-self::*[contains(@class, 'logo') or contains(@id, 'logo')"
+    " or contains(@class, 'site-title') or contains(@class, 'site-name')]"
+)
+
+
 def visible_title(page: Selector) -> str | None:
-    for query in ("h1", "title"):
-        title = clean_text(" ".join(page.css(f"{query} ::text").getall()))
-        if title:
-            return title
-    return None
+    """The page's heading: its first non-empty h1 that is not the site's logo (themes
+    put that in an h1 too), else its <title>, else the logo's h1."""
+    headings = [
+        (heading, clean_text(" ".join(heading.css("::text").getall())))
+        for heading in page.css("h1")
+    ]
+    headings = [(heading, text) for heading, text in headings if text]
+    for heading, text in headings:
+        if not heading.xpath(_SITE_HEADING):
+            return text
+    title = clean_text(" ".join(page.css("title ::text").getall()))
+    return title or (headings[0][1] if headings else None)
 
 
 def visible_price(page: Selector):
@@ -72,7 +92,7 @@ def main_image(page: Selector) -> str | None:
     if linked:
         return linked
     best, best_area = None, -1
-    scope = page.css("main, [class*=product], [id*=product]") or [page]
+    scope = page.css(_PRODUCT_AREA) or [page]
     for image in scope[0].css("img"):
         src, from_srcset = _image_source(image)
         if not src:

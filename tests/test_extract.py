@@ -160,6 +160,7 @@ EXPECTED = {
     ),
     # No structured data, and the photo loaded lazily: a placeholder in src, its real
     # address in data-src, the large one in data-large_image (WooCommerce's gallery).
+    # The theme's logo is an h1 too.
     "heuristics_lazy.html": (
         "https://fietsenwinkeloost.nl/sparta-m10-ltd",
         {
