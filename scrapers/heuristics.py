@@ -25,9 +25,9 @@ _PRICE_CONTAINER = "[class*=price], [id*=price], [class*=Price], [class*=prijs],
 _PRODUCT_AREA = "main, [class*=product], [id*=product]"
 
 
-# An h1 that is the site's logo or name, not the product's: in the page's own header or
-# navigation (not an article's header), or marked as a logo or site title.
-_SITE_HEADING = (
+# The site's own parts, not the product's: the page's header or navigation (not an
+# article's header), or what is marked as the logo or the site's title.
+_SITE_PART = (
     "ancestor-or-self::*[self::header or self::nav][not(ancestor::article or ancestor::main)]"
     " | ancestor-or-self::*[contains(@class, 'logo') or contains(@id, 'logo')"
     " or contains(@class, 'site-title') or contains(@class, 'site-name')]"
@@ -43,7 +43,7 @@ def visible_title(page: Selector) -> str | None:
     ]
     headings = [(heading, text) for heading, text in headings if text]
     for heading, text in headings:
-        if not heading.xpath(_SITE_HEADING):
+        if not heading.xpath(_SITE_PART):
             return text
     title = clean_text(" ".join(page.css("title ::text").getall()))
     return title or (headings[0][1] if headings else None)
@@ -95,7 +95,7 @@ def main_image(page: Selector) -> str | None:
     scope = page.css(_PRODUCT_AREA) or [page]
     for image in scope[0].css("img"):
         src, from_srcset = _image_source(image)
-        if not src:
+        if not src or image.xpath(_SITE_PART):  # the shop's logo, not the product
             continue
         try:
             area = int(image.attrib.get("width", 0)) * int(image.attrib.get("height", 0))
