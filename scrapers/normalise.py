@@ -33,6 +33,9 @@ _CURRENCY_CODES = {
 _ISO = re.compile(r"^[A-Z]{3}$")
 # "1.999 - 2.499", "€ 1.999 tot € 2.499", "1,999 to 2,499": ranges take the lowest.
 _RANGE = re.compile(r"\s+(?:-|–|—|tot|to|bis|à)\s+", re.IGNORECASE)
+# "van € 3.499 voor € 2.999", "was £3,499 now £2,999", "statt 3.499 € nur 2.999 €": an
+# old price, then the one to pay. Split there too, and the lowest is the one to pay.
+_WAS_NOW = re.compile(r"\s+(?:voor|nu|now|jetzt|nur|only)\s+", re.IGNORECASE)
 _WHITESPACE = re.compile(r"\s+")
 #: Control characters (C0, DEL, C1) left once whitespace is collapsed: Postgres refuses
 #: NUL in text, and none of them belongs in a title.
@@ -57,8 +60,9 @@ def currency_code(text: str | None) -> str | None:
 def parse_price(value, currency_hint: str | None = None) -> tuple[Decimal | None, str | None]:
     """(amount, ISO currency) from a number or a shop's price text.
 
-    Handles Dutch and English formats ("€ 2.499,00", "2,499.00", "vanaf € 1.999,-")
-    and ranges (the lowest bound). Raises PriceError when there is text but no price.
+    Handles Dutch and English formats ("€ 2.499,00", "2,499.00", "vanaf € 1.999,-"),
+    ranges (the lowest bound) and an old price before the one to pay ("van € 3.499 voor
+    € 2.999"). Raises PriceError when there is text but no price.
     """
     currency = currency_code(currency_hint) if currency_hint else None
     if value is None or (isinstance(value, str) and not value.strip()):
@@ -69,7 +73,7 @@ def parse_price(value, currency_hint: str | None = None) -> tuple[Decimal | None
         amount = Decimal(str(value))
     else:
         text = _WHITESPACE.sub(" ", str(value)).strip()
-        parts = _RANGE.split(text)
+        parts = [piece for part in _RANGE.split(text) for piece in _WAS_NOW.split(part)]
         amounts = []
         for part in parts:
             parsed = Price.fromstring(part, currency_hint=currency_hint)

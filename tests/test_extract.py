@@ -247,6 +247,11 @@ def test_cli_prints_exactly_the_fields(tmp_path):
         ("£7,499.00", "7499.00", "GBP"),
         ("EUR 2499", "2499.00", "EUR"),
         ("CHF 7'490.00", "7490.00", "CHF"),
+        # an old price, then the one to pay
+        ("Van € 3.499 voor € 2.999", "2999.00", "EUR"),
+        ("Was £3,499.00 Now £2,999.00", "2999.00", "GBP"),
+        ("statt 3.499 € nur 2.999 €", "2999.00", "EUR"),
+        ("€ 2.999 voor leden", "2999.00", "EUR"),
         (2499, "2499.00", None),
         (2499.5, "2499.50", None),
     ],
