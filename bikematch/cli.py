@@ -191,8 +191,14 @@ def cluster(embedding_model, anchor_shop, threshold, extra_vars, full_refresh) -
     ):
         if value is not None:
             dbt_vars[name] = value
+    from bikematch.pipeline import anchor_note
+
     command = ["build"] + (["--full-refresh"] if full_refresh else [])
-    run_dbt(command, resolve_url(load_settings()), dbt_vars=dbt_vars)
+    url = resolve_url(load_settings())
+    run_dbt(command, url, dbt_vars=dbt_vars)
+    note = anchor_note(url, dbt_vars)
+    if note:
+        click.echo(note, err=True)
 
 
 @cli.command()

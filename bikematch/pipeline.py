@@ -20,12 +20,14 @@ class ClusterSummary:
     listings: int
     clusters: int
     multi_shop: int
+    #: Why the clusters may not be what was meant (anchor_note), if they may not.
+    note: str | None = None
 
     def lines(self) -> list[str]:
         return [
             f"clustered {self.listings} listings into {self.clusters} products, "
             f"{self.multi_shop} sold by more than one shop"
-        ]
+        ] + ([self.note] if self.note else [])
 
 
 def prepare_database(url: str) -> None:
@@ -53,7 +55,36 @@ def cluster(url: str, dbt_vars: dict, work_dir: Path | None = None) -> ClusterSu
             "select coalesce(sum(listings), 0), count(*), count(*) filter (where shops > 1)"
             " from bike_clusters"
         ).fetchone()
-    return ClusterSummary(int(listings), clusters, multi)
+    return ClusterSummary(int(listings), clusters, multi, anchor_note(url, dbt_vars))
+
+
+def anchor_note(url: str, dbt_vars: dict) -> str | None:
+    """A note where the anchor shop had no listing in the clustering just built: its
+    clusters were seeded by the other shops, in their order, which may not be what was
+    meant (the default anchor is the project's own example shop)."""
+    anchor = dbt_vars.get("anchor_shop") or dbt_project_vars().get("anchor_shop")
+    with connect(url) as conn:
+        if conn.execute("select to_regclass('int_listings')").fetchone()[0] is None:
+            return None
+        anchors, listings = conn.execute(
+            "select count(*) filter (where is_anchor), count(*) from int_listings"
+        ).fetchone()
+    if anchors or not listings:
+        return None
+    return (
+        f"note: the anchor shop {anchor} has no listing here, so no shop's listings seeded"
+        " the clusters first; name one of yours with --anchor SHOP"
+    )
+
+
+def dbt_project_vars() -> dict:
+    """The vars dbt_project.yml sets (their defaults)."""
+    import yaml
+
+    from bikematch.settings import PROJECT_ROOT
+
+    with (PROJECT_ROOT / "dbt_project.yml").open(encoding="utf-8") as handle:
+        return yaml.safe_load(handle).get("vars") or {}
 
 
 def biggest_spreads(url: str, limit: int = 5) -> list[tuple]:

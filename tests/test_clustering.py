@@ -370,3 +370,17 @@ def test_model_numbers_agree_when_one_extends_the_other_with_letters(db, databas
         ).fetchall()
     )
     assert via == {"b1": "embedding+codes"}
+
+
+def test_clustering_without_a_listing_of_the_anchor_shop_says_so(db, database_url):
+    load(db)
+    env = {"DATABASE_URL": database_url}
+    args = ("cluster", "--model", MODEL, "--threshold", "0.9")
+    result = run_cli(*args, "--anchor", "not-one-of-yours.nl", env=env)
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "note: the anchor shop not-one-of-yours.nl has no listing here, so no shop's listings"
+        " seeded the clusters first; name one of yours with --anchor SHOP"
+    )
+    result = run_cli(*args, "--anchor", "anchor.nl", env=env)
+    assert result.returncode == 0 and "note:" not in result.stderr, result.stderr
