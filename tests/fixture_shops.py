@@ -369,9 +369,9 @@ class ShopServer:
                 page = int(query.get("page", 1))
                 path = parts.path
                 if path == "/robots.txt":
-                    return self.send(
-                        200, "User-agent: *\nDisallow: /jsonld/private/\n", "text/plain"
-                    )
+                    robots = "User-agent: *\nDisallow: /jsonld/private/\n"
+                    robots += f"Sitemap: {self.base()}/sitemap_index.xml\n"
+                    return self.send(200, robots, "text/plain")
                 if path in ("/jsonld/", "/jsonld/fietsen"):
                     return self.send(200, jsonld_category(state, page))
                 if path == "/jsonld/oude-link":

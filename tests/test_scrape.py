@@ -176,16 +176,18 @@ def test_scrapy_crawl_works_from_the_repository_root(conn, database_url, shops):
     )
 
 
-def test_a_shop_is_read_from_its_sitemaps(conn, database_url, shops, tmp_path):
-    """A sitemap index naming a gzipped sitemap (a .xml.gz file, not an encoded response),
-    a plain one whose pages `allow` leaves out, and a broken one."""
+@pytest.mark.parametrize("where", ["sitemap_index.xml", "robots.txt"])
+def test_a_shop_is_read_from_its_sitemaps(conn, database_url, shops, tmp_path, where):
+    """A sitemap index (given, or named by robots.txt) naming a gzipped sitemap (a .xml.gz
+    file, not an encoded response), a plain one whose pages `allow` leaves out, and a
+    broken one."""
     config = tmp_path / "sitemap-shop.yaml"
     config.write_text(
         f"""
 shops:
   - name: sitemap-shop.nl
     platform: jsonld
-    sitemap_url: "{shops.base}/sitemap_index.xml"
+    sitemap_url: "{shops.base}/{where}"
     allow: ["/jsonld/fiets/"]
     delay: 0
 """

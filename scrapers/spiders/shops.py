@@ -14,7 +14,7 @@ import scrapy
 from scrapy.http import TextResponse
 from scrapy.linkextractors import LinkExtractor
 from scrapy.utils.gz import gunzip, gzip_magic_number
-from scrapy.utils.sitemap import Sitemap
+from scrapy.utils.sitemap import Sitemap, sitemap_urls_from_robots
 
 from bikematch.listings import Listing
 from scrapers.extract import ProductPage, read_product_page
@@ -115,6 +115,10 @@ class JsonLdSpider(ShopSpider):
         )
 
     def parse_sitemap(self, response):
+        if urlsplit(response.url).path.endswith("/robots.txt"):  # the sitemaps it names
+            for location in sitemap_urls_from_robots(response.body, base_url=response.url):
+                yield scrapy.Request(location, callback=self.parse_sitemap)
+            return
         try:
             body = response.body
             if gzip_magic_number(response):  # sitemap.xml.gz, sent as a file, not encoded
