@@ -32,18 +32,28 @@ def concatenate(vector: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def add_listing(
-    conn, shop, url, vector, *, gtin=None, price=None, name=None, model=MODEL, text_only=False
+    conn,
+    shop,
+    url,
+    vector,
+    *,
+    gtin=None,
+    price=None,
+    name=None,
+    model=MODEL,
+    text_only=False,
+    image_url=None,
 ):
     """Insert a listing and its vectors (text_only: no image half); returns its id."""
     conn.execute("select bikematch_register_model(%s, %s, %s)", (model, HALF_DIMS, HALF_DIMS))
     bike_id = conn.execute(
         """
-        insert into scraped_bikes (webshop, url, name, gtin, price, currency)
-        values (%s, %s, %s, %s, %s, 'EUR')
+        insert into scraped_bikes (webshop, url, name, gtin, price, currency, image_url)
+        values (%s, %s, %s, %s, %s, 'EUR', %s)
         on conflict (webshop, url) do update set last_seen_at = now()
         returning id
         """,
-        (shop, url, name or f"{shop} {url}", gtin, price),
+        (shop, url, name or f"{shop} {url}", gtin, price, image_url),
     ).fetchone()[0]
     set_vector(conn, bike_id, vector, model=model, text_only=text_only)
     return bike_id

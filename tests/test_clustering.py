@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 from psycopg import sql
 
@@ -11,6 +12,7 @@ from bikematch.dbt import run_dbt
 from bikematch.settings import PROJECT_ROOT
 
 from .clustering import (
+    HALF_DIMS,
     MODEL,
     add_listing,
     cluster,
@@ -384,3 +386,28 @@ def test_clustering_without_a_listing_of_the_anchor_shop_says_so(db, database_ur
     )
     result = run_cli(*args, "--anchor", "anchor.nl", env=env)
     assert result.returncode == 0 and "note:" not in result.stderr, result.stderr
+
+
+def test_a_photo_a_shop_shows_for_many_listings_says_nothing(db, database_url):
+    """A shop's "no photo yet" image, shown for several of its listings, makes their image
+    halves alike across shops: pairs with such a listing are judged by title alone."""
+    rng = np.random.default_rng(5)
+    placeholder = rng.normal(size=HALF_DIMS)  # both shops' placeholders look alike
+
+    def listing(shop, url, text, image_url, image=placeholder):
+        return add_listing(db, shop, url, np.concatenate([image, text]), image_url=image_url)
+
+    titles = [rng.normal(size=HALF_DIMS) for _ in range(4)]
+    similar = near(titles[0], 0.8, 7)  # another bike, with a similar title
+    text_cosine = titles[0] @ similar / np.linalg.norm(titles[0]) / np.linalg.norm(similar)
+    assert 0.75 < text_cosine < 0.9 < (1 + text_cosine) / 2  # below the threshold alone
+    for shop, first in (("anchor.nl", titles[0]), ("shop-b.nl", similar)):
+        shared = f"https://{shop}/img/no-photo-yet.png"
+        listing(shop, f"{shop}/a", first, shared)
+        for i in (1, 2):
+            listing(shop, f"{shop}/{i}", rng.normal(size=HALF_DIMS), shared)
+        # the same pair of titles and alike photos, each its own photo: they do count
+        listing(shop, f"{shop}/own", first, f"https://{shop}/img/own.jpg")
+    cluster(database_url)
+    together = {frozenset(urls) for urls in cluster_sets(db) if len(urls) > 1}
+    assert together == {frozenset({"anchor.nl/own", "shop-b.nl/own"})}

@@ -4,8 +4,9 @@
 -- valid GTINs differ are never candidates.
 --
 -- A pair's similarity is the cosine of the combined [image, text] embeddings
--- the search found, except: where either listing has no image it is the text
--- cosine alone (not diluted by an empty image half), and with
+-- the search found, except: where either listing has no image, or one its shop
+-- shows for many listings (int_listings.text_only), it is the text cosine alone
+-- (not diluted by an empty image half, nor lifted by a placeholder), and with
 -- var('image_weight') set it is recomputed from the two halves with that
 -- weight (for calibration; the search itself used the stored combination).
 --

@@ -1,5 +1,10 @@
 -- Listings that take part in matching: still sold (seen in their shop's latest
 -- crawl, within a grace period) and embedded with var('embedding_model').
+--
+-- text_only: judged by title alone, as a listing without a photo, also where its
+-- photo is one its shop shows for at least var('shared_image_listings') of its
+-- listings (a "no photo yet" image, a logo): such a photo says nothing about the
+-- bike, and two shops' placeholders can look alike.
 {% set shops = ordered_shops() %}
 
 with
@@ -50,7 +55,10 @@ active_embedded as (
         shop_ranks.shop_rank,
         vectors.model,
         vectors.input_hash,
-        vectors.text_only,
+        vectors.text_only as stored_text_only,
+        listings.image_url is not null
+        and count(*) over (partition by listings.webshop, listings.image_url)
+        >= {{ var('shared_image_listings') }} as image_is_shared,
         -- The embedder's own definition (sql/0004): false while a changed
         -- title or image waits to be embedded again.
         (
@@ -67,4 +75,7 @@ active_embedded as (
         - make_interval(hours => {{ var('listing_grace_hours') }})
 )
 
-select * from active_embedded
+select
+    *,
+    stored_text_only or image_is_shared as text_only
+from active_embedded
