@@ -411,3 +411,40 @@ def test_a_photo_a_shop_shows_for_many_listings_says_nothing(db, database_url):
     cluster(database_url)
     together = {frozenset(urls) for urls in cluster_sets(db) if len(urls) > 1}
     assert together == {frozenset({"anchor.nl/own", "shop-b.nl/own"})}
+
+
+def test_a_listing_with_its_shops_placeholder_photo_is_looked_up_by_its_title(db, database_url):
+    """Its [image, text] vector would find the other shops' placeholders first; its true
+    match, with a real photo, is found by title. Twelve look-alikes in each shop fill the
+    ten places of a search by the whole vector, from either side."""
+    rng = np.random.default_rng(11)
+    placeholder = rng.normal(size=HALF_DIMS)
+    title = rng.normal(size=HALF_DIMS)
+    words = iter(f"bike {a}{b}" for a in "abcdefghij" for b in "klmnopqrst")
+
+    def listing(shop, url, image, text, image_url):
+        vector = np.concatenate([image, text])
+        add_listing(db, shop, url, vector, name=next(words), image_url=image_url)
+
+    no_photo = "https://{}/img/no-photo-yet.png"
+    listing("anchor.nl", "anchor.nl/it", placeholder, title, no_photo.format("anchor.nl"))
+    listing("shop-b.nl", "shop-b.nl/it", -placeholder, title, "https://shop-b.nl/img/it.jpg")
+    for i in range(12):
+        # near the placeholder listing by the whole vector, not by title
+        listing(
+            "shop-b.nl",
+            f"shop-b.nl/{i}",
+            placeholder,
+            rng.normal(size=HALF_DIMS),
+            no_photo.format("shop-b.nl"),
+        )
+        listing(
+            "anchor.nl",
+            f"anchor.nl/{i}",
+            -placeholder,
+            rng.normal(size=HALF_DIMS),
+            no_photo.format("anchor.nl") if i < 2 else f"https://anchor.nl/img/{i}.jpg",
+        )
+    cluster(database_url)
+    together = {frozenset(urls) for urls in cluster_sets(db) if len(urls) > 1}
+    assert frozenset({"anchor.nl/it", "shop-b.nl/it"}) in together

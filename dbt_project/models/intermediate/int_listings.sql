@@ -4,7 +4,8 @@
 -- text_only: judged by title alone, as a listing without a photo, also where its
 -- photo is one its shop shows for at least var('shared_image_listings') of its
 -- listings (a "no photo yet" image, a logo): such a photo says nothing about the
--- bike, and two shops' placeholders can look alike.
+-- bike, and two shops' placeholders can look alike. int_vector_neighbours looks
+-- such a listing up by its title too.
 {% set shops = ordered_shops() %}
 
 with

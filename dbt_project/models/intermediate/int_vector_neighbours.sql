@@ -59,11 +59,27 @@ vectors as (
 
 listings_to_match as (
     -- The set difference: active listings whose current vector was never looked up.
+    -- A listing showing its shop's placeholder photo (int_listings.image_is_shared) is
+    -- looked up by its title: [zeros, text], as a listing without a photo is stored;
+    -- by its whole vector it would find the other shops' placeholders first.
     select
         vectors.bike_id,
         vectors.model,
         vectors.input_hash,
-        vectors.embedding,
+        {% if dims is not none -%}
+            case
+                when listings.image_is_shared
+                    then (
+                        array_fill(
+                            0::real, array[{{ dims }} - vector_dims(vectors.text_embedding)]
+                        )
+                        || vectors.text_embedding::real []
+                    )::halfvec
+                else vectors.embedding
+            end as embedding,
+        {%- else -%}
+            vectors.embedding,
+        {%- endif %}
         listings.webshop
     from vectors
     inner join listings on vectors.bike_id = listings.bike_id
