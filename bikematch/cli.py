@@ -431,6 +431,12 @@ class _PastTime(click.ParamType):
 )
 @click.option("--cache-dir", help="Image cache directory ('off' for none).")
 @click.option(
+    "--max-minutes",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Claim no new listings after this many minutes (the batches under way finish); "
+    "the rest waits for the next run.",
+)
+@click.option(
     "--reembed-before",
     type=_PastTime(),
     metavar="TIME",
@@ -455,6 +461,7 @@ def embed(
     remote,
     allow_private_hosts,
     cache_dir,
+    max_minutes,
     reembed_before,
 ) -> None:
     """Embed pending listings' images and titles into vector_storage.
@@ -484,6 +491,7 @@ def embed(
         precision_max_age=None if remeasure_precision else EmbedSettings.precision_max_age,
         fetch=_fetch_settings(allow_private_hosts, cache_dir, fetch_concurrency),
         reembed_before=reembed_before,
+        max_seconds=None if max_minutes is None else max_minutes * 60,
     )
     with embedding_progress(model.name) as progress:
         summary = run_embedding(url, model, settings, progress)
@@ -578,8 +586,14 @@ def embed_prune_cache(cache_dir) -> None:
 @click.option("--anchor", "anchor_shop", help="The shop whose listings seed clusters.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True)
+@click.option(
+    "--embed-minutes",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Embed for at most this many minutes, then cluster what is embedded; the rest "
+    "of a backlog waits for the next run (a CPU runner's first nights).",
+)
 @click.pass_context
-def run(ctx, shops_file, model_name, anchor_shop, device, batch_size) -> None:
+def run(ctx, shops_file, model_name, anchor_shop, device, batch_size, embed_minutes) -> None:
     """The nightly job: scrape, embed, cluster, in order; stops at the first failed stage.
 
     \b
@@ -608,6 +622,7 @@ def run(ctx, shops_file, model_name, anchor_shop, device, batch_size) -> None:
             batch_size=batch_size,
             choose_precision=True,
             fetch=_fetch_settings(False, None),
+            max_seconds=None if embed_minutes is None else embed_minutes * 60,
         )
         with embedding_progress(model.name) as progress:
             summary = pipeline.embed(url, model, settings, progress)

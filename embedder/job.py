@@ -63,6 +63,10 @@ class EmbedSettings:
     #: Also embed again the listings whose vector was embedded before this time (after
     #: a release that changes how photos are read); None: only new and changed ones.
     reembed_before: datetime | None = None
+    #: Claim no new work after this many seconds (the batches under way finish), so that
+    #: a nightly job with a backlog still clusters within its time; the rest waits for the
+    #: next run. None: until nothing is left.
+    max_seconds: float | None = None
     image_weight: float = 0.5
     #: Local models on CPU: start in float32, switch to bf16 autocast if one batch shows it
     #: agrees and is faster (perception_models/precision.py). Ignored on CUDA.
@@ -93,6 +97,9 @@ class EmbedSummary:
     precision: str | None = None
     #: Batches embedded at once (`model_seconds` adds up their times).
     streams: int = 1
+    #: Listings still pending when the run stopped claiming at its time budget
+    #: (EmbedSettings.max_seconds); None when it did not stop early.
+    left_for_later: int | None = None
 
     @property
     def not_embedded(self) -> int:
@@ -131,7 +138,15 @@ class EmbedSummary:
             f"({self._busy_subject} busy {self.model_busy:.0%} of it{waited}); "
             f"{self.cache_hits} images from the local cache",
             *([self.precision] if self.precision else []),
+            *([self._stopped_early] if self.left_for_later is not None else []),
         ]
+
+    @property
+    def _stopped_early(self) -> str:
+        return (
+            f"stopped at its time budget: about {self.left_for_later} listings left"
+            " for the next run"
+        )
 
     @property
     def _busy_subject(self) -> str:
@@ -256,9 +271,13 @@ class _Job:
         self.machine = machine_description(self.streams, self.threads)
         #: A stored lower-precision choice in use, to check on this run's first listings.
         self.recheck_pending = None
+        #: perf_counter time after which no new work is claimed (settings.max_seconds).
+        self.deadline: float | None = None
 
     async def run(self) -> EmbedSummary:
         started = time.perf_counter()
+        budget = self.settings.max_seconds
+        self.deadline = None if budget is None else started + budget
         # One connection per batch in flight: being prepared and being embedded (one
         # each per stream), being written.
         connections = [connect(self.url) for _ in range(2 * self.streams + 1)]
@@ -326,6 +345,9 @@ class _Job:
                     # Prepare a batch ahead for each stream, not more (streams that
                     # started together finish together, and each wants its next batch).
                     await embedded[number - 2 * self.streams].wait()
+                if self.deadline is not None and time.perf_counter() >= self.deadline:
+                    self.summary.left_for_later = max(0, total - claimed)
+                    break
                 conn = connections[number % len(connections)]
                 size = self.settings.batch_size
                 if self.settings.limit is not None:

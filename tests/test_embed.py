@@ -488,6 +488,24 @@ def test_vectors_older_than_a_time_are_embedded_again_once(
     assert run_embedding(database_url, tiny, again).embedded == 0
 
 
+def test_a_time_budget_stops_claiming_and_the_next_run_goes_on(
+    conn, database_url, images, tmp_path
+):
+    model, calls = recording_model(seconds_a_batch=0.5)
+    photo = images.add("p.jpg", jpeg((90, 90, 9)))
+    for i in range(40):
+        add(conn, "shop.nl", f"p{i}", f"Bike {i}", photo)
+    budget = settings(tmp_path, streams=1, max_seconds=2.0)
+    first = run_embedding(database_url, model, budget)
+    assert 0 < first.embedded < 40 and first.left_for_later == 40 - first.embedded
+    assert first.lines()[-1] == (
+        f"stopped at its time budget: about {40 - first.embedded} listings left for the next run"
+    )
+    second = run_embedding(database_url, model, settings(tmp_path, streams=1))
+    assert second.embedded == 40 - first.embedded and second.left_for_later is None
+    assert len(vectors(conn)) == 40
+
+
 def test_the_summary_says_when_database_writes_held_the_job_up(conn, database_url, tmp_path, tiny):
     for i in range(10):
         add(conn, "shop.nl", f"p{i}", f"Bike {i}", None)

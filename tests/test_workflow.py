@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -43,3 +44,17 @@ def test_nightly_workflow_runs_the_job_from_secrets():
     assert "secrets.DATABASE_URL" in text
     assert "bikematch run" in text and "upload-artifact" in text
     assert "torch==2.13.0" in text and "actions/cache" in text
+
+
+def test_every_option_the_workflow_gives_bikematch_exists():
+    """actionlint cannot see into run: lines; a renamed option would fail only at night."""
+    from .conftest import run_cli
+
+    commands = re.findall(r"^\s*run: (bikematch \S+.*)$", WORKFLOW.read_text(), re.MULTILINE)
+    assert any(command.startswith("bikematch run ") for command in commands), commands
+    for command in commands:
+        words = command.split()
+        helped = run_cli(words[1], "--help", check=True).stdout
+        for option in (word for word in words if word.startswith("--")):
+            named = re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", helped)
+            assert named, f"{command}: no {option} in `{words[1]} --help`"
