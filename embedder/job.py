@@ -345,7 +345,8 @@ class _Job:
                     # Prepare a batch ahead for each stream, not more (streams that
                     # started together finish together, and each wants its next batch).
                     await embedded[number - 2 * self.streams].wait()
-                if self.deadline is not None and time.perf_counter() >= self.deadline:
+                past_deadline = self.deadline is not None and time.perf_counter() >= self.deadline
+                if past_deadline and not self.claimed_all:
                     self.summary.left_for_later = max(0, total - claimed)
                     break
                 conn = connections[number % len(connections)]
