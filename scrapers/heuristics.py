@@ -26,11 +26,17 @@ _PRODUCT_AREA = "main, [class*=product], [id*=product]"
 
 
 # The site's own parts, not the product's: the page's header or navigation (not an
-# article's header), or what is marked as the logo or the site's title.
+# article's header), or what is marked as the logo or the site's title: a class word
+# that starts with "logo" or ends in "-logo"/"_logo" ("catalogo" is not one), on an
+# element below <body> (a theme's body classes say nothing of one element).
+_CLASSES = "concat(' ', normalize-space(@class), ' ')"
 _SITE_PART = (
     "ancestor-or-self::*[self::header or self::nav][not(ancestor::article or ancestor::main)]"
-    " | ancestor-or-self::*[contains(@class, 'logo') or contains(@id, 'logo')"
-    " or contains(@class, 'site-title') or contains(@class, 'site-name')]"
+    " | ancestor-or-self::*[not(self::body or self::html)]["
+    f"contains({_CLASSES}, ' logo') or contains({_CLASSES}, '-logo ')"
+    f" or contains({_CLASSES}, '_logo ') or contains({_CLASSES}, ' site-title')"
+    f" or contains({_CLASSES}, ' site-name') or starts-with(@id, 'logo')"
+    " or contains(@id, '-logo') or contains(@id, '_logo')]"
 )
 
 

@@ -289,3 +289,22 @@ def test_gtins_titles_and_images():
     assert clean_text("Gazelle\x00 Ultimate\x07 C380\x85HMB\x9f") == "Gazelle Ultimate C380 HMB"
     assert largest_from_srcset("a.jpg 300w, b.jpg 1200w, c.jpg 800w") == "b.jpg"
     assert largest_from_srcset("a.jpg 1x, b.jpg 2x") == "b.jpg"
+
+
+@pytest.mark.parametrize(
+    "wrapper",
+    [
+        '<body class="logo--center template-product"><div class="product">',  # a theme's
+        '<body><div class="catalogo-prodotto">',  # "logo" inside a word
+    ],
+)
+def test_only_the_site_logo_is_left_out_of_heading_and_photo(wrapper):
+    page = (
+        f"<html>{wrapper}<h1>Bici Atala B-Easy</h1>"
+        '<img src="/b-easy.jpg" width="600" height="400"></div></body></html>'
+    )
+    found = extract_product(page, "https://shop.it/b-easy")
+    assert (found["name"], found["image_url"]) == (
+        "Bici Atala B-Easy",
+        "https://shop.it/b-easy.jpg",
+    )
