@@ -337,7 +337,8 @@ def _fetch_settings(allow_private_hosts, cache_dir, concurrency=None):
 
 
 class _PastTime(click.ParamType):
-    """An ISO 8601 date or time, UTC unless it says otherwise, or 'now'; not in the future."""
+    """An ISO 8601 date or time, UTC unless it says otherwise; not in the future. (No
+    'now': rerunning the same command would then start over instead of resuming.)"""
 
     name = "time"
 
@@ -347,8 +348,6 @@ class _PastTime(click.ParamType):
         if isinstance(value, datetime):
             return value
         now = datetime.now(UTC)
-        if value.strip().lower() == "now":
-            return now
         try:
             moment = datetime.fromisoformat(value.strip())
         except ValueError:
@@ -441,8 +440,8 @@ class _PastTime(click.ParamType):
     type=_PastTime(),
     metavar="TIME",
     help="Also embed again the listings whose vector is older than TIME (ISO 8601, UTC "
-    "unless it says otherwise, or 'now'): after an upgrade that reads photos differently. "
-    "Rerun the same command to resume.",
+    "unless it says otherwise, e.g. the upgrade's): after an upgrade that reads photos "
+    "differently. Rerun the same command, with the same TIME, to resume.",
 )
 @click.pass_context
 def embed(
