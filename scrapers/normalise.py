@@ -34,7 +34,9 @@ _ISO = re.compile(r"^[A-Z]{3}$")
 # "1.999 - 2.499", "€ 1.999 tot € 2.499", "1,999 to 2,499": ranges take the lowest.
 _RANGE = re.compile(r"\s+(?:-|–|—|tot|to|bis|à)\s+", re.IGNORECASE)
 # "van € 3.499 voor € 2.999", "was £3,499 now £2,999", "statt 3.499 € nur 2.999 €": an
-# old price, then the one to pay. Split there too, and the lowest is the one to pay.
+# old price, then the one to pay. Split there too, where each side is a price with its
+# currency ("€ 2.499 nu 10% korting", "£2,499 only 3 left" are not), and the lowest is
+# the one to pay.
 _WAS_NOW = re.compile(r"\s+(?:voor|nu|now|jetzt|nur|only)\s+", re.IGNORECASE)
 _WHITESPACE = re.compile(r"\s+")
 #: Control characters (C0, DEL, C1) left once whitespace is collapsed: Postgres refuses
@@ -73,7 +75,12 @@ def parse_price(value, currency_hint: str | None = None) -> tuple[Decimal | None
         amount = Decimal(str(value))
     else:
         text = _WHITESPACE.sub(" ", str(value)).strip()
-        parts = [piece for part in _RANGE.split(text) for piece in _WAS_NOW.split(part)]
+        parts = []
+        for part in _RANGE.split(text):
+            pieces = _WAS_NOW.split(part)
+            priced = [Price.fromstring(piece, currency_hint=currency_hint) for piece in pieces]
+            both = all(p.amount is not None and p.currency for p in priced)
+            parts += pieces if len(pieces) > 1 and both else [part]
         amounts = []
         for part in parts:
             parsed = Price.fromstring(part, currency_hint=currency_hint)
@@ -120,8 +127,8 @@ def only_value(values, key=lambda value: value) -> str | None:
     """The one value the non-empty `values` agree on (equal under `key`), else None.
 
     A product page of several variants (frame sizes, colours) has a GTIN or SKU of its
-    own only where its variants share one: any one of several would stand for one size,
-    and a GTIN vetoes matches with a shop that lists another.
+    own only where its variants give one value (some may give none): any one of several
+    would stand for one size, and a GTIN vetoes matches with a shop that lists another.
     """
     found = {key(value): value for value in values if value}
     return next(iter(found.values())) if len(found) == 1 else None

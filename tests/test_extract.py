@@ -252,6 +252,8 @@ def test_cli_prints_exactly_the_fields(tmp_path):
         ("Was £3,499.00 Now £2,999.00", "2999.00", "GBP"),
         ("statt 3.499 € nur 2.999 €", "2999.00", "EUR"),
         ("€ 2.999 voor leden", "2999.00", "EUR"),
+        ("€ 2.499 nu 10% korting", "2499.00", "EUR"),  # not a price after "nu"
+        ("£2,499 only 3 left", "2499.00", "GBP"),
         (2499, "2499.00", None),
         (2499.5, "2499.50", None),
     ],
