@@ -89,7 +89,9 @@ def parse_price(value, currency_hint: str | None = None) -> tuple[Decimal | None
                 currency = currency or currency_code(parsed.currency)
         if not amounts:
             raise PriceError(f"no price in {text[:60]!r}")
-        amount = min(amounts)
+        # A range's bounds are of a size; "€ 2.499 - 3 dagen levertijd" or "€ 2.499 tot
+        # 5 jaar garantie" is a price and a number beside it: the price comes first.
+        amount = min(amounts) if min(amounts) * 10 >= max(amounts) else amounts[0]
     try:
         amount = amount.quantize(Decimal("0.01"))
     except InvalidOperation as exc:

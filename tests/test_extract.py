@@ -244,6 +244,9 @@ def test_cli_prints_exactly_the_fields(tmp_path):
         ("1.999", "1999.00", None),
         ("€ 1.999 - € 2.499", "1999.00", "EUR"),
         ("1.999 tot 2.499 euro", "1999.00", "EUR"),
+        # a number beside the price, not a range
+        ("€ 2.499 - 3 dagen levertijd", "2499.00", "EUR"),
+        ("€ 2.499 tot 5 jaar garantie", "2499.00", "EUR"),
         ("£7,499.00", "7499.00", "GBP"),
         ("EUR 2499", "2499.00", "EUR"),
         ("CHF 7'490.00", "7490.00", "CHF"),
