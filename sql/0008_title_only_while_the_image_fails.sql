@@ -9,12 +9,22 @@
 -- table the set reads: Postgres carries equalities across a join, not ranges,
 -- so a range on the caller's side alone left each claim reading the listings,
 -- vectors and failures before it (a run's claims cost grew with the square of
--- the table). A new argument is a new function, hence the drop.
--- Otherwise as in 0004.
+-- the table).
+--
+-- embedded_before: also the listings whose vector for the model was embedded
+-- before this time, as when a new release of the embedder decodes or
+-- preprocesses photos differently and the stored vectors should follow
+-- (`bikematch embed --reembed-before TIME`). A vector written since counts as
+-- done, so rerunning the same command after a kill resumes where it stopped.
+--
+-- New arguments make a new function, hence the drop. Otherwise as in 0004.
 drop function if exists bikematch_listings_to_embed(text, integer);
 
 create or replace function bikematch_listings_to_embed(
-    model_name text, max_attempts integer default 5, after_id uuid default null
+    model_name text,
+    max_attempts integer default 5,
+    after_id uuid default null,
+    embedded_before timestamptz default null
 )
 returns table (bike_id uuid, name text, image_url text, source_hash text)
 language sql stable as $$
@@ -39,6 +49,7 @@ language sql stable as $$
             or vector.source_hash is distinct from
             bikematch_embedding_source(listing.name, listing.image_url)
             or (vector.text_only and listing.image_url is not null)
+            or vector.embedded_at < embedded_before
         )
         and (
             failure.bike_id is null
