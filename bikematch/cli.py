@@ -182,6 +182,7 @@ def cluster(embedding_model, anchor_shop, threshold, extra_vars, full_refresh) -
         bikematch cluster --model pe-core-l14-336 --anchor fietsvoordeelshop.nl
     """
     from bikematch.dbt import run_dbt
+    from bikematch.pipeline import anchor_note
 
     dbt_vars = _parse_vars(extra_vars)
     for name, value in (
@@ -191,8 +192,6 @@ def cluster(embedding_model, anchor_shop, threshold, extra_vars, full_refresh) -
     ):
         if value is not None:
             dbt_vars[name] = value
-    from bikematch.pipeline import anchor_note
-
     command = ["build"] + (["--full-refresh"] if full_refresh else [])
     url = resolve_url(load_settings())
     run_dbt(command, url, dbt_vars=dbt_vars)

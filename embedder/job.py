@@ -214,10 +214,10 @@ def inference_pool(streams: int, threads: int | None):
             torch.set_num_threads(previous)
 
 
-def _described(error: Exception) -> Exception:
+def _described(error: Exception) -> str:
     """An unexpected error, for a failure's message: its type and its first line."""
     text = str(error).strip().splitlines()
-    return RuntimeError(f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": "))
+    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def input_hash(title: str, image: bytes, vector: np.ndarray) -> str:
@@ -467,7 +467,7 @@ class _Job:
         self.summary.skipped += sum(1 for r in results if r is None)
         return prepared, failures
 
-    def _image_failed(self, work: store.Work, stage: str, error: Exception):
+    def _image_failed(self, work: store.Work, stage: str, error: Exception | str):
         """The failure to record; with text-only on, also the listing to embed from its
         title meanwhile (its image is retried on later runs, up to the cap)."""
         failure = store.Failure(work.bike_id, stage, str(error), work.source_hash)
@@ -484,7 +484,7 @@ class _Job:
             embedded, measured = self._embed(prepared)
         except Exception as exc:  # a model error must not stop the whole job
             log.exception("embedding a batch failed")
-            reason = str(_described(exc))
+            reason = _described(exc)
             failed = [
                 store.Failure(p.work.bike_id, "embed", reason, p.work.source_hash)
                 for p in prepared

@@ -75,18 +75,17 @@ def parse_price(value, currency_hint: str | None = None) -> tuple[Decimal | None
         amount = Decimal(str(value))
     else:
         text = _WHITESPACE.sub(" ", str(value)).strip()
-        parts = []
+        prices = []
         for part in _RANGE.split(text):
-            pieces = _WAS_NOW.split(part)
-            priced = [Price.fromstring(piece, currency_hint=currency_hint) for piece in pieces]
-            both = all(p.amount is not None and p.currency for p in priced)
-            parts += pieces if len(pieces) > 1 and both else [part]
-        amounts = []
-        for part in parts:
-            parsed = Price.fromstring(part, currency_hint=currency_hint)
-            if parsed.amount is not None:
-                amounts.append(parsed.amount)
-                currency = currency or currency_code(parsed.currency)
+            pieces = [
+                Price.fromstring(p, currency_hint=currency_hint) for p in _WAS_NOW.split(part)
+            ]
+            if len(pieces) > 1 and not all(p.amount is not None and p.currency for p in pieces):
+                pieces = [Price.fromstring(part, currency_hint=currency_hint)]
+            prices += [price for price in pieces if price.amount is not None]
+        amounts = [price.amount for price in prices]
+        for price in prices:
+            currency = currency or currency_code(price.currency)
         if not amounts:
             raise PriceError(f"no price in {text[:60]!r}")
         # A range's bounds are of a size; "€ 2.499 - 3 dagen levertijd" or "€ 2.499 tot
