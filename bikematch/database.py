@@ -167,7 +167,11 @@ def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection:
     except psycopg.ProgrammingError as exc:
         raise DatabaseError(f"DATABASE_URL is not a valid Postgres URL: {exc}") from exc
     try:
-        conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=10)
+        # No prepared statements: behind a transaction pooler (Supabase's port 6543,
+        # PgBouncer) the next transaction may run on a connection that lacks them.
+        conn = psycopg.connect(
+            url, autocommit=autocommit, connect_timeout=10, prepare_threshold=None
+        )
     except psycopg.OperationalError as exc:
         reason = _first_line(str(exc))
         raise DatabaseError(

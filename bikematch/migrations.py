@@ -53,21 +53,14 @@ def discover(sql_dir: Path = SQL_DIR) -> list[Migration]:
 def apply_migrations(conn: psycopg.Connection, sql_dir: Path = SQL_DIR) -> list[str]:
     """Apply pending migrations; return the versions applied (empty when up to date)."""
     check_server(conn)
+    conn.commit()  # its look-ups' transaction: each migration's must not be a savepoint
     migrations = discover(sql_dir)
-    # One applier at a time, for the whole run (the bookkeeping table included).
-    conn.execute("select pg_advisory_lock(%s)", (_LOCK_KEY,))
-    conn.commit()
-    try:
-        return _apply(conn, migrations)
-    finally:
-        conn.rollback()
-        conn.execute("select pg_advisory_unlock(%s)", (_LOCK_KEY,))
-        conn.commit()
-
-
-def _apply(conn: psycopg.Connection, migrations: list[Migration]) -> list[str]:
     applied_now: list[str] = []
+    # One applier at a time: each transaction takes the lock, which its end releases.
+    # A session's lock would not do behind a transaction pooler, where the unlock can
+    # run on another server connection than the lock and leave it held.
     with conn.transaction():
+        conn.execute("select pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
         conn.execute(
             """
             create table if not exists bikematch_migrations (
@@ -79,6 +72,7 @@ def _apply(conn: psycopg.Connection, migrations: list[Migration]) -> list[str]:
         )
     for migration in migrations:
         with conn.transaction():
+            conn.execute("select pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
             row = conn.execute(
                 "select checksum from bikematch_migrations where version = %s",
                 (migration.version,),

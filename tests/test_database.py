@@ -13,6 +13,7 @@ from bikematch.database import DatabaseError, connect, mask_password
 from bikematch.migrations import apply_migrations, discover
 
 from .conftest import run_cli
+from .pooler import TransactionPooler
 
 
 def _schema_snapshot(conn) -> list[tuple]:
@@ -185,3 +186,19 @@ def test_database_url_is_read_from_dot_env(tmp_path):
     assert result.stdout.strip() == "postgresql://u:***@127.0.0.1:7/fromdotenv"
     result = run_cli("db", "init", cwd=tmp_path)
     assert result.returncode == 2 and "127.0.0.1:7" in result.stderr
+
+
+def test_migrations_leave_no_lock_behind_a_transaction_pooler(conn, database_url):
+    """Through a transaction pooler (Supabase's port 6543) each transaction may run on
+    another server connection: a session's advisory lock, unlocked from another
+    connection, stayed held, and the next `db init` waited for it forever."""
+    conn.execute("drop table bikematch_migrations")  # every migration's bookkeeping again
+    socket_dir = psycopg.conninfo.conninfo_to_dict(database_url)["host"]
+    # More server connections than one run has transactions: no two share one.
+    servers = len(discover()) + 3
+    with TransactionPooler(socket_dir, servers) as pooler, connect(pooler.url) as pooled:
+        assert apply_migrations(pooled) == [m.version for m in discover()]
+        assert apply_migrations(pooled) == []
+        held = conn.execute("select pid from pg_locks where locktype = 'advisory'")
+        assert held.fetchall() == []
+    assert pooler.transactions > len(discover())
