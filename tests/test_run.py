@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from bikematch.progress import ProgressLines, duration
 
 from .conftest import run_cli
 from .fixture_shops import ShopServer
+from .pooler import TransactionPooler
 
 
 @pytest.fixture
@@ -55,6 +57,29 @@ def test_run_does_every_stage_in_order(conn, database_url, shops):
     assert len(progress) >= 2 and int(progress[0][0]) < int(progress[-1][0]), result.stderr
     # The fixture's images are on 127.0.0.1, which the nightly job must refuse.
     assert conn.execute("select count(*) from embedding_failures").fetchone()[0] > 0
+    assert conn.execute("select count(*) from master_bikes").fetchone()[0] > 0
+
+
+def test_run_works_through_a_transaction_pooler(conn, database_url, shops):
+    """Supabase's transaction pooler (port 6543) runs each transaction on any server
+    connection: prepared statements, session settings and temporary tables made in one
+    transaction are gone in the next. The nightly job must run through one."""
+    conn.execute("drop table if exists master_bikes, int_vector_neighbours cascade")
+    socket_dir = conninfo_to_dict(database_url)["host"]
+    with TransactionPooler(socket_dir) as pooler:
+        env = {"DATABASE_URL": pooler.url, "BIKEMATCH_IMAGE_CACHE": "off"}
+        run_cli("db", "init", env=env, check=True)
+        result = run_cli(
+            *("run", "--shops", str(shops.config), "--model", "tiny-random"),
+            *("--anchor", "jsonld-shop.nl", "--device", "cpu", "--batch-size", "2"),
+            env=env,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+        search = run_cli("search", "--text", "Gazelle", "--model", "tiny-random", env=env)
+        assert search.returncode == 0, search.stdout + search.stderr[-3000:]
+    assert pooler.transactions > 20
+    embedded = conn.execute("select count(*) from vector_storage").fetchone()[0]
+    assert embedded == conn.execute("select count(*) from scraped_bikes").fetchone()[0]
     assert conn.execute("select count(*) from master_bikes").fetchone()[0] > 0
 
 

@@ -23,7 +23,7 @@
 {% set evidence = var('identifier_evidence') %}
 {% set bonus = var('code_agree_bonus') if evidence else 0 %}
 {% set image_weight = var('image_weight', none) %}
-{{ config(pre_hook="set work_mem = '256MB'", post_hook="reset work_mem") }}
+{{ config(pre_hook="set local work_mem = '256MB'") }}
 
 with
 

@@ -11,7 +11,9 @@
     lifted (small tables get workers too) and the leader only collects and
     writes: the searching processes are then exactly
     max_parallel_workers_per_gather (2 by default; raise it on a server with
-    more cores). Neighbours come from other shops only.
+    more cores). Neighbours come from other shops only. The hooks' settings are
+    `set local`: they end with the model's transaction, so no later model, nor
+    a transaction pooler's next client on this server connection, inherits them.
 
     The post-hook drops the rows of vectors that were replaced or deleted. It
     reads the source table, not the staging view: inside a DELETE, Postgres
@@ -23,15 +25,13 @@
         unique_key=['model', 'bike_id', 'neighbour_id'],
         incremental_strategy='delete+insert',
         pre_hook=[
-            "set hnsw.ef_search = " ~ var('hnsw_ef_search'),
+            "set local hnsw.ef_search = " ~ var('hnsw_ef_search'),
             "{{ iterative_scan_setting() }}",
             "{{ create_neighbour_search() }}",
-            "set min_parallel_table_scan_size = 0",
-            "set parallel_leader_participation = off",
+            "set local min_parallel_table_scan_size = 0",
+            "set local parallel_leader_participation = off",
         ],
         post_hook=[
-            "reset min_parallel_table_scan_size",
-            "reset parallel_leader_participation",
             "
             delete from {{ this }} as neighbours
             where not exists (

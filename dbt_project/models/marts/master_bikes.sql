@@ -25,10 +25,9 @@
         unique_key='bike_id',
         incremental_strategy='delete+insert',
         pre_hook=[
-            "set enable_nestloop = off",
-            "set work_mem = '256MB'",
+            "set local enable_nestloop = off",
+            "set local work_mem = '256MB'",
         ],
-        post_hook=["reset enable_nestloop", "reset work_mem"],
     )
 }}
 {% set shops = ordered_shops() %}
