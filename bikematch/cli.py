@@ -6,6 +6,7 @@ import logging
 import sys
 
 import click
+import psycopg
 
 from bikematch import __version__
 from bikematch.database import (
@@ -29,6 +30,14 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except (DatabaseError, ShopConfigError) as exc:
             click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except psycopg.OperationalError as exc:  # the server went away mid-command
+            reason = str(exc).strip().splitlines()
+            click.echo(
+                f"error: the database connection failed: {reason[0] if reason else exc} "
+                "(what was stored before stays; run the command again to go on)",
+                err=True,
+            )
             sys.exit(2)
 
 
@@ -276,6 +285,11 @@ def _print_scrape_summary(summaries) -> None:
     for s in summaries:
         if s.bad_sitemaps:
             click.echo(f"{s.shop}: {s.bad_sitemaps} sitemap(s) could not be read (see the log)")
+        if s.reconnects:
+            click.echo(
+                f"{s.shop}: the database dropped the connection {s.reconnects} time(s);"
+                " reconnected, nothing lost"
+            )
 
 
 @cli.command()

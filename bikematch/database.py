@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import time
 import warnings
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -184,6 +185,30 @@ def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection:
         # rather than nest as savepoints inside this look-up's transaction.
         conn.commit()
     return conn
+
+
+def reconnect(url: str, *, attempts: int = 5, first_wait: float = 1.0) -> psycopg.Connection:
+    """A new connection in place of one the server dropped (a restart, a failover, a
+    pooler's idle timeout), trying `attempts` times with doubling waits (about 15 s
+    in all by default); DatabaseError when the server stays away."""
+    wait = first_wait
+    for _ in range(attempts - 1):
+        try:
+            return connect(url)
+        except DatabaseError as exc:
+            log.warning("reconnecting to the database failed (%s); next try in %.0f s", exc, wait)
+            time.sleep(wait)
+            wait *= 2
+    try:
+        return connect(url)
+    except DatabaseError as exc:
+        raise DatabaseError(f"lost the database connection, and {exc}") from exc
+
+
+def dropped(conn: psycopg.Connection, exc: BaseException) -> bool:
+    """Whether `exc` means `conn` is gone (the server dropped it, or a failed reconnect
+    left it closed) rather than that the server refused a statement."""
+    return isinstance(exc, psycopg.OperationalError) and (conn.broken or conn.closed)
 
 
 def _first_line(message: str) -> str:

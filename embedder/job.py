@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import numpy as np
+import psycopg
 import torch
 
-from bikematch.database import connect
+from bikematch.database import connect, dropped, reconnect
 from embedder import store
 from embedder.decode import DecodeError, decode_image
 from embedder.fetch import FetchError, FetchSettings, ImageFetcher
@@ -100,6 +101,8 @@ class EmbedSummary:
     #: Listings still pending when the run stopped claiming at its time budget
     #: (EmbedSettings.max_seconds); None when it did not stop early.
     left_for_later: int | None = None
+    #: Connections the database dropped during the run, each replaced by a new one.
+    reconnects: int = 0
 
     @property
     def not_embedded(self) -> int:
@@ -139,7 +142,13 @@ class EmbedSummary:
             f"{self.cache_hits} images from the local cache",
             *([self.precision] if self.precision else []),
             *([self._stopped_early] if self.left_for_later is not None else []),
+            *([self._reconnected] if self.reconnects else []),
         ]
+
+    @property
+    def _reconnected(self) -> str:
+        times = "once" if self.reconnects == 1 else f"{self.reconnects} times"
+        return f"the database dropped a connection {times}: reconnected, nothing lost"
 
     @property
     def _stopped_early(self) -> str:
@@ -273,6 +282,8 @@ class _Job:
         self.recheck_pending = None
         #: perf_counter time after which no new work is claimed (settings.max_seconds).
         self.deadline: float | None = None
+        #: One connection per batch in flight (set by run()); see _on_connection.
+        self.connections: list[psycopg.Connection] = []
 
     async def run(self) -> EmbedSummary:
         started = time.perf_counter()
@@ -280,7 +291,7 @@ class _Job:
         self.deadline = None if budget is None else started + budget
         # One connection per batch in flight: being prepared and being embedded (one
         # each per stream), being written.
-        connections = [connect(self.url) for _ in range(2 * self.streams + 1)]
+        self.connections = connections = [connect(self.url) for _ in range(2 * self.streams + 1)]
         try:
             register(connections[0], self.model)
             if self.precision_pending and self.settings.precision_max_age is not None:
@@ -299,7 +310,7 @@ class _Job:
                     await self._pipeline(connections, fetcher, pool, total)
                 self.summary.cache_hits = fetcher.cache_hits
         finally:
-            for conn in connections:
+            for conn in self.connections:
                 conn.close()
             self.decoders.shutdown()
         self.summary.seconds = time.perf_counter() - started
@@ -349,11 +360,12 @@ class _Job:
                 if past_deadline and not self.claimed_all:
                     self.summary.left_for_later = max(0, total - claimed)
                     break
-                conn = connections[number % len(connections)]
+                slot = number % len(connections)
                 size = self.settings.batch_size
                 if self.settings.limit is not None:
                     size = min(size, self.settings.limit - claimed)
-                page = await asyncio.to_thread(self._claim, conn, after, size)
+                claim = functools.partial(self._claim, after=after, size=size)
+                page = await asyncio.to_thread(self._on_connection, slot, claim)
                 if page is None:
                     break
                 works, last_page = page
@@ -368,7 +380,7 @@ class _Job:
                 batches.append(
                     asyncio.create_task(
                         self._batch(
-                            conn,
+                            slot,
                             prepared,
                             failures,
                             total,
@@ -385,9 +397,10 @@ class _Job:
             for batch in batches:
                 batch.cancel()
 
-    async def _batch(self, conn, prepared, failures, total, streams, pool, done, last) -> None:
-        """Embed (on a free stream), then write while the next batches embed. `last()`:
-        whether no batch will come after this one."""
+    async def _batch(self, slot, prepared, failures, total, streams, pool, done, last) -> None:
+        """Embed (on a free stream), then write (on connection `slot`, which holds the
+        batch's claim) while the next batches embed. `last()`: whether no batch will come
+        after this one."""
         loop = asyncio.get_running_loop()
         try:
             # A batch that may measure or change the precision runs alone (on every
@@ -406,7 +419,10 @@ class _Job:
                 self.summary.model_seconds += (time.perf_counter() - started) * taken
         finally:
             done.set()
-        await asyncio.to_thread(self._write, conn, embedded, failures, measured)
+        write = functools.partial(
+            self._write, embedded=embedded, failures=failures, measured=measured
+        )
+        await asyncio.to_thread(self._on_connection, slot, write)
         failed = {failure.bike_id for failure in failures}
         self.summary.embedded += len(embedded)
         self.summary.text_only += sum(1 for item in embedded if item.image is None)
@@ -414,6 +430,22 @@ class _Job:
         self.summary.failed.update(failure.stage for failure in failures)
         if self.progress:
             self.progress(self.summary.embedded, self.summary.not_embedded, total)
+
+    def _on_connection(self, slot: int, action):
+        """`action(conn)` on connection `slot`; if the database dropped that connection,
+        once more on a new one. Claims and writes can be run again: the claim died with
+        the connection (its transaction), and the write is an upsert."""
+        conn = self.connections[slot]
+        try:
+            return action(conn)
+        except psycopg.OperationalError as exc:
+            if not dropped(conn, exc):
+                raise
+            log.warning("the database dropped a connection (%s); reconnecting", _described(exc))
+        conn.close()
+        self.connections[slot] = reconnect(self.url)
+        self.summary.reconnects += 1
+        return action(self.connections[slot])
 
     def _claim(self, conn, after: uuid.UUID, size: int) -> tuple[list[store.Work], bool] | None:
         """The next page of pending work (possibly empty after re-checks), and whether it

@@ -7,7 +7,7 @@ import logging
 import psycopg
 from scrapy.exceptions import DropItem
 
-from bikematch.database import connect, resolve_url
+from bikematch.database import DatabaseError, connect, dropped, reconnect, resolve_url
 from bikematch.listings import Listing, StoreResult, store_listings
 from bikematch.settings import load_settings
 
@@ -22,13 +22,15 @@ class ListingPipeline:
         self.batch_size = batch_size
         self.batch: list[Listing] = []
         self.conn = None
+        self.url = None
 
     @classmethod
     def from_crawler(cls, crawler):
         return cls(crawler.stats, crawler.settings.getint("BIKEMATCH_BATCH_SIZE", 200))
 
     def open_spider(self) -> None:
-        self.conn = connect(resolve_url(load_settings()))
+        self.url = resolve_url(load_settings())
+        self.conn = connect(self.url)
 
     def close_spider(self) -> None:
         try:
@@ -53,7 +55,13 @@ class ListingPipeline:
         if not batch:
             return
         try:
-            self._count(store_listings(self.conn, batch))
+            self._store(batch)
+        except (DatabaseError, psycopg.OperationalError) as exc:
+            # The server went away and did not come back within reconnect()'s tries (or
+            # refused the statement for another reason: a timeout, a lock): count the
+            # batch, and try again with the next one.
+            self.stats.inc_value("bikematch/dropped/database_error", len(batch))
+            log.error("%d listings not stored: %s", len(batch), str(exc).strip().splitlines()[0])
         except (psycopg.DataError, psycopg.IntegrityError):
             # One listing the database refuses must not take its batch, or the rest of
             # the crawl, with it: store them one by one, and count the ones refused.
@@ -64,6 +72,22 @@ class ListingPipeline:
                     self.stats.inc_value("bikematch/dropped/refused_by_database")
                     reason = str(exc).splitlines()[0]
                     log.warning("listing not stored: %s: %s", listing.url, reason)
+
+    def _store(self, batch: list[Listing]) -> None:
+        """Upsert the batch; if the database dropped the connection, once more on a new
+        one (the upsert can be run again)."""
+        try:
+            self._count(store_listings(self.conn, batch))
+            return
+        except psycopg.OperationalError as exc:
+            if not dropped(self.conn, exc):
+                raise
+            reason = str(exc).strip().splitlines()[0]
+            log.warning("the database dropped the connection (%s); reconnecting", reason)
+        self.conn.close()
+        self.conn = reconnect(self.url)
+        self.stats.inc_value("bikematch/reconnects")
+        self._count(store_listings(self.conn, batch))
 
     def _count(self, result: StoreResult) -> None:
         self.stats.inc_value("bikematch/stored", result.stored)

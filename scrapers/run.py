@@ -28,6 +28,8 @@ class CrawlSummary:
     price_unparsed: int = 0
     http_errors: int = 0
     bad_sitemaps: int = 0
+    #: Connections to the database that were dropped and replaced during the crawl.
+    reconnects: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
 
     @classmethod
@@ -52,6 +54,7 @@ class CrawlSummary:
             price_unparsed=stats.get("bikematch/price_unparsed", 0),
             http_errors=http_errors,
             bad_sitemaps=stats.get("bikematch/bad_sitemap", 0),
+            reconnects=stats.get("bikematch/reconnects", 0),
             dropped=dropped,
         )
 

@@ -74,6 +74,7 @@ class TransactionPooler:
         self.transactions = 0
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._count_lock = threading.Lock()
+        self._clients: set[socket.socket] = set()
 
     @property
     def url(self) -> str:
@@ -85,7 +86,13 @@ class TransactionPooler:
         return self
 
     def __exit__(self, *exc) -> None:
-        self._listener.close()
+        self.shut_down()
+
+    def shut_down(self) -> None:
+        """Refuse new clients and hang up on every client: the server is gone."""
+        _hang_up(self._listener)
+        for client in list(self._clients):
+            _hang_up(client)
 
     def _accept(self) -> None:
         while True:
@@ -111,6 +118,7 @@ class TransactionPooler:
 
     def _serve(self, client: socket.socket) -> None:
         servers: list[socket.socket] = []
+        self._clients.add(client)
         try:
             startup = _read_startup(client)
             if startup is None:
@@ -121,6 +129,7 @@ class TransactionPooler:
         except (ConnectionError, OSError):
             pass
         finally:
+            self._clients.discard(client)
             for sock in [client, *servers]:
                 _hang_up(sock)
 

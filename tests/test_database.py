@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import concurrent.futures
+import os
+import subprocess
+import time
 
 import numpy as np
 import psycopg
@@ -12,7 +15,7 @@ from pgvector import HalfVector, Vector
 from bikematch.database import DatabaseError, connect, mask_password
 from bikematch.migrations import apply_migrations, discover
 
-from .conftest import run_cli
+from .conftest import BIKEMATCH, run_cli
 from .pooler import TransactionPooler
 
 
@@ -202,3 +205,30 @@ def test_migrations_leave_no_lock_behind_a_transaction_pooler(conn, database_url
         held = conn.execute("select pid from pg_locks where locktype = 'advisory'")
         assert held.fetchall() == []
     assert pooler.transactions > len(discover())
+
+
+def test_a_connection_dropped_mid_command_is_one_line_exit_2(conn, database_url, tmp_path):
+    feed = tmp_path / "feed.csv"
+    feed.write_text("url,name\nhttps://a.nl/1,Gazelle Ultimate C380\n")
+    with connect(database_url) as locker:
+        locker.execute("lock table scraped_bikes in access exclusive mode")
+        command = subprocess.Popen(
+            [BIKEMATCH, "import", str(feed), "--shop", "a.nl"],
+            env={**os.environ, "DATABASE_URL": database_url},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        waiting = "select pid from pg_stat_activity where wait_event_type = 'Lock'"
+        for _ in range(300):  # until the import waits for the lock
+            row = conn.execute(waiting).fetchone()
+            if row or command.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert row, command.communicate()
+        conn.execute("select pg_terminate_backend(%s)", row)
+        _, stderr = command.communicate(timeout=60)
+    assert command.returncode == 2, stderr
+    assert stderr.count("\n") == 1 and stderr.startswith(
+        "error: the database connection failed: terminating connection due to administrator"
+    ), stderr

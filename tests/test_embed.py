@@ -506,6 +506,35 @@ def test_a_time_budget_stops_claiming_and_the_next_run_goes_on(
     assert len(vectors(conn)) == 40
 
 
+def test_connections_the_database_drops_are_replaced_and_nothing_is_lost(
+    conn, database_url, tmp_path, tiny
+):
+    """A server restart, a failover or a pooler's timeout drops the job's connections
+    mid-run: each is replaced, the claim or write it was doing is done again."""
+    for i in range(20):
+        add(conn, "shop.nl", f"p{i}", f"Bike {i}", None)
+    dropped = []
+
+    def progress(done, failed, total):
+        if not dropped:  # after the first batch's write: every other session goes
+            dropped.extend(
+                conn.execute(
+                    "select pg_terminate_backend(pid) from pg_stat_activity"
+                    " where backend_type = 'client backend' and pid <> pg_backend_pid()"
+                ).fetchall()
+            )
+
+    summary = run_embedding(database_url, tiny, settings(tmp_path, batch_size=2), progress)
+    assert len(dropped) >= 3
+    assert summary.embedded == 20 and not summary.failed
+    assert summary.reconnects >= 3, summary.lines()
+    times = f"{summary.reconnects} times"
+    assert summary.lines()[-1] == (
+        f"the database dropped a connection {times}: reconnected, nothing lost"
+    )
+    assert len(vectors(conn)) == 20
+
+
 def test_the_summary_says_when_database_writes_held_the_job_up(conn, database_url, tmp_path, tiny):
     for i in range(10):
         add(conn, "shop.nl", f"p{i}", f"Bike {i}", None)

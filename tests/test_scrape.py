@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 from collections import Counter
 from dataclasses import replace
 from decimal import Decimal
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
+from bikematch.database import reconnect
 from bikematch.listings import Listing
 from scrapers.pipelines import ListingPipeline
 
 from .conftest import run_cli
 from .fixture_shops import ShopServer, bikes_of
+from .pooler import TransactionPooler
 
 
 @pytest.fixture
@@ -226,3 +230,52 @@ def test_a_listing_the_database_refuses_costs_only_itself(conn, database_url, mo
     assert [url[-1] for url, _, _ in rows] == ["0", "2", "3", "4"]
     assert rows[2][1:] == ("Gazelle C380", "Gazelle")
     assert stats["bikematch/stored"] == 4 and stats["bikematch/dropped/refused_by_database"] == 1
+
+
+def test_the_pipeline_reconnects_when_the_database_drops_its_connection(
+    conn, database_url, monkeypatch
+):
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    bikes = [
+        Listing("shop.nl", f"https://shop.nl/bike-{i}", f"Bike {i}", price=Decimal(2499))
+        for i in range(6)
+    ]
+    stats = Stats()
+    pipeline = ListingPipeline(stats, batch_size=3)
+    pipeline.open_spider()
+    for bike in bikes[:3]:
+        pipeline.process_item(bike)
+    pid = pipeline.conn.info.backend_pid
+    conn.execute("select pg_terminate_backend(%s)", (pid,))
+    for bike in bikes[3:]:
+        pipeline.process_item(bike)
+    pipeline.close_spider()
+    assert conn.execute("select count(*) from scraped_bikes").fetchone()[0] == 6
+    assert stats["bikematch/stored"] == 6 and stats["bikematch/reconnects"] == 1
+    assert not any(key.startswith("bikematch/dropped/") for key in stats)
+
+
+def test_listings_the_database_is_gone_for_are_counted_and_the_crawl_goes_on(
+    conn, database_url, monkeypatch
+):
+    socket_dir = conninfo_to_dict(database_url)["host"]
+    quick = functools.partial(reconnect, attempts=2, first_wait=0.01)
+    monkeypatch.setattr("scrapers.pipelines.reconnect", quick)
+    bikes = [
+        Listing("shop.nl", f"https://shop.nl/bike-{i}", f"Bike {i}", price=Decimal(2499))
+        for i in range(6)
+    ]
+    stats = Stats()
+    pipeline = ListingPipeline(stats, batch_size=3)
+    with TransactionPooler(socket_dir) as pooler:
+        monkeypatch.setenv("DATABASE_URL", pooler.url)
+        pipeline.open_spider()
+        for bike in bikes[:3]:
+            pipeline.process_item(bike)
+        pooler.shut_down()
+        for bike in bikes[3:]:
+            pipeline.process_item(bike)  # the flush fails: counted, not raised
+        pipeline.close_spider()
+    assert conn.execute("select count(*) from scraped_bikes").fetchone()[0] == 3
+    assert stats["bikematch/stored"] == 3
+    assert stats["bikematch/dropped/database_error"] == 3
