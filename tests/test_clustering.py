@@ -448,3 +448,50 @@ def test_a_listing_with_its_shops_placeholder_photo_is_looked_up_by_its_title(db
     cluster(database_url)
     together = {frozenset(urls) for urls in cluster_sets(db) if len(urls) > 1}
     assert frozenset({"anchor.nl/it", "shop-b.nl/it"}) in together
+
+
+def test_a_listing_whose_photo_became_its_shops_placeholder_is_looked_up_again(db, database_url):
+    """Whether a photo is shared is a property of the shop's catalogue, not of the
+    listing's vector: when two more listings take its photo, the listing is looked up
+    again by its title (and by its whole vector again when they let go of it)."""
+    rng = np.random.default_rng(11)
+    placeholder = rng.normal(size=HALF_DIMS)
+    title = rng.normal(size=HALF_DIMS)
+    words = iter(f"bike {a}{b}" for a in "abcdefghij" for b in "klmnopqrst")
+
+    def listing(shop, url, image, text, image_url):
+        vector = np.concatenate([image, text])
+        return add_listing(db, shop, url, vector, name=next(words), image_url=image_url)
+
+    no_photo = "https://{}/img/no-photo-yet.png"
+    it = listing("anchor.nl", "anchor.nl/it", placeholder, title, no_photo.format("anchor.nl"))
+    listing("shop-b.nl", "shop-b.nl/it", -placeholder, title, "https://shop-b.nl/img/it.jpg")
+    for i in range(12):  # look-alikes by the whole vector, from either side
+        image_url = no_photo.format("shop-b.nl")
+        listing("shop-b.nl", f"shop-b.nl/{i}", placeholder, rng.normal(size=HALF_DIMS), image_url)
+        image_url = f"https://anchor.nl/img/{i}.jpg"
+        listing("anchor.nl", f"anchor.nl/{i}", -placeholder, rng.normal(size=HALF_DIMS), image_url)
+    pair = frozenset({"anchor.nl/it", "shop-b.nl/it"})
+
+    def searched_by_title() -> set:
+        rows = db.execute(
+            "select distinct searched_by_title from int_vector_neighbours where bike_id = %s",
+            (it,),
+        )
+        return {row[0] for row in rows}
+
+    cluster(database_url)  # its photo is its own yet: looked up by the whole vector
+    assert pair not in cluster_sets(db) and searched_by_title() == {False}
+    for i in (12, 13):  # the photo becomes the shop's placeholder
+        image_url = no_photo.format("anchor.nl")
+        listing("anchor.nl", f"anchor.nl/{i}", -placeholder, rng.normal(size=HALF_DIMS), image_url)
+    cluster(database_url)
+    assert pair in cluster_sets(db) and searched_by_title() == {True}
+    db.execute("delete from scraped_bikes where url in ('anchor.nl/12', 'anchor.nl/13')")
+    cluster(database_url)  # its own again
+    assert searched_by_title() == {False}
+    # A table from before the column: the next build appends it, keeping the rows
+    # (all of them searched by the whole vector then).
+    db.execute("alter table int_vector_neighbours drop column searched_by_title")
+    cluster(database_url)
+    assert searched_by_title() == {None}

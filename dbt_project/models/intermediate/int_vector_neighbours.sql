@@ -15,15 +15,21 @@
     `set local`: they end with the model's transaction, so no later model, nor
     a transaction pooler's next client on this server connection, inherits them.
 
-    The post-hook drops the rows of vectors that were replaced or deleted. It
-    reads the source table, not the staging view: inside a DELETE, Postgres
-    does not flatten the view (its CTEs) and would read every embedding.
+    A listing is searched again, too, when its photo became its shop's
+    placeholder or stopped being one (int_listings.image_is_shared, which other
+    listings of the shop decide): searched_by_title says how its rows were found.
+
+    The post-hook drops the rows of vectors that were replaced or deleted, and
+    those found the other way than the listing is searched now. It reads the
+    source table, not the staging view: inside a DELETE, Postgres does not
+    flatten the view (its CTEs) and would read every embedding.
 -#}
 {{
     config(
         materialized='incremental',
         unique_key=['model', 'bike_id', 'neighbour_id'],
         incremental_strategy='delete+insert',
+        on_schema_change='append_new_columns',
         pre_hook=[
             "set local hnsw.ef_search = " ~ var('hnsw_ef_search'),
             "{{ iterative_scan_setting() }}",
@@ -41,10 +47,24 @@
                     and vectors.model = neighbours.model
                     and vectors.input_hash = neighbours.input_hash
             )",
+            "
+            delete from {{ this }} as neighbours
+            using {{ ref('int_listings') }} as listings
+            where
+                listings.bike_id = neighbours.bike_id
+                and neighbours.model = {{ sql_literal(var('embedding_model')) }}
+                and listings.image_is_shared
+                <> coalesce(neighbours.searched_by_title, false)",
         ],
     )
 }}
 {% set dims = embedding_dims(var('embedding_model')) %}
+{#- A table built before searched_by_title has none until this run appends it
+    (on_schema_change): its rows were all searched by the whole vector. -#}
+{% set stored_columns = [] %}
+{% if is_incremental() %}
+    {% set stored_columns = adapter.get_columns_in_relation(this) | map(attribute='name') | list %}
+{% endif %}
 
 with
 
@@ -80,7 +100,8 @@ listings_to_match as (
         {%- else -%}
             vectors.embedding,
         {%- endif %}
-        listings.webshop
+        listings.webshop,
+        listings.image_is_shared as searched_by_title
     from vectors
     inner join listings on vectors.bike_id = listings.bike_id
     {% if is_incremental() %}
@@ -90,6 +111,10 @@ listings_to_match as (
                 done.bike_id = vectors.bike_id
                 and done.model = vectors.model
                 and done.input_hash = vectors.input_hash
+                and listings.image_is_shared = {{
+                    'coalesce(done.searched_by_title, false)'
+                    if 'searched_by_title' in stored_columns else 'false'
+                }}
         )
     {% endif %}
 ),
@@ -102,6 +127,7 @@ searched as (
         bike_id,
         model,
         input_hash,
+        searched_by_title,
         {{ neighbour_search_function() }}(embedding, bike_id, webshop) as nearest
     from listings_to_match
 ),
@@ -117,7 +143,8 @@ neighbours as (
             input_hash,
             null::uuid as neighbour_id,
             null::text as neighbour_input_hash,
-            null::float8 as similarity
+            null::float8 as similarity,
+            searched_by_title
         from listings_to_match
         where false
     {% else %}
@@ -127,7 +154,8 @@ neighbours as (
             input_hash,
             (nearest).neighbour_id,
             (nearest).neighbour_input_hash,
-            1 - (nearest).distance as similarity
+            1 - (nearest).distance as similarity,
+            searched_by_title
         from searched
     {% endif %}
 )
