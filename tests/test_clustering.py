@@ -413,80 +413,67 @@ def test_a_photo_a_shop_shows_for_many_listings_says_nothing(db, database_url):
     assert together == {frozenset({"anchor.nl/own", "shop-b.nl/own"})}
 
 
+class _LookAlikes:
+    """anchor.nl/it and shop-b.nl/it, one product by title, the anchor's listing showing
+    its shop's no-photo URL; and twelve listings in each shop that a search by the whole
+    vector finds before that pair's other half, from either side (shop-b's with its
+    placeholder, the anchor's with `anchor_photo(i)`)."""
+
+    NO_PHOTO = "https://{}/img/no-photo-yet.png"
+    PAIR = frozenset({"anchor.nl/it", "shop-b.nl/it"})
+
+    def __init__(self, db, anchor_photo):
+        self.db = db
+        self.rng = np.random.default_rng(11)
+        self.placeholder = self.rng.normal(size=HALF_DIMS)
+        self.words = iter(f"bike {a}{b}" for a in "abcdefghij" for b in "klmnopqrst")
+        title = self.rng.normal(size=HALF_DIMS)
+        self.it = self.add("anchor.nl", "it", self.placeholder, title, self.no_photo("anchor.nl"))
+        self.add("shop-b.nl", "it", -self.placeholder, title, "https://shop-b.nl/img/it.jpg")
+        for i in range(12):
+            self.add("shop-b.nl", i, self.placeholder, None, self.no_photo("shop-b.nl"))
+            self.add("anchor.nl", i, -self.placeholder, None, anchor_photo(i))
+
+    def no_photo(self, shop: str) -> str:
+        return self.NO_PHOTO.format(shop)
+
+    def add(self, shop, key, image, text, image_url):
+        """A listing `shop/key`; text None: a title of its own."""
+        text = self.rng.normal(size=HALF_DIMS) if text is None else text
+        vector = np.concatenate([image, text])
+        url = f"{shop}/{key}"
+        return add_listing(self.db, shop, url, vector, name=next(self.words), image_url=image_url)
+
+
 def test_a_listing_with_its_shops_placeholder_photo_is_looked_up_by_its_title(db, database_url):
     """Its [image, text] vector would find the other shops' placeholders first; its true
     match, with a real photo, is found by title. Twelve look-alikes in each shop fill the
     ten places of a search by the whole vector, from either side."""
-    rng = np.random.default_rng(11)
-    placeholder = rng.normal(size=HALF_DIMS)
-    title = rng.normal(size=HALF_DIMS)
-    words = iter(f"bike {a}{b}" for a in "abcdefghij" for b in "klmnopqrst")
-
-    def listing(shop, url, image, text, image_url):
-        vector = np.concatenate([image, text])
-        add_listing(db, shop, url, vector, name=next(words), image_url=image_url)
-
-    no_photo = "https://{}/img/no-photo-yet.png"
-    listing("anchor.nl", "anchor.nl/it", placeholder, title, no_photo.format("anchor.nl"))
-    listing("shop-b.nl", "shop-b.nl/it", -placeholder, title, "https://shop-b.nl/img/it.jpg")
-    for i in range(12):
-        # near the placeholder listing by the whole vector, not by title
-        listing(
-            "shop-b.nl",
-            f"shop-b.nl/{i}",
-            placeholder,
-            rng.normal(size=HALF_DIMS),
-            no_photo.format("shop-b.nl"),
-        )
-        listing(
-            "anchor.nl",
-            f"anchor.nl/{i}",
-            -placeholder,
-            rng.normal(size=HALF_DIMS),
-            no_photo.format("anchor.nl") if i < 2 else f"https://anchor.nl/img/{i}.jpg",
-        )
+    no_photo = _LookAlikes.NO_PHOTO.format("anchor.nl")
+    _LookAlikes(db, lambda i: no_photo if i < 2 else f"https://anchor.nl/img/{i}.jpg")
     cluster(database_url)
-    together = {frozenset(urls) for urls in cluster_sets(db) if len(urls) > 1}
-    assert frozenset({"anchor.nl/it", "shop-b.nl/it"}) in together
+    assert _LookAlikes.PAIR in cluster_sets(db)
 
 
 def test_a_listing_whose_photo_became_its_shops_placeholder_is_looked_up_again(db, database_url):
     """Whether a photo is shared is a property of the shop's catalogue, not of the
     listing's vector: when two more listings take its photo, the listing is looked up
     again by its title (and by its whole vector again when they let go of it)."""
-    rng = np.random.default_rng(11)
-    placeholder = rng.normal(size=HALF_DIMS)
-    title = rng.normal(size=HALF_DIMS)
-    words = iter(f"bike {a}{b}" for a in "abcdefghij" for b in "klmnopqrst")
-
-    def listing(shop, url, image, text, image_url):
-        vector = np.concatenate([image, text])
-        return add_listing(db, shop, url, vector, name=next(words), image_url=image_url)
-
-    no_photo = "https://{}/img/no-photo-yet.png"
-    it = listing("anchor.nl", "anchor.nl/it", placeholder, title, no_photo.format("anchor.nl"))
-    listing("shop-b.nl", "shop-b.nl/it", -placeholder, title, "https://shop-b.nl/img/it.jpg")
-    for i in range(12):  # look-alikes by the whole vector, from either side
-        image_url = no_photo.format("shop-b.nl")
-        listing("shop-b.nl", f"shop-b.nl/{i}", placeholder, rng.normal(size=HALF_DIMS), image_url)
-        image_url = f"https://anchor.nl/img/{i}.jpg"
-        listing("anchor.nl", f"anchor.nl/{i}", -placeholder, rng.normal(size=HALF_DIMS), image_url)
-    pair = frozenset({"anchor.nl/it", "shop-b.nl/it"})
+    scene = _LookAlikes(db, lambda i: f"https://anchor.nl/img/{i}.jpg")
 
     def searched_by_title() -> set:
         rows = db.execute(
             "select distinct searched_by_title from int_vector_neighbours where bike_id = %s",
-            (it,),
+            (scene.it,),
         )
         return {row[0] for row in rows}
 
     cluster(database_url)  # its photo is its own yet: looked up by the whole vector
-    assert pair not in cluster_sets(db) and searched_by_title() == {False}
+    assert scene.PAIR not in cluster_sets(db) and searched_by_title() == {False}
     for i in (12, 13):  # the photo becomes the shop's placeholder
-        image_url = no_photo.format("anchor.nl")
-        listing("anchor.nl", f"anchor.nl/{i}", -placeholder, rng.normal(size=HALF_DIMS), image_url)
+        scene.add("anchor.nl", i, -scene.placeholder, None, scene.no_photo("anchor.nl"))
     cluster(database_url)
-    assert pair in cluster_sets(db) and searched_by_title() == {True}
+    assert scene.PAIR in cluster_sets(db) and searched_by_title() == {True}
     db.execute("delete from scraped_bikes where url in ('anchor.nl/12', 'anchor.nl/13')")
     cluster(database_url)  # its own again
     assert searched_by_title() == {False}

@@ -232,24 +232,30 @@ def test_a_listing_the_database_refuses_costs_only_itself(conn, database_url, mo
     assert stats["bikematch/stored"] == 4 and stats["bikematch/dropped/refused_by_database"] == 1
 
 
+def _six_listings_with_a_break(between) -> Stats:
+    """Six listings through the pipeline in batches of three, `between(pipeline)` run
+    after the first batch is stored; the pipeline's stats."""
+    stats = Stats()
+    pipeline = ListingPipeline(stats, batch_size=3)
+    pipeline.open_spider()
+    for i in range(6):
+        if i == 3:
+            between(pipeline)
+        bike = Listing("shop.nl", f"https://shop.nl/bike-{i}", f"Bike {i}", price=Decimal(2499))
+        pipeline.process_item(bike)
+    pipeline.close_spider()
+    return stats
+
+
 def test_the_pipeline_reconnects_when_the_database_drops_its_connection(
     conn, database_url, monkeypatch
 ):
     monkeypatch.setenv("DATABASE_URL", database_url)
-    bikes = [
-        Listing("shop.nl", f"https://shop.nl/bike-{i}", f"Bike {i}", price=Decimal(2499))
-        for i in range(6)
-    ]
-    stats = Stats()
-    pipeline = ListingPipeline(stats, batch_size=3)
-    pipeline.open_spider()
-    for bike in bikes[:3]:
-        pipeline.process_item(bike)
-    pid = pipeline.conn.info.backend_pid
-    conn.execute("select pg_terminate_backend(%s)", (pid,))
-    for bike in bikes[3:]:
-        pipeline.process_item(bike)
-    pipeline.close_spider()
+
+    def drop(pipeline):
+        conn.execute("select pg_terminate_backend(%s)", (pipeline.conn.info.backend_pid,))
+
+    stats = _six_listings_with_a_break(drop)
     assert conn.execute("select count(*) from scraped_bikes").fetchone()[0] == 6
     assert stats["bikematch/stored"] == 6 and stats["bikematch/reconnects"] == 1
     assert not any(key.startswith("bikematch/dropped/") for key in stats)
@@ -261,21 +267,10 @@ def test_listings_the_database_is_gone_for_are_counted_and_the_crawl_goes_on(
     socket_dir = conninfo_to_dict(database_url)["host"]
     quick = functools.partial(reconnect, attempts=2, first_wait=0.01)
     monkeypatch.setattr("scrapers.pipelines.reconnect", quick)
-    bikes = [
-        Listing("shop.nl", f"https://shop.nl/bike-{i}", f"Bike {i}", price=Decimal(2499))
-        for i in range(6)
-    ]
-    stats = Stats()
-    pipeline = ListingPipeline(stats, batch_size=3)
     with TransactionPooler(socket_dir) as pooler:
         monkeypatch.setenv("DATABASE_URL", pooler.url)
-        pipeline.open_spider()
-        for bike in bikes[:3]:
-            pipeline.process_item(bike)
-        pooler.shut_down()
-        for bike in bikes[3:]:
-            pipeline.process_item(bike)  # the flush fails: counted, not raised
-        pipeline.close_spider()
+        # the second batch's flush fails and is counted, not raised
+        stats = _six_listings_with_a_break(lambda pipeline: pooler.shut_down())
     assert conn.execute("select count(*) from scraped_bikes").fetchone()[0] == 3
     assert stats["bikematch/stored"] == 3
     assert stats["bikematch/dropped/database_error"] == 3
