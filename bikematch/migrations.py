@@ -60,7 +60,7 @@ def apply_migrations(conn: psycopg.Connection, sql_dir: Path = SQL_DIR) -> list[
     # A session's lock would not do behind a transaction pooler, where the unlock can
     # run on another server connection than the lock and leave it held.
     with conn.transaction():
-        conn.execute("select pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        _begin_migration(conn)
         conn.execute(
             """
             create table if not exists bikematch_migrations (
@@ -72,7 +72,7 @@ def apply_migrations(conn: psycopg.Connection, sql_dir: Path = SQL_DIR) -> list[
         )
     for migration in migrations:
         with conn.transaction():
-            conn.execute("select pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+            _begin_migration(conn)
             row = conn.execute(
                 "select checksum from bikematch_migrations where version = %s",
                 (migration.version,),
@@ -98,3 +98,11 @@ def apply_migrations(conn: psycopg.Connection, sql_dir: Path = SQL_DIR) -> list[
             )
             applied_now.append(migration.version)
     return applied_now
+
+
+def _begin_migration(conn: psycopg.Connection) -> None:
+    """At the start of each migration's transaction: wait for other appliers, and
+    lift the server's statement timeout (Supabase stops statements after 2 minutes;
+    building an index over a large table takes longer)."""
+    conn.execute("set local statement_timeout = 0")
+    conn.execute("select pg_advisory_xact_lock(%s)", (_LOCK_KEY,))

@@ -482,3 +482,17 @@ def test_a_listing_whose_photo_became_its_shops_placeholder_is_looked_up_again(d
     db.execute("alter table int_vector_neighbours drop column searched_by_title")
     cluster(database_url)
     assert searched_by_title() == {None}
+
+
+def test_each_model_runs_under_the_statement_timeout_var(db, database_url):
+    """Each model's transaction sets statement_timeout (var, 1h by default) over the
+    server's (Supabase stops statements after 2 minutes): a tiny one stops the build."""
+    load(db)
+    env = {"DATABASE_URL": database_url}
+    args = ("cluster", "--model", MODEL, "--anchor", "anchor.nl", "--threshold", "0.9")
+    result = run_cli(*args, "--var", "statement_timeout=1ms", env=env)
+    assert result.returncode != 0
+    assert "canceling statement due to statement timeout" in result.stdout
+    result = run_cli(*args, env=env)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert cluster_sets(db) == EXPECTED

@@ -232,3 +232,21 @@ def test_a_connection_dropped_mid_command_is_one_line_exit_2(conn, database_url,
     assert stderr.count("\n") == 1 and stderr.startswith(
         "error: the database connection failed: terminating connection due to administrator"
     ), stderr
+
+
+def test_migrations_run_past_the_servers_statement_timeout(conn, database_url, tmp_path):
+    """Supabase stops any statement after 2 minutes; building an index over a large
+    table in a migration takes longer. Each migration lifts the timeout for itself."""
+    conn.execute("drop database if exists slow_migrations")
+    conn.execute("create database slow_migrations")
+    (tmp_path / "0001_slow.sql").write_text("select pg_sleep(0.2);\n")
+    url = psycopg.conninfo.make_conninfo(database_url, dbname="slow_migrations")
+    try:
+        with connect(url) as slow:
+            slow.execute("set statement_timeout = '50ms'")
+            slow.commit()
+            assert apply_migrations(slow, tmp_path) == ["0001_slow"]
+            timeout = slow.execute("show statement_timeout").fetchone()[0]
+            assert timeout == "50ms"  # the session's own setting is left as it was
+    finally:
+        conn.execute("drop database slow_migrations")
