@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import time
 import warnings
@@ -177,6 +178,7 @@ def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection:
         reason = _first_line(str(exc))
         raise DatabaseError(
             f"cannot connect to the database at {describe_target(url)}: {reason}"
+            + _unreachable_hint(url, reason)
         ) from exc
     if pgvector_version(conn) is not None:
         register_vector(conn)
@@ -185,6 +187,20 @@ def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection:
         # rather than nest as savepoints inside this look-up's transaction.
         conn.commit()
     return conn
+
+
+def _unreachable_hint(url: str, reason: str) -> str:
+    """Where the server could not be reached (not where it refused the login): a hint
+    for Supabase's direct connection, which has only an IPv6 address."""
+    host = conninfo_to_dict(url).get("host") or ""
+    direct = re.fullmatch(r"db\.[a-z0-9]+\.supabase\.co", host.lower())
+    if not direct or "authentication" in reason or "password" in reason:
+        return ""
+    return (
+        " (Supabase's direct connection has an IPv6 address only: from an IPv4 network,"
+        " GitHub's runners among them, use a pooler's connection string from the"
+        " dashboard's Connect dialog)"
+    )
 
 
 def reconnect(url: str, *, attempts: int = 5, first_wait: float = 1.0) -> psycopg.Connection:

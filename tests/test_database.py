@@ -157,6 +157,19 @@ def test_unreachable_database_url_is_one_line_exit_2():
     assert "secret" not in result.stderr
 
 
+def test_an_unreachable_supabase_direct_connection_names_the_pooler():
+    """Supabase shows its direct connection first, which has an IPv6 address only;
+    GitHub's runners have IPv4 only. (hostaddr: a refused port, without DNS.)"""
+    url = "postgresql://postgres:pw@db.abcdefghijkl.supabase.co:9/postgres?hostaddr=127.0.0.1"
+    result = run_cli("db", "init", env={"DATABASE_URL": url})
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "db.abcdefghijkl.supabase.co:9" in result.stderr
+    assert "use a pooler's connection string" in result.stderr
+    other = run_cli("db", "init", env={"DATABASE_URL": "postgresql://u@127.0.0.1:9/db"})
+    assert "pooler" not in other.stderr
+
+
 def test_invalid_database_url_is_one_line_exit_2():
     result = run_cli("db", "url", env={"DATABASE_URL": "postgresql://host:notaport/db"})
     # `db url` only prints; `db init` connects and must fail cleanly.
