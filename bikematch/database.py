@@ -203,10 +203,13 @@ def _unreachable_hint(url: str, reason: str) -> str:
     )
 
 
-def reconnect(url: str, *, attempts: int = 5, first_wait: float = 1.0) -> psycopg.Connection:
+def reconnect(
+    url: str, *, attempts: int = 8, first_wait: float = 1.0, longest_wait: float = 30.0
+) -> psycopg.Connection:
     """A new connection in place of one the server dropped (a restart, a failover, a
-    pooler's idle timeout), trying `attempts` times with doubling waits (about 15 s
-    in all by default); DatabaseError when the server stays away."""
+    pooler's idle timeout), trying `attempts` times with doubling waits up to
+    `longest_wait` (about a minute and a half in all by default, as long as a managed
+    database's restart takes); DatabaseError when the server stays away."""
     wait = first_wait
     for _ in range(attempts - 1):
         try:
@@ -214,7 +217,7 @@ def reconnect(url: str, *, attempts: int = 5, first_wait: float = 1.0) -> psycop
         except DatabaseError as exc:
             log.warning("reconnecting to the database failed (%s); next try in %.0f s", exc, wait)
             time.sleep(wait)
-            wait *= 2
+            wait = min(2 * wait, longest_wait)
     try:
         return connect(url)
     except DatabaseError as exc:
