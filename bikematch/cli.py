@@ -31,10 +31,10 @@ class _Group(click.Group):
         except (DatabaseError, ShopConfigError) as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
-        except psycopg.OperationalError as exc:  # the server went away mid-command
+        except psycopg.OperationalError as exc:  # the server went away, a timeout, a lock
             reason = str(exc).strip().splitlines()
             click.echo(
-                f"error: the database connection failed: {reason[0] if reason else exc} "
+                f"error: the database ended the command: {reason[0] if reason else exc} "
                 "(what was stored before stays; run the command again to go on)",
                 err=True,
             )

@@ -243,7 +243,7 @@ def test_a_connection_dropped_mid_command_is_one_line_exit_2(conn, database_url,
         _, stderr = command.communicate(timeout=60)
     assert command.returncode == 2, stderr
     assert stderr.count("\n") == 1 and stderr.startswith(
-        "error: the database connection failed: terminating connection due to administrator"
+        "error: the database ended the command: terminating connection due to administrator"
     ), stderr
 
 
