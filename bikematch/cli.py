@@ -204,7 +204,8 @@ def cluster(embedding_model, anchor_shop, threshold, extra_vars, full_refresh) -
     command = ["build"] + (["--full-refresh"] if full_refresh else [])
     url = resolve_url(load_settings())
     run_dbt(command, url, dbt_vars=dbt_vars)
-    note = anchor_note(url, dbt_vars)
+    with connect(url) as conn:
+        note = anchor_note(conn, dbt_vars)
     if note:
         click.echo(note, err=True)
 

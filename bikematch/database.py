@@ -224,10 +224,20 @@ def reconnect(
         raise DatabaseError(f"lost the database connection, and {exc}") from exc
 
 
-def dropped(conn: psycopg.Connection, exc: BaseException) -> bool:
-    """Whether `exc` means `conn` is gone (the server dropped it, or a failed reconnect
-    left it closed) rather than that the server refused a statement."""
-    return isinstance(exc, psycopg.OperationalError) and (conn.broken or conn.closed)
+def on_connection(conn: psycopg.Connection, url: str, action):
+    """`action(conn)`; where `conn` is gone (the server dropped it, or a failed
+    reconnect left it closed) rather than a statement refused, `action` once more on a
+    new connection, so `action` must be safe to run again. Returns (its result, the
+    connection in use now: `conn` or the new one)."""
+    try:
+        return action(conn), conn
+    except psycopg.OperationalError as exc:
+        if not (conn.broken or conn.closed):
+            raise
+        log.warning("the database dropped a connection (%s); reconnecting", _first_line(str(exc)))
+    conn.close()
+    conn = reconnect(url)
+    return action(conn), conn
 
 
 def _first_line(message: str) -> str:

@@ -55,20 +55,20 @@ def cluster(url: str, dbt_vars: dict, work_dir: Path | None = None) -> ClusterSu
             "select coalesce(sum(listings), 0), count(*), count(*) filter (where shops > 1)"
             " from bike_clusters"
         ).fetchone()
-    return ClusterSummary(int(listings), clusters, multi, anchor_note(url, dbt_vars))
+        note = anchor_note(conn, dbt_vars)
+    return ClusterSummary(int(listings), clusters, multi, note)
 
 
-def anchor_note(url: str, dbt_vars: dict) -> str | None:
+def anchor_note(conn, dbt_vars: dict) -> str | None:
     """A note where the anchor shop had no listing in the clustering just built: its
     clusters were seeded by the other shops, in their order, which may not be what was
     meant (the default anchor is the project's own example shop)."""
     anchor = dbt_vars.get("anchor_shop") or dbt_project_vars().get("anchor_shop")
-    with connect(url) as conn:
-        if conn.execute("select to_regclass('int_listings')").fetchone()[0] is None:
-            return None
-        anchors, listings = conn.execute(
-            "select count(*) filter (where is_anchor), count(*) from int_listings"
-        ).fetchone()
+    if conn.execute("select to_regclass('int_listings')").fetchone()[0] is None:
+        return None
+    anchors, listings = conn.execute(
+        "select count(*) filter (where is_anchor), count(*) from int_listings"
+    ).fetchone()
     if anchors or not listings:
         return None
     return (

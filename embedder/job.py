@@ -31,7 +31,7 @@ import numpy as np
 import psycopg
 import torch
 
-from bikematch.database import connect, dropped, reconnect
+from bikematch.database import connect, on_connection
 from embedder import store
 from embedder.decode import DecodeError, decode_image
 from embedder.fetch import FetchError, FetchSettings, ImageFetcher
@@ -432,20 +432,13 @@ class _Job:
             self.progress(self.summary.embedded, self.summary.not_embedded, total)
 
     def _on_connection(self, slot: int, action):
-        """`action(conn)` on connection `slot`; if the database dropped that connection,
-        once more on a new one. Claims and writes can be run again: the claim died with
-        the connection (its transaction), and the write is an upsert."""
-        conn = self.connections[slot]
-        try:
-            return action(conn)
-        except psycopg.OperationalError as exc:
-            if not dropped(conn, exc):
-                raise
-            log.warning("the database dropped a connection (%s); reconnecting", _described(exc))
-        conn.close()
-        self.connections[slot] = reconnect(self.url)
-        self.summary.reconnects += 1
-        return action(self.connections[slot])
+        """`action(conn)` on connection `slot`, and once more on a new one if the database
+        dropped it (on_connection). Claims and writes can be run again: the claim died
+        with the connection (its transaction), and the write is an upsert."""
+        before = self.connections[slot]
+        result, self.connections[slot] = on_connection(before, self.url, action)
+        self.summary.reconnects += self.connections[slot] is not before
+        return result
 
     def _claim(self, conn, after: uuid.UUID, size: int) -> tuple[list[store.Work], bool] | None:
         """The next page of pending work (possibly empty after re-checks), and whether it
@@ -567,14 +560,14 @@ class _Job:
                 texts[i][None],
                 self.settings.image_weight,
                 image_dims=model.image_dims,
-            )[0]
+            )[0].numpy()
             embedded.append(
                 store.Embedded(
                     bike_id=item.work.bike_id,
                     image=None if image is None else image.numpy(),
                     text=texts[i].numpy(),
-                    joined=joined.numpy(),
-                    input_hash=input_hash(item.work.name, item.image_bytes, joined.numpy()),
+                    joined=joined,
+                    input_hash=input_hash(item.work.name, item.image_bytes, joined),
                     source_hash=item.work.source_hash,
                 )
             )

@@ -7,7 +7,7 @@ import logging
 import psycopg
 from scrapy.exceptions import DropItem
 
-from bikematch.database import DatabaseError, connect, dropped, reconnect, resolve_url
+from bikematch.database import DatabaseError, connect, on_connection, resolve_url
 from bikematch.listings import Listing, StoreResult, store_listings
 from bikematch.settings import load_settings
 
@@ -74,20 +74,13 @@ class ListingPipeline:
                     log.warning("listing not stored: %s: %s", listing.url, reason)
 
     def _store(self, batch: list[Listing]) -> None:
-        """Upsert the batch; if the database dropped the connection, once more on a new
-        one (the upsert can be run again)."""
-        try:
-            self._count(store_listings(self.conn, batch))
-            return
-        except psycopg.OperationalError as exc:
-            if not dropped(self.conn, exc):
-                raise
-            reason = str(exc).strip().splitlines()[0]
-            log.warning("the database dropped the connection (%s); reconnecting", reason)
-        self.conn.close()
-        self.conn = reconnect(self.url)
-        self.stats.inc_value("bikematch/reconnects")
-        self._count(store_listings(self.conn, batch))
+        """Upsert the batch, once more on a new connection if the database dropped this
+        one (on_connection: the upsert can be run again)."""
+        before = self.conn
+        result, self.conn = on_connection(before, self.url, lambda c: store_listings(c, batch))
+        if self.conn is not before:
+            self.stats.inc_value("bikematch/reconnects")
+        self._count(result)
 
     def _count(self, result: StoreResult) -> None:
         self.stats.inc_value("bikematch/stored", result.stored)

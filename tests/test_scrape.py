@@ -266,7 +266,7 @@ def test_listings_the_database_is_gone_for_are_counted_and_the_crawl_goes_on(
 ):
     socket_dir = conninfo_to_dict(database_url)["host"]
     quick = functools.partial(reconnect, attempts=2, first_wait=0.01)
-    monkeypatch.setattr("scrapers.pipelines.reconnect", quick)
+    monkeypatch.setattr("bikematch.database.reconnect", quick)
     with TransactionPooler(socket_dir) as pooler:
         monkeypatch.setenv("DATABASE_URL", pooler.url)
         # the second batch's flush fails and is counted, not raised
