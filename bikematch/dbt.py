@@ -8,16 +8,28 @@ embedded server), so `bikematch cluster` and a plain `dbt build` agree.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from bikematch.database import DatabaseError
+from bikematch.database import DatabaseError, connect
 from bikematch.settings import PROJECT_ROOT
+
+log = logging.getLogger(__name__)
+
+#: The advisory lock one dbt invocation at a time holds on a database (the
+#: migrations' is 0x6B1E3A7C).
+_BUILD_LOCK = 0x6B1E3A7D
 
 _PG_VARIABLES = {
     "host": "PGHOST",
@@ -62,9 +74,10 @@ def run_dbt(
     env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
     env.update(dbt_env(url))
     env.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
-    result = subprocess.run(
-        args, cwd=PROJECT_ROOT, env=env, capture_output=capture, text=True, check=False
-    )
+    with one_build_at_a_time(url, f"dbt {command[0]}"):
+        result = subprocess.run(
+            args, cwd=PROJECT_ROOT, env=env, capture_output=capture, text=True, check=False
+        )
     if result.returncode != 0:
         detail = ""
         if capture:
@@ -72,3 +85,49 @@ def run_dbt(
             detail = f": {errors[0].strip()}" if errors else ""
         raise DatabaseError(f"dbt {' '.join(command)} failed (exit {result.returncode}){detail}")
     return result
+
+
+@contextmanager
+def one_build_at_a_time(url: str, what: str) -> Iterator[None]:
+    """Hold the database's build lock for the duration: a second `bikematch cluster`
+    (or `run`, `tune`) on the same database waits for the first, saying so, instead of
+    both merging into the same tables at once (which fails with "tuple concurrently
+    updated", or worse, interleaves two builds' merges).
+
+    The lock is a transaction's (`pg_advisory_xact_lock`), kept open on a connection of
+    its own: a session lock would not survive a transaction pooler (Supabase's port
+    6543), which may hand each transaction another server connection. The transaction
+    is told it may wait and idle as long as the build takes, and carries a name for
+    the one that waits to print. A plain `dbt build` does not take the lock.
+    """
+    conn = connect(url)
+    try:
+        conn.execute("set local statement_timeout = 0")
+        conn.execute("set local idle_in_transaction_session_timeout = 0")
+        label = f"bikematch {what} on {socket.gethostname()} (pid {os.getpid()})"
+        conn.execute("select set_config('application_name', %s, true)", (label,))
+        if not conn.execute("select pg_try_advisory_xact_lock(%s)", (_BUILD_LOCK,)).fetchone()[0]:
+            started = time.monotonic()
+            log.warning("%s; waiting for it to finish", _holder(conn))
+            conn.execute("select pg_advisory_xact_lock(%s)", (_BUILD_LOCK,))
+            log.warning("the other build finished (waited %.0f s)", time.monotonic() - started)
+        yield
+    finally:
+        try:
+            conn.close()  # ends the transaction, and with it the lock
+        except psycopg.Error:
+            pass
+
+
+def _holder(conn: psycopg.Connection) -> str:
+    """Who holds the build lock, as far as the server lets this role see."""
+    row = conn.execute(
+        "select a.application_name, to_char(a.xact_start at time zone 'UTC', 'HH24:MI')"
+        " from pg_locks as l join pg_stat_activity as a on a.pid = l.pid"
+        " where l.locktype = 'advisory' and l.granted and l.classid = 0"
+        " and l.objid = %s::bigint::oid and l.objsubid = 1",
+        (_BUILD_LOCK,),
+    ).fetchone()
+    if row is None or not row[0]:
+        return "another dbt build is running on this database"
+    return f"another dbt build is running on this database: {row[0]}, since {row[1]} UTC"

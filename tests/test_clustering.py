@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import random
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 from psycopg import sql
 
-from bikematch.dbt import run_dbt
+from bikematch.dbt import one_build_at_a_time, run_dbt
 from bikematch.settings import PROJECT_ROOT
 
 from .clustering import (
@@ -250,6 +252,36 @@ def test_cli_cluster_and_plain_dbt_build(db, database_url):
         dbt_vars={"embedding_model": MODEL, "anchor_shop": "anchor.nl"},
         capture=True,
     )
+
+
+def test_a_second_build_on_one_database_waits_for_the_first(db, database_url):
+    """Two builds at once merged into the same tables ("tuple concurrently updated"):
+    a `bikematch cluster` started while another build runs waits for it, and says so."""
+    load(db)
+    args = ("cluster", "--model", MODEL, "--anchor", "anchor.nl", "--threshold", "0.9")
+    with ThreadPoolExecutor(1) as pool:
+        with one_build_at_a_time(database_url, "dbt build"):  # the build already running
+            second = pool.submit(run_cli, *args, env={"DATABASE_URL": database_url})
+            waiting = 0
+            for _ in range(600):
+                waiting = db.execute(
+                    "select count(*) from pg_locks"
+                    " where locktype = 'advisory' and not granted and objid = %s::bigint::oid",
+                    (0x6B1E3A7D,),
+                ).fetchone()[0]
+                if waiting or second.done():
+                    break
+                time.sleep(0.1)
+            assert waiting == 1, second.done() and second.result().stderr
+            time.sleep(1)
+            assert not second.done()
+        result = second.result(timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "another dbt build is running on this database: bikematch dbt build on" in (
+        result.stderr
+    )
+    assert "the other build finished (waited" in result.stderr
+    assert cluster_sets(db) == EXPECTED
 
 
 def test_marts_compare_prices_and_track_changes(db, database_url):
