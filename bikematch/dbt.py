@@ -7,9 +7,11 @@ embedded server), so `bikematch cluster` and a plain `dbt build` agree.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -79,12 +81,32 @@ def run_dbt(
             args, cwd=PROJECT_ROOT, env=env, capture_output=capture, text=True, check=False
         )
     if result.returncode != 0:
-        detail = ""
-        if capture:
-            errors = [line for line in result.stdout.splitlines() if "error" in line.lower()]
-            detail = f": {errors[0].strip()}" if errors else ""
+        detail = (
+            f": {_first_error(result.stdout)}" if capture and _first_error(result.stdout) else ""
+        )
         raise DatabaseError(f"dbt {' '.join(command)} failed (exit {result.returncode}){detail}")
     return result
+
+
+# dbt's log prefix: colour codes and the time.
+_LOG_PREFIX = re.compile(r"^(?:\x1b\[[0-9;]*m)*(?:\d\d:\d\d:\d\d\s+)?")
+_COLOURS = re.compile(r"\x1b\[[0-9;]*m")
+_ERROR_HEADING = re.compile(r"^Encountered an error:$|^\w+ Error in ")
+
+
+def _first_error(output: str) -> str:
+    """dbt's first error, with the lines that say what it is: "Encountered an error:" and
+    "Database Error in model X (path)" are followed by the error itself."""
+    lines = [_COLOURS.sub("", _LOG_PREFIX.sub("", line)).strip() for line in output.splitlines()]
+    lines = [line for line in lines if line]
+    for index, line in enumerate(lines):
+        if _ERROR_HEADING.search(line):
+            following = itertools.takewhile(
+                lambda text: not text.startswith(("compiled code at", "Done.")),
+                lines[index + 1 : index + 3],
+            )
+            return " ".join([line, *following])
+    return next((line for line in lines if "error" in line.lower()), "")
 
 
 @contextmanager
