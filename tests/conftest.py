@@ -18,7 +18,8 @@ BIKEMATCH = str(BIN / "bikematch")
 
 # Tables Python writes, in an order TRUNCATE ... CASCADE is happy with.
 SOURCE_TABLES = (
-    "scraped_bikes, price_history, vector_storage, embedding_failures, precision_choices"
+    "scraped_bikes, price_history, vector_storage, embedding_failures, precision_choices,"
+    " exchange_rates"
 )
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from psycopg import sql
 
+from bikematch.database import DatabaseError
 from bikematch.dbt import one_build_at_a_time, run_dbt
 from bikematch.settings import PROJECT_ROOT
 
@@ -312,6 +313,84 @@ def test_marts_compare_prices_and_track_changes(db, database_url):
         "select url, previous_price, price, price_change, cluster_id is not null from price_changes"
     ).fetchall()
     assert changes == [("b1", 2399, 2299, -100, True)]
+
+
+def _price(db, ids, url, price, currency):
+    db.execute(
+        "update scraped_bikes set price = %s, currency = %s where id = %s",
+        (price, currency, ids[url]),
+    )
+
+
+def _cluster_prices(db):
+    return db.execute(
+        "select currency, min_price, max_price, price_spread, cheapest_shop, unconverted_offers"
+        " from bike_clusters where listings = 3"
+    ).fetchone()
+
+
+def test_prices_in_other_currencies_compare_through_exchange_rates(db, database_url):
+    ids = load(db)
+    # a UK shop's 2,100 GBP is the lowest number but, at 0.80 GBP a euro, the highest price
+    for url, price, currency in (("a1", 2500, "EUR"), ("b1", 2100, "GBP"), ("c1", 2400, "EUR")):
+        _price(db, ids, url, price, currency)
+    db.execute(
+        "insert into exchange_rates (currency, per_euro, rate_date) values ('GBP', 0.8, %s)",
+        ("2026-11-20",),
+    )
+    cluster(database_url)
+    assert _cluster_prices(db) == ("EUR", 2400, 2625, 225, "shop-c.nl", 0)
+    offers = dict(
+        db.execute(
+            "select url, (comparable_price, comparable_currency, price_rank, rate_date::text)"
+            " from bike_offers where url in ('a1', 'b1', 'c1')"
+        ).fetchall()
+    )
+    assert offers["b1"] == ("2625.00", "EUR", "3", "2026-11-20")
+    assert offers["c1"] == ("2400.00", "EUR", "1", None)
+
+    # in the analyst's currency of choice
+    cluster(database_url, report_currency="GBP")
+    assert _cluster_prices(db) == ("GBP", 1920, 2100, 180, "shop-c.nl", 0)
+
+    # without a rate the GBP price takes no part, and is counted
+    db.execute("truncate exchange_rates")
+    cluster(database_url)
+    assert _cluster_prices(db) == ("EUR", 2400, 2500, 100, "shop-c.nl", 1)
+    rank = db.execute("select price_rank from bike_offers where url = 'b1'").fetchone()[0]
+    assert rank is None
+
+
+def test_a_price_gap_between_currencies_is_judged_in_euros(db, database_url):
+    """22,000 DKK and 2,500 EUR are about the same price: no '-price' penalty. A gap of
+    that size within one currency still is one."""
+    ids = load(db)
+
+    def penalised() -> set[str]:
+        rows = db.execute(
+            "select url from master_bikes join scraped_bikes on id = bike_id"
+            " where matched_via like '%%-price%%'"
+        ).fetchall()
+        return {url for (url,) in rows}
+
+    _price(db, ids, "a1", 2500, "EUR")
+    _price(db, ids, "b1", 22000, "DKK")
+    _price(db, ids, "c1", 19000, "EUR")
+    db.execute(
+        "insert into exchange_rates (currency, per_euro, rate_date, source)"
+        " values ('DKK', 7.46, current_date, 'ecb')"
+    )
+    cluster(database_url)
+    assert penalised() == {"c1"}
+    db.execute("truncate exchange_rates")  # no rate: not judged, rather than judged wrongly
+    cluster(database_url)
+    assert penalised() == {"c1"}
+
+
+def test_a_report_currency_that_is_not_a_currency_code_fails_in_one_line(db, database_url):
+    load(db)
+    with pytest.raises(DatabaseError, match="report_currency: expected an ISO 4217 code"):
+        cluster(database_url, report_currency="eur'; drop table scraped_bikes; --")
 
 
 def test_text_only_listings_match_on_their_text_cosine(db, database_url):

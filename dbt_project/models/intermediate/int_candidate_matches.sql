@@ -13,7 +13,8 @@
 -- Identifiers are evidence too (var('identifier_evidence')): a shared
 -- model-number token raises the pair's score, different model numbers of the
 -- same kind (C380 vs C7, 400WH vs 625WH), different brands or a price gap
--- beyond var('price_ratio_limit') lower it. A pair is a candidate when its
+-- beyond var('price_ratio_limit') (in euros where the currencies differ and
+-- both have a rate; not judged where one has none) lower it. A pair is a candidate when its
 -- score reaches var('match_threshold'); `matched_via` spells out what counted.
 -- Listings sharing a rare model number are candidates too, found or not by
 -- the similarity search.
@@ -77,6 +78,8 @@ features as (
         listings.valid_gtin,
         listings.brand_key,
         listings.price,
+        listings.currency,
+        listings.price_eur,
         listings.text_only,
         listings.model_codes,
         array(
@@ -257,9 +260,18 @@ judged as (
             coalesce(first_listing.brand_key <> second_listing.brand_key, false)
                 as brand_conflict,
             coalesce(
-                greatest(first_listing.price, second_listing.price)
-                > {{ var('price_ratio_limit') }}
-                * least(first_listing.price, second_listing.price),
+                case
+                    when first_listing.currency is not distinct from second_listing.currency
+                        then
+                            greatest(first_listing.price, second_listing.price)
+                            > {{ var('price_ratio_limit') }}
+                            * least(first_listing.price, second_listing.price)
+                    -- different currencies: compared in euros, where both have a rate
+                    else
+                        greatest(first_listing.price_eur, second_listing.price_eur)
+                        > {{ var('price_ratio_limit') }}
+                        * least(first_listing.price_eur, second_listing.price_eur)
+                end,
                 false
             ) as price_conflict
         {%- else -%}

@@ -6,6 +6,9 @@
 -- listings (a "no photo yet" image, a logo): such a photo says nothing about the
 -- bike, and two shops' placeholders can look alike. int_vector_neighbours looks
 -- such a listing up by its title too.
+--
+-- price_eur: the price in euros, through stg_exchange_rates, for comparing
+-- prices in different currencies; null where the currency has no rate.
 {% set shops = ordered_shops() %}
 
 with
@@ -17,6 +20,10 @@ listings as (
 vectors as (
     select * from {{ ref('stg_vector_storage') }}
     where model = {{ sql_literal(var('embedding_model')) }}
+),
+
+rates as (
+    select * from {{ ref('stg_exchange_rates') }}
 ),
 
 shop_crawls as (
@@ -49,6 +56,7 @@ active_embedded as (
         listings.valid_gtin,
         listings.price,
         listings.currency,
+        round(listings.price / rates.per_euro, 2) as price_eur,
         listings.image_url,
         listings.availability,
         {{ model_codes('listings.name', 'listings.sku') }} as model_codes,
@@ -71,6 +79,7 @@ active_embedded as (
     inner join vectors on listings.bike_id = vectors.bike_id
     inner join shop_crawls on listings.webshop = shop_crawls.webshop
     inner join shop_ranks on listings.webshop = shop_ranks.webshop
+    left join rates on listings.currency = rates.currency
     where
         listings.last_seen_at >= shop_crawls.last_crawled_at
         - make_interval(hours => {{ var('listing_grace_hours') }})

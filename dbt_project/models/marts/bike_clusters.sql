@@ -1,5 +1,7 @@
 -- One row per product (cluster) with at least one listing on sale: what it is,
--- how many shops sell it, and how their prices compare.
+-- how many shops sell it, and how their prices compare, in one currency
+-- (bike_offers.comparable_price; unconverted_offers counts the priced offers
+-- whose currency had no exchange rate, which the prices leave out).
 with
 
 offers as (
@@ -28,8 +30,8 @@ cheapest as (
         webshop as cheapest_shop,
         url as cheapest_url
     from offers
-    where price is not null
-    order by cluster_id, price, webshop, url
+    where comparable_price is not null
+    order by cluster_id, comparable_price, webshop, url
 ),
 
 prices as (
@@ -37,10 +39,13 @@ prices as (
         cluster_id,
         count(*) as listings,
         count(distinct webshop) as shops,
-        min(price) as min_price,
-        percentile_cont(0.5) within group (order by price)::numeric(12, 2) as median_price,
-        max(price) as max_price,
-        mode() within group (order by currency) as currency
+        min(comparable_price) as min_price,
+        percentile_cont(0.5) within group (order by comparable_price)::numeric(12, 2)
+            as median_price,
+        max(comparable_price) as max_price,
+        min(comparable_currency) as currency,
+        count(*) filter (where price is not null and comparable_price is null)
+            as unconverted_offers
     from offers
     group by cluster_id
 ),
@@ -68,7 +73,8 @@ clusters as (
         prices.max_price,
         prices.max_price - prices.min_price as price_spread,
         round(100 * (prices.max_price - prices.min_price) / nullif(prices.min_price, 0), 1)
-            as price_spread_pct
+            as price_spread_pct,
+        prices.unconverted_offers
     from prices
     inner join representatives on prices.cluster_id = representatives.cluster_id
     left join cheapest on prices.cluster_id = cheapest.cluster_id

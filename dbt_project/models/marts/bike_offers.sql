@@ -1,5 +1,19 @@
 -- One row per listing still on sale: its cluster, shop, price and how it ranks
 -- on price within its cluster (1 = cheapest).
+--
+-- Prices are compared in one currency: var('report_currency'), else the one
+-- most listings on sale are priced in. comparable_price is the listing's price
+-- in it, converted through stg_exchange_rates where the listing's currency
+-- differs (rate_date: the older of the two rates used); null where a rate is
+-- missing, and then the listing takes no part in price comparisons.
+{% set report_currency = var('report_currency', none) %}
+{% if report_currency and not modules.re.fullmatch('[A-Z]{3}', report_currency | string) %}
+    {{ exceptions.raise_compiler_error(
+        "var report_currency: expected an ISO 4217 code such as EUR, got "
+        ~ report_currency
+    ) }}
+{% endif %}
+
 with
 
 master_bikes as (
@@ -8,6 +22,10 @@ master_bikes as (
 
 listings as (
     select * from {{ ref('int_listings') }}
+),
+
+rates as (
+    select * from {{ ref('stg_exchange_rates') }}
 ),
 
 offers as (
@@ -28,6 +46,7 @@ offers as (
         ---------- numerics
         listings.price,
         listings.currency,
+        listings.price_eur,
         master_bikes.similarity,
 
         ---------- how it matched
@@ -40,15 +59,51 @@ offers as (
     inner join listings on master_bikes.bike_id = listings.bike_id
 ),
 
+report_currency as (
+    {% if report_currency -%}
+        select {{ sql_literal(report_currency) }}::text as currency
+    {%- else -%}
+        select coalesce(
+            (
+                select offers.currency
+                from offers
+                where offers.price is not null and offers.currency is not null
+                group by offers.currency
+                order by count(*) desc, offers.currency asc
+                limit 1
+            ),
+            'EUR'
+        ) as currency
+    {%- endif %}
+),
+
+compared as (
+    select
+        offers.*,
+        report_currency.currency as comparable_currency,
+        case
+            when offers.currency = report_currency.currency then offers.price
+            else round(offers.price_eur * report_rate.per_euro, 2)
+        end as comparable_price,
+        case
+            when offers.currency <> report_currency.currency
+                then least(own_rate.rate_date, report_rate.rate_date)
+        end as rate_date
+    from offers
+    cross join report_currency
+    left join rates as own_rate on offers.currency = own_rate.currency
+    left join rates as report_rate on report_currency.currency = report_rate.currency
+),
+
 ranked as (
     select
         *,
         case
-            when price is not null
-                then rank() over (partition by cluster_id order by price nulls last)
+            when comparable_price is not null
+                then rank() over (partition by cluster_id order by comparable_price nulls last)
         end as price_rank,
         count(*) over (partition by cluster_id) as listings_in_cluster
-    from offers
+    from compared
 )
 
 select * from ranked
