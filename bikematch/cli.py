@@ -191,7 +191,7 @@ def cluster(embedding_model, anchor_shop, threshold, extra_vars, full_refresh) -
         bikematch cluster --model pe-core-l14-336 --anchor fietsvoordeelshop.nl
     """
     from bikematch.dbt import run_dbt
-    from bikematch.pipeline import anchor_note
+    from bikematch.pipeline import anchor_note, currency_note
 
     dbt_vars = _parse_vars(extra_vars)
     for name, value in (
@@ -205,9 +205,43 @@ def cluster(embedding_model, anchor_shop, threshold, extra_vars, full_refresh) -
     url = resolve_url(load_settings())
     run_dbt(command, url, dbt_vars=dbt_vars)
     with connect(url) as conn:
-        note = anchor_note(conn, dbt_vars)
-    if note:
+        notes = [anchor_note(conn, dbt_vars), currency_note(conn)]
+    for note in filter(None, notes):
         click.echo(note, err=True)
+
+
+@cli.command()
+@click.option(
+    "--url",
+    "source_url",
+    help="Where to read the rates (the ECB's eurofxref XML format). "
+    "[default: BIKEMATCH_RATES_URL, else the ECB's daily file]",
+)
+def rates(source_url) -> None:
+    """Store the ECB's euro reference rates, for comparing prices across currencies.
+
+    The dbt models convert prices in other currencies through them (`bikematch run`
+    fetches them itself when the listings are priced in more than one currency).
+    Rates written by hand into exchange_rates (source other than 'ecb') are kept.
+
+    \b
+    Example:
+        bikematch rates && bikematch cluster --var report_currency=EUR
+    """
+    from bikematch.rates import RatesError, fetch_rates, store_rates
+
+    try:
+        fetched = fetch_rates(source_url)
+    except RatesError as exc:
+        raise click.ClickException(str(exc)) from exc
+    url = _ready_database()
+    with connect(url) as conn:
+        written = store_rates(conn, fetched)
+    kept = len(fetched.per_euro) - written
+    click.echo(
+        f"stored {written} exchange rates of {fetched.day}"
+        + (f"; kept {kept} stored ones (newer, or written by hand)" if kept else "")
+    )
 
 
 @cli.command()
@@ -615,6 +649,7 @@ def run(ctx, shops_file, model_name, anchor_shop, device, batch_size, embed_minu
     """
     from bikematch import pipeline
     from bikematch.progress import embedding_progress
+    from bikematch.rates import refresh_if_needed
     from embedder.job import EmbedSettings
     from perception_models import MODELS
     from scrapers.params import load_shops
@@ -643,6 +678,8 @@ def run(ctx, shops_file, model_name, anchor_shop, device, batch_size, embed_minu
             click.echo(line)
         stage = "cluster"
         click.echo("== cluster")
+        for line in refresh_if_needed(url):
+            click.echo(line)
         dbt_vars = {"embedding_model": model_name}
         if model_name in MODELS:
             dbt_vars["match_threshold"] = MODELS[model_name].default_threshold

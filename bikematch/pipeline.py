@@ -55,8 +55,8 @@ def cluster(url: str, dbt_vars: dict, work_dir: Path | None = None) -> ClusterSu
             "select coalesce(sum(listings), 0), count(*), count(*) filter (where shops > 1)"
             " from bike_clusters"
         ).fetchone()
-        note = anchor_note(conn, dbt_vars)
-    return ClusterSummary(int(listings), clusters, multi, note)
+        notes = [anchor_note(conn, dbt_vars), currency_note(conn)]
+    return ClusterSummary(int(listings), clusters, multi, "\n".join(filter(None, notes)) or None)
 
 
 def anchor_note(conn, dbt_vars: dict) -> str | None:
@@ -74,6 +74,24 @@ def anchor_note(conn, dbt_vars: dict) -> str | None:
     return (
         f"note: the anchor shop {anchor} has no listing here, so no shop's listings seeded"
         " the clusters first; name one of yours with --anchor SHOP"
+    )
+
+
+def currency_note(conn) -> str | None:
+    """A note where some offers' prices are left out of the price comparisons because
+    their currency has no exchange rate."""
+    if conn.execute("select to_regclass('bike_offers')").fetchone()[0] is None:
+        return None
+    rows = conn.execute(
+        "select coalesce(currency, 'no currency'), count(*) from bike_offers"
+        " where price is not null and comparable_price is null group by 1 order by 1"
+    ).fetchall()
+    if not rows:
+        return None
+    counts = ", ".join(f"{count} in {currency}" for currency, count in rows)
+    return (
+        f"note: prices of offers with no exchange rate are left out of the price comparisons"
+        f" ({counts}); `bikematch rates` stores the ECB's"
     )
 
 

@@ -19,7 +19,8 @@ select
     clusters.min_price, clusters.max_price, clusters.price_spread, clusters.price_spread_pct,
     clusters.cheapest_shop, clusters.currency,
     offers.webshop, offers.name, offers.url, offers.image_url, offers.price, offers.currency,
-    offers.similarity, offers.matched_via, offers.price_rank
+    offers.similarity, offers.matched_via, offers.price_rank,
+    offers.comparable_price, offers.comparable_currency
 from bike_clusters as clusters
 inner join bike_offers as offers on clusters.cluster_id = offers.cluster_id
 order by clusters.shops desc, clusters.price_spread desc nulls last, clusters.name,
@@ -108,7 +109,7 @@ def _cluster_html(cluster_id, facts, offers, thumbs: Path, image_cache) -> str:
 <section class="cluster" data-spread="{float(spread or 0)}" data-size="{listings}"
   data-cluster="{cluster_id}">
   <h2>{escape(name or "")}</h2>
-  <div class="facts">{shops} shops · {currency or ""} {low} – {high} ·
+  <div class="facts">{shops} shops · {escape(currency or "")} {low} – {high} ·
     spread <span class="spread">{escape(spread_text)}</span>
     ({spread_pct or 0}%) · cheapest at {escape(cheapest or "-")}</div>
   <div class="offers">{cards}</div>
@@ -116,7 +117,8 @@ def _cluster_html(cluster_id, facts, offers, thumbs: Path, image_cache) -> str:
 
 
 def _offer_html(offer, thumbs: Path, image_cache, cheapest: bool) -> str:
-    shop, title, url, image_url, price, currency, similarity, matched_via, _rank = offer
+    shop, title, url, image_url, price, currency, similarity, matched_via, _rank = offer[:9]
+    comparable_price, comparable_currency = offer[9:]
     how = escape(matched_via)
     if similarity is not None:
         how += f" · similarity {similarity:.3f}"
@@ -127,6 +129,12 @@ def _offer_html(offer, thumbs: Path, image_cache, cheapest: bool) -> str:
         else ""
     )
     price_text = f"{currency or ''} {price}" if price is not None else "price unknown"
+    if price is not None and currency != comparable_currency:
+        price_text += (
+            f" (≈ {comparable_currency} {comparable_price})"
+            if comparable_price is not None
+            else " (no exchange rate: not compared)"
+        )
     return f"""
 <div class="offer{" cheapest" if cheapest else ""}">
   {image}

@@ -13,6 +13,10 @@ import pytest
 from bikematch.database import connect, start_embedded, stop_embedded
 from bikematch.migrations import apply_migrations
 
+# No test reaches the ECB: where the nightly job would fetch exchange rates, it finds
+# nothing listening instead, unless a test serves rates of its own.
+os.environ.setdefault("BIKEMATCH_RATES_URL", "http://127.0.0.1:9/eurofxref-daily.xml")
+
 BIN = Path(sys.executable).parent
 BIKEMATCH = str(BIN / "bikematch")
 

@@ -359,6 +359,15 @@ def test_prices_in_other_currencies_compare_through_exchange_rates(db, database_
     assert _cluster_prices(db) == ("EUR", 2400, 2500, 100, "shop-c.nl", 1)
     rank = db.execute("select price_rank from bike_offers where url = 'b1'").fetchone()[0]
     assert rank is None
+    result = run_cli(
+        *("cluster", "--model", MODEL, "--anchor", "anchor.nl", "--threshold", "0.9"),
+        env={"DATABASE_URL": database_url},
+        check=True,
+    )
+    assert (
+        "note: prices of offers with no exchange rate are left out of the price comparisons"
+        " (1 in GBP); `bikematch rates` stores the ECB's"
+    ) in result.stderr
 
 
 def test_a_price_gap_between_currencies_is_judged_in_euros(db, database_url):

@@ -203,6 +203,8 @@ def test_report_links_only_to_web_pages_and_escapes_what_shops_wrote(tmp_path):
         0.97,
         "embedding",
         1,
+        Decimal("2499.00"),
+        "EUR",
     )
     card = _offer_html(offer, tmp_path, None, cheapest=True)
     assert "javascript:" not in card.lower() and "<script>" not in card and "<b>" not in card
@@ -211,6 +213,26 @@ def test_report_links_only_to_web_pages_and_escapes_what_shops_wrote(tmp_path):
     card = _offer_html(safe, tmp_path, None, cheapest=False)
     assert 'href="https://shop.nl/b?a=1&amp;b=2"' in card
     assert 'src="https://shop.nl/b.jpg"' in card
+    assert '<div class="price">EUR 2499.00</div>' in card
+
+
+def test_report_shows_a_price_in_another_currency_as_compared(tmp_path):
+    from bikematch.report import _offer_html
+
+    def price_of(price, currency, comparable_price) -> str:
+        offer = ("shop.co.uk", "Bike", "https://shop.co.uk/b", None, price, currency)
+        card = _offer_html(
+            (*offer, 0.97, "embedding", 1, comparable_price, "EUR"), tmp_path, None, False
+        )
+        return card.split('<div class="price">')[1].split("</div>")[0]
+
+    assert price_of(Decimal("2100.00"), "GBP", Decimal("2625.00")) == (
+        "GBP 2100.00 (≈ EUR 2625.00)"
+    )
+    assert price_of(Decimal("2100.00"), "GBP", None) == (
+        "GBP 2100.00 (no exchange rate: not compared)"
+    )
+    assert price_of(None, "GBP", None) == "price unknown"
 
 
 def test_report_thumbnails_show_photos_as_a_browser_would(tmp_path):

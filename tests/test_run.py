@@ -12,6 +12,7 @@ from bikematch.progress import ProgressLines, duration
 from .conftest import run_cli
 from .fixture_shops import ShopServer
 from .pooler import TransactionPooler
+from .rates_server import RatesServer, ecb_xml
 
 
 @pytest.fixture
@@ -26,28 +27,36 @@ def shops(tmp_path):
 def test_run_does_every_stage_in_order(conn, database_url, shops):
     conn.execute("drop table if exists master_bikes, int_vector_neighbours cascade")
     # a progress line after every batch (not a terminal: lines, not a bar)
-    env = {
-        "DATABASE_URL": database_url,
-        "BIKEMATCH_IMAGE_CACHE": "off",
-        "BIKEMATCH_PROGRESS_EVERY": "0",
-    }
-    result = run_cli(
-        "run",
-        "--shops",
-        str(shops.config),
-        "--model",
-        "tiny-random",
-        "--anchor",
-        "jsonld-shop.nl",
-        "--device",
-        "cpu",
-        "--batch-size",
-        "4",
-        env=env,
-    )
+    # one of the shops sells in GBP: the job fetches the day's exchange rates
+    with RatesServer({"/daily.xml": (200, ecb_xml("2026-11-20", {"GBP": "0.83"}))}) as ecb:
+        env = {
+            "DATABASE_URL": database_url,
+            "BIKEMATCH_IMAGE_CACHE": "off",
+            "BIKEMATCH_PROGRESS_EVERY": "0",
+            "BIKEMATCH_RATES_URL": ecb.url("/daily.xml"),
+        }
+        result = run_cli(
+            "run",
+            "--shops",
+            str(shops.config),
+            "--model",
+            "tiny-random",
+            "--anchor",
+            "jsonld-shop.nl",
+            "--device",
+            "cpu",
+            "--batch-size",
+            "4",
+            env=env,
+        )
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
     out = result.stdout
     assert out.index("== scrape") < out.index("== embed") < out.index("== cluster")
+    assert out.index("exchange rates: 1 of 2026-11-20 stored (ECB)") > out.index("== cluster")
+    assert conn.execute("select count(*) from bike_offers where currency = 'GBP'").fetchone()[0]
+    assert not conn.execute(
+        "select count(*) from bike_offers where price is not null and comparable_price is null"
+    ).fetchone()[0]
     assert "jsonld-shop.nl" in out and "model tiny-random: embedded" in out
     assert "clustered" in out
     progress = re.findall(
