@@ -369,6 +369,11 @@ def test_prices_in_other_currencies_compare_through_exchange_rates(db, database_
         " (1 in GBP); `bikematch rates` stores the ECB's"
     ) in result.stderr
 
+    # a feed that gives no currency at all: its prices compare as they are
+    db.execute("update scraped_bikes set currency = null")
+    cluster(database_url)
+    assert _cluster_prices(db) == (None, 2100, 2500, 400, "shop-b.nl", 0)
+
 
 def test_a_price_gap_between_currencies_is_judged_in_euros(db, database_url):
     """22,000 DKK and 2,500 EUR are about the same price: no '-price' penalty. A gap of

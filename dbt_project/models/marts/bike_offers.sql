@@ -5,7 +5,9 @@
 -- most listings on sale are priced in. comparable_price is the listing's price
 -- in it, converted through stg_exchange_rates where the listing's currency
 -- differs (rate_date: the older of the two rates used); null where a rate is
--- missing, and then the listing takes no part in price comparisons.
+-- missing, or the listing's currency is, and then the listing takes no part in
+-- price comparisons. Where no listing gives a currency (an imported feed
+-- without one), the prices are compared as they are.
 {% set report_currency = var('report_currency', none) %}
 {% if report_currency and not modules.re.fullmatch('[A-Z]{3}', report_currency | string) %}
     {{ exceptions.raise_compiler_error(
@@ -63,16 +65,13 @@ report_currency as (
     {% if report_currency -%}
         select {{ sql_literal(report_currency) }}::text as currency
     {%- else -%}
-        select coalesce(
-            (
-                select offers.currency
-                from offers
-                where offers.price is not null and offers.currency is not null
-                group by offers.currency
-                order by count(*) desc, offers.currency asc
-                limit 1
-            ),
-            'EUR'
+        select (
+            select offers.currency
+            from offers
+            where offers.price is not null and offers.currency is not null
+            group by offers.currency
+            order by count(*) desc, offers.currency asc
+            limit 1
         ) as currency
     {%- endif %}
 ),
@@ -82,7 +81,10 @@ compared as (
         offers.*,
         report_currency.currency as comparable_currency,
         case
-            when offers.currency = report_currency.currency then offers.price
+            when
+                offers.currency = report_currency.currency
+                or (offers.currency is null and report_currency.currency is null)
+                then offers.price
             else round(offers.price_eur * report_rate.per_euro, 2)
         end as comparable_price,
         case
