@@ -134,6 +134,11 @@ class EmbedSummary:
             if self.image_failed_text_only
             else ""
         )
+        if not (self.embedded or self.failed or self.skipped or self.reconnects):
+            return [
+                f"model {self.model}: embedded 0, nothing pending",
+                *([self._stopped_early] if self.left_for_later is not None else []),
+            ]
         return [
             f"model {self.model}: embedded {self.embedded} ({self.text_only} text-only"
             f"{meanwhile}), skipped {self.skipped}, failed {sum(self.failed.values())} ({failed})",

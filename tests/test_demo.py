@@ -61,7 +61,8 @@ def test_demo_prints_its_summary_and_scores(demo):
 
 
 def test_second_demo_run_is_incremental(demo):
-    assert re.search(r"embedded 0 ", demo["second"]), demo["second"]
+    assert "embedded 0, nothing pending" in demo["second"], demo["second"]
+    assert "listings/s" not in demo["second"]
     assert re.search(r"scraped fietsvoordeelshop.nl: \d+ listings \(0 new", demo["second"])
 
 
