@@ -81,9 +81,8 @@ def run_dbt(
             args, cwd=PROJECT_ROOT, env=env, capture_output=capture, text=True, check=False
         )
     if result.returncode != 0:
-        detail = (
-            f": {_first_error(result.stdout)}" if capture and _first_error(result.stdout) else ""
-        )
+        error = _first_error(result.stdout) if capture else ""
+        detail = f": {error}" if error else ""
         raise DatabaseError(f"dbt {' '.join(command)} failed (exit {result.returncode}){detail}")
     return result
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bikematch.database import connect
@@ -20,14 +20,16 @@ class ClusterSummary:
     listings: int
     clusters: int
     multi_shop: int
-    #: Why the clusters may not be what was meant (anchor_note), if they may not.
-    note: str | None = None
+    #: Why the clusters or their prices may not be what was meant (anchor_note,
+    #: currency_note).
+    notes: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         return [
             f"clustered {self.listings} listings into {self.clusters} products, "
-            f"{self.multi_shop} sold by more than one shop"
-        ] + ([self.note] if self.note else [])
+            f"{self.multi_shop} sold by more than one shop",
+            *self.notes,
+        ]
 
 
 def prepare_database(url: str) -> None:
@@ -56,7 +58,7 @@ def cluster(url: str, dbt_vars: dict, work_dir: Path | None = None) -> ClusterSu
             " from bike_clusters"
         ).fetchone()
         notes = [anchor_note(conn, dbt_vars), currency_note(conn)]
-    return ClusterSummary(int(listings), clusters, multi, "\n".join(filter(None, notes)) or None)
+    return ClusterSummary(int(listings), clusters, multi, [note for note in notes if note])
 
 
 def anchor_note(conn, dbt_vars: dict) -> str | None:
@@ -83,12 +85,16 @@ def currency_note(conn) -> str | None:
     if conn.execute("select to_regclass('bike_offers')").fetchone()[0] is None:
         return None
     rows = conn.execute(
-        "select coalesce(currency, 'no currency'), count(*) from bike_offers"
-        " where price is not null and comparable_price is null group by 1 order by 1"
+        "select currency, count(*) from bike_offers"
+        " where price is not null and comparable_price is null"
+        " group by currency order by currency nulls last"
     ).fetchall()
     if not rows:
         return None
-    counts = ", ".join(f"{count} in {currency}" for currency, count in rows)
+    counts = ", ".join(
+        f"{count} in {currency}" if currency else f"{count} without a currency"
+        for currency, count in rows
+    )
     return (
         f"note: prices of offers with no exchange rate are left out of the price comparisons"
         f" ({counts}); `bikematch rates` stores the ECB's"
