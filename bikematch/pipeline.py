@@ -114,7 +114,7 @@ def dbt_project_vars() -> dict:
 def biggest_spreads(url: str, limit: int = 5) -> list[tuple]:
     with connect(url) as conn:
         return conn.execute(
-            "select name, shops, min_price, max_price, price_spread, cheapest_shop"
+            "select name, shops, min_price, max_price, price_spread, cheapest_shop, currency"
             " from bike_clusters where shops > 1"
             " order by price_spread desc nulls last, name limit %s",
             (limit,),

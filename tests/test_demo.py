@@ -60,6 +60,19 @@ def test_demo_prints_its_summary_and_scores(demo):
     assert precision >= PRECISION_FLOOR and recall >= RECALL_FLOOR, out
 
 
+def test_the_uk_shops_pounds_compare_with_the_others_euros(demo, database_url):
+    from bikematch.database import connect
+
+    with connect(database_url) as conn:
+        pounds, compared = conn.execute(
+            "select count(*), count(comparable_price) from bike_offers where currency = 'GBP'"
+        ).fetchone()
+        currencies = conn.execute("select distinct currency from bike_clusters").fetchall()
+    assert pounds > 0 and compared == pounds
+    assert currencies == [("EUR",)]
+    assert re.search(r"GBP [\d.]+ \(≈ EUR [\d.]+\)", (demo["report"] / "index.html").read_text())
+
+
 def test_second_demo_run_is_incremental(demo):
     assert "embedded 0, nothing pending" in demo["second"], demo["second"]
     assert "listings/s" not in demo["second"]

@@ -4,7 +4,7 @@ Each product is a real-looking e-bike (brand, model, motor, battery, frame,
 year). Look-alike variants (the same model with another battery or frame)
 make matching non-trivial. Each shop sells most products, words titles its
 own way (Dutch or English, abbreviations, order), prices them a little
-differently, and photographs them differently: crop, size, background and
+differently (the UK shop in pounds), and photographs them differently: crop, size, background and
 JPEG quality. Everything is derived from a seed, so the truth is known.
 """
 
@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from PIL import Image, ImageDraw
 
 ANCHOR = "fietsvoordeelshop.nl"
+#: Pounds a euro buys, in the demo's world: the UK shop's prices are in GBP, and the
+#: demo stores this rate (source 'demo') so they compare with the others'.
+DEMO_GBP_PER_EURO = 0.86
 
 BRANDS = {
     "Gazelle": ["Ultimate C380", "Grenoble C7", "Arroyo C5", "Chamonix C7", "Avignon C380"],
@@ -68,6 +71,8 @@ class Shop:
     crop: float
     quality: int
     coverage: float
+    #: Units of the shop's currency a euro buys.
+    per_euro: float = 1.0
 
 
 SHOPS = [
@@ -88,7 +93,17 @@ SHOPS = [
         "ebike-outlet.nl", "shopify", "nl", "EUR", 0.93, (235, 238, 242), (1024, 768), 0.10, 70, 0.6
     ),
     Shop(
-        "cyclesdirect.co.uk", "css", "en", "EUR", 1.04, (250, 250, 250), (600, 600), 0.04, 85, 0.6
+        "cyclesdirect.co.uk",
+        "css",
+        "en",
+        "GBP",
+        1.04,
+        (250, 250, 250),
+        (600, 600),
+        0.04,
+        85,
+        0.6,
+        DEMO_GBP_PER_EURO,
     ),
 ]
 
@@ -151,7 +166,8 @@ def generate(products: int = 48, seed: int = 7) -> Catalogue:
                 continue
             if shop.name == ANCHOR and rng.random() > shop.coverage:
                 continue
-            price = round(product.price * shop.price_factor * rng.uniform(0.97, 1.03), 0) - 0.01
+            factor = shop.price_factor * rng.uniform(0.97, 1.03) * shop.per_euro
+            price = round(product.price * factor, 0) - 0.01
             catalogue.listings.append(
                 Listing(
                     shop,

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import re
+from datetime import date
+from decimal import Decimal
 from pathlib import Path
 
 from bikematch import pipeline
 from bikematch.database import connect
-from bikematch.demo.catalogue import ANCHOR, generate
+from bikematch.demo.catalogue import ANCHOR, DEMO_GBP_PER_EURO, generate
 from bikematch.demo.server import DemoShops
 from bikematch.evaluation import Scores, score
+from bikematch.rates import Rates, store_rates
 
 DEMO_MODEL = "minilm-effnet-lite0"
 DEFAULT_PORT = 8377
@@ -55,6 +58,8 @@ def run_demo(url: str, work_dir: Path, port: int = DEFAULT_PORT, echo=print) -> 
         embedded = pipeline.embed(url, model, settings)
         for line in embedded.lines():
             echo(f"  {line}")
+    with connect(url) as conn:  # the UK shop's pounds, at the demo's own rate
+        store_rates(conn, Rates(date.today(), {"GBP": Decimal(str(DEMO_GBP_PER_EURO))}), "demo")
     clustered = pipeline.cluster(
         url,
         {
@@ -70,9 +75,9 @@ def run_demo(url: str, work_dir: Path, port: int = DEFAULT_PORT, echo=print) -> 
     spreads = pipeline.biggest_spreads(url)
     if spreads:
         lines.append("biggest price spreads:")
-        for name, shop_count, low, high, spread, cheapest in spreads:
+        for name, shop_count, low, high, spread, cheapest, currency in spreads:
             lines.append(
-                f"  {name}: {low}-{high} ({spread} across {shop_count} shops; "
+                f"  {name}: {currency or ''} {low}-{high} ({spread} across {shop_count} shops; "
                 f"cheapest at {cheapest})"
             )
     scores = demo_scores(url)

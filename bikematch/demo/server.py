@@ -19,6 +19,9 @@ def dutch_price(amount: float) -> str:
     return f"{int(whole):,}".replace(",", ".") + "," + cents
 
 
+_SYMBOLS = {"EUR": "€", "GBP": "£"}
+
+
 class DemoShops:
     """`with DemoShops(catalogue, port) as shops:` serves until the block ends."""
 
@@ -202,7 +205,7 @@ class DemoShops:
         return (
             f"<html><head><title>{escape(listing.title)}</title></head><body>"
             f'<h1 class="title">{escape(listing.title)}</h1>'
-            f'<span class="price">€{listing.price:,.2f}</span>'
+            f'<span class="price">{_SYMBOLS[listing.shop.currency]}{listing.price:,.2f}</span>'
             f'<img class="main" src="{self.image_url(listing)}">'
             f"</body></html>"
         )
@@ -226,7 +229,7 @@ class DemoShops:
   - name: cyclesdirect.co.uk
     platform: css
     start_urls: ["{self.base}/uk/e-bikes"]
-    currency: EUR
+    currency: GBP
     delay: 0
     selectors:
       product_links: "a.product-link"
