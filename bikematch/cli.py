@@ -131,12 +131,16 @@ def db_stop() -> None:
 
 @db.command("status")
 def db_status() -> None:
-    """Say which database is in use and whether it is reachable.
+    """Say which database is in use, whether it is reachable, and what it holds:
+    migrations, listings per shop, vectors per model (pending, failed), clusters and
+    exchange rates.
 
     \b
     Example:
         bikematch db status
     """
+    from bikematch.status import database_status
+
     settings = load_settings()
     if settings.embedded:
         state = "running" if embedded_running(settings.pgdata) else "stopped"
@@ -146,7 +150,9 @@ def db_status() -> None:
     url = resolve_url(settings)
     with connect(url) as conn:
         version = conn.execute("show server_version").fetchone()[0]
-    click.echo(f"connected to {mask_password(url)} (Postgres {version})")
+        click.echo(f"connected to {mask_password(url)} (Postgres {version})")
+        for line in database_status(conn):
+            click.echo(line)
 
 
 @db.command("env")

@@ -263,3 +263,50 @@ def test_migrations_run_past_the_servers_statement_timeout(conn, database_url, t
             assert timeout == "50ms"  # the session's own setting is left as it was
     finally:
         conn.execute("drop database slow_migrations")
+
+
+def test_db_status_says_what_the_database_holds(conn, database_url):
+    from .clustering import add_listing, product_vector
+
+    ids = [
+        add_listing(conn, shop, url, product_vector(seed))
+        for seed, (shop, url) in enumerate([("a.nl", "a1"), ("a.nl", "a2"), ("b.de", "b1")])
+    ]
+    conn.execute(  # as the embedder stores them: from the listing's current title and image
+        "update vector_storage set source_hash = bikematch_embedding_source(name, image_url)"
+        " from scraped_bikes where scraped_bikes.id = bike_id"
+    )
+    conn.execute("insert into scraped_bikes (webshop, url, name) values ('b.de', 'b2', 'New')")
+    conn.execute("delete from vector_storage where bike_id = %s", (ids[2],))
+    conn.execute(
+        "insert into embedding_failures (bike_id, model, stage, error, attempts, source_hash)"
+        " select id, 'test-model', 'fetch', 'HTTP 404', 5,"
+        " bikematch_embedding_source(name, image_url) from scraped_bikes where id = %s",
+        (ids[2],),
+    )
+    out = run_cli("db", "status", env={"DATABASE_URL": database_url}, check=True).stdout
+    lines = out.splitlines()
+    assert f"migrations: {len(discover())} applied, none pending" in lines
+    assert "listings: 4 in 2 shops" in lines
+    assert any(line.startswith("  b.de: 2, last seen 20") for line in lines), out
+    # b2 has no vector yet; b1's image failed for good
+    assert any(line.startswith("  test-model: 2, 1 pending, 1 failed 5 times") for line in lines), (
+        out
+    )
+    assert "exchange rates: none (`bikematch rates` stores the ECB's)" in lines
+
+
+def test_db_status_of_a_database_without_the_schema_says_what_to_run(conn, database_url):
+    conn.execute("drop database if exists bare")
+    conn.execute("create database bare")
+    bare = database_url.replace("/postgres?", "/bare?")
+    env = {"DATABASE_URL": bare}
+    out = run_cli("db", "status", env=env, check=True).stdout
+    assert "schema: none yet; `bikematch db init` creates it" in out
+    with connect(bare, autocommit=True) as other:
+        other.execute("create table bikematch_migrations (version text, checksum text)")
+        other.execute("insert into bikematch_migrations values ('0001_pgvector', '')")
+    out = run_cli("db", "status", env=env, check=True).stdout
+    assert f"migrations: 1 applied, {len(discover()) - 1} pending (0002_" in out
+    assert "run `bikematch db init`" in out
+    conn.execute("drop database bare")

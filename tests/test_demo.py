@@ -73,6 +73,15 @@ def test_the_uk_shops_pounds_compare_with_the_others_euros(demo, database_url):
     assert re.search(r"GBP [\d.]+ \(≈ EUR [\d.]+\)", (demo["report"] / "index.html").read_text())
 
 
+def test_db_status_after_the_demo_names_its_clusters_and_rate(demo, database_url):
+    out = run_cli("db", "status", env={"DATABASE_URL": database_url}, check=True).stdout
+    assert re.search(
+        r"^clusters: \d+ products, [1-9]\d* sold by more than one shop \(built 20", out, re.M
+    ), out
+    assert re.search(r"^exchange rates: 1 \(demo\), of 20", out, re.M), out
+    assert re.search(r"^  minilm-effnet-lite0: \d+, 0 pending", out, re.M), out
+
+
 def test_second_demo_run_is_incremental(demo):
     assert "embedded 0, nothing pending" in demo["second"], demo["second"]
     assert "listings/s" not in demo["second"]
