@@ -20,7 +20,7 @@ select
     clusters.cheapest_shop, clusters.currency,
     offers.webshop, offers.name, offers.url, offers.image_url, offers.price, offers.currency,
     offers.similarity, offers.matched_via, offers.price_rank,
-    offers.comparable_price, offers.comparable_currency
+    offers.comparable_price, offers.comparable_currency, offers.availability
 from bike_clusters as clusters
 inner join bike_offers as offers on clusters.cluster_id = offers.cluster_id
 order by clusters.shops desc, clusters.price_spread desc nulls last, clusters.name,
@@ -39,6 +39,7 @@ section.cluster h2 { font-size: 16px; margin: 0 0 4px; }
 .offer { width: 200px; border: 1px solid #eee; border-radius: 6px; padding: 8px; }
 .offer img { width: 184px; height: 138px; object-fit: contain; background: #f4f4f4; }
 .offer .shop { font-weight: 600; } .offer .price { font-size: 15px; }
+.offer .stock { color: #b00020; }
 .offer.cheapest { border-color: #2e7d32; box-shadow: 0 0 0 1px #2e7d32; }
 .how { color: #777; font-size: 12px; }
 """
@@ -118,7 +119,7 @@ def _cluster_html(cluster_id, facts, offers, thumbs: Path, image_cache) -> str:
 
 def _offer_html(offer, thumbs: Path, image_cache, cheapest: bool) -> str:
     shop, title, url, image_url, price, currency, similarity, matched_via, _rank = offer[:9]
-    comparable_price, comparable_currency = offer[9:]
+    comparable_price, comparable_currency, availability = offer[9:]
     how = escape(matched_via)
     if similarity is not None:
         how += f" · similarity {similarity:.3f}"
@@ -141,6 +142,7 @@ def _offer_html(offer, thumbs: Path, image_cache, cheapest: bool) -> str:
   <div class="shop">{escape(shop)}</div>
   <div class="title"><a href="{escape(_web_link(url))}">{escape(title)}</a></div>
   <div class="price">{escape(price_text)}</div>
+  {'<div class="stock">out of stock</div>' if availability == "OutOfStock" else ""}
   <div class="how">{how}</div>
 </div>"""
 

@@ -375,6 +375,23 @@ def test_prices_in_other_currencies_compare_through_exchange_rates(db, database_
     assert _cluster_prices(db) == (None, 2100, 2500, 400, "shop-b.nl", 0)
 
 
+def test_the_cheapest_available_offer_skips_those_out_of_stock(db, database_url):
+    ids = load(db)
+    for url, price, stock in (
+        ("a1", 2500, "InStock"),
+        ("b1", 2100, "OutOfStock"),
+        ("c1", 2400, None),  # unknown: counts as available
+    ):
+        _price(db, ids, url, price, "EUR")
+        db.execute("update scraped_bikes set availability = %s where id = %s", (stock, ids[url]))
+    cluster(database_url)
+    row = db.execute(
+        "select cheapest_shop, min_price, cheapest_available_shop, min_available_price,"
+        " out_of_stock_offers from bike_clusters where listings = 3"
+    ).fetchone()
+    assert row == ("shop-b.nl", 2100, "shop-c.nl", 2400, 1)
+
+
 def test_a_price_gap_between_currencies_is_judged_in_euros(db, database_url):
     """22,000 DKK and 2,500 EUR are about the same price: no '-price' penalty. A gap of
     that size within one currency still is one."""

@@ -228,6 +228,7 @@ def test_report_links_only_to_web_pages_and_escapes_what_shops_wrote(tmp_path):
         1,
         Decimal("2499.00"),
         "EUR",
+        "InStock",
     )
     card = _offer_html(offer, tmp_path, None, cheapest=True)
     assert "javascript:" not in card.lower() and "<script>" not in card and "<b>" not in card
@@ -237,6 +238,9 @@ def test_report_links_only_to_web_pages_and_escapes_what_shops_wrote(tmp_path):
     assert 'href="https://shop.nl/b?a=1&amp;b=2"' in card
     assert 'src="https://shop.nl/b.jpg"' in card
     assert '<div class="price">EUR 2499.00</div>' in card
+    assert "out of stock" not in card
+    gone = _offer_html((*safe[:-1], "OutOfStock"), tmp_path, None, cheapest=False)
+    assert '<div class="stock">out of stock</div>' in gone
 
 
 def test_report_shows_a_price_in_another_currency_as_compared(tmp_path):
@@ -245,7 +249,7 @@ def test_report_shows_a_price_in_another_currency_as_compared(tmp_path):
     def price_of(price, currency, comparable_price) -> str:
         offer = ("shop.co.uk", "Bike", "https://shop.co.uk/b", None, price, currency)
         card = _offer_html(
-            (*offer, 0.97, "embedding", 1, comparable_price, "EUR"), tmp_path, None, False
+            (*offer, 0.97, "embedding", 1, comparable_price, "EUR", None), tmp_path, None, False
         )
         return card.split('<div class="price">')[1].split("</div>")[0]
 

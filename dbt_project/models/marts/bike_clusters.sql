@@ -1,7 +1,8 @@
 -- One row per product (cluster) with at least one listing on sale: what it is,
 -- how many shops sell it, and how their prices compare, in one currency
 -- (bike_offers.comparable_price; unconverted_offers counts the priced offers
--- whose currency had no exchange rate, which the prices leave out).
+-- whose currency had no exchange rate, which the prices leave out). The
+-- cheapest offer is also given among those not marked out of stock.
 with
 
 offers as (
@@ -34,6 +35,17 @@ cheapest as (
     order by cluster_id, comparable_price, webshop, url
 ),
 
+cheapest_available as (
+    -- The same among the offers not marked out of stock (unknown counts as available).
+    select distinct on (cluster_id)
+        cluster_id,
+        webshop as cheapest_available_shop,
+        comparable_price as min_available_price
+    from offers
+    where comparable_price is not null and coalesce(availability, '') <> 'OutOfStock'
+    order by cluster_id, comparable_price, webshop, url
+),
+
 prices as (
     select
         cluster_id,
@@ -45,7 +57,8 @@ prices as (
         max(comparable_price) as max_price,
         min(comparable_currency) as currency,
         count(*) filter (where price is not null and comparable_price is null)
-            as unconverted_offers
+            as unconverted_offers,
+        count(*) filter (where availability = 'OutOfStock') as out_of_stock_offers
     from offers
     group by cluster_id
 ),
@@ -65,6 +78,8 @@ clusters as (
         prices.shops,
         cheapest.cheapest_shop,
         cheapest.cheapest_url,
+        cheapest_available.cheapest_available_shop,
+        prices.out_of_stock_offers,
 
         ---------- numerics
         prices.currency,
@@ -74,10 +89,12 @@ clusters as (
         prices.max_price - prices.min_price as price_spread,
         round(100 * (prices.max_price - prices.min_price) / nullif(prices.min_price, 0), 1)
             as price_spread_pct,
+        cheapest_available.min_available_price,
         prices.unconverted_offers
     from prices
     inner join representatives on prices.cluster_id = representatives.cluster_id
     left join cheapest on prices.cluster_id = cheapest.cluster_id
+    left join cheapest_available on prices.cluster_id = cheapest_available.cluster_id
 )
 
 select * from clusters
