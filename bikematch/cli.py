@@ -827,9 +827,10 @@ def search(image, text, model_name, count, threshold, device, allow_private_host
     if not rows:
         click.echo("no listing found")
     for row in rows:
-        shop, name, price, currency, listing_url, similarity = row
+        shop, name, price, currency, listing_url, similarity, gone_since = row
         price_text = f"{currency or ''} {price}" if price is not None else "-"
-        click.echo(f"{similarity:.3f}  {shop:22}  {price_text:>12}  {name}  {listing_url}")
+        gone = f"  (no longer listed; last seen {gone_since:%Y-%m-%d})" if gone_since else ""
+        click.echo(f"{similarity:.3f}  {shop:22}  {price_text:>12}  {name}  {listing_url}{gone}")
 
 
 def _require_vectors(url: str, model_name: str) -> None:

@@ -50,20 +50,31 @@ STORED_IMAGE_WEIGHT = 0.5
 
 
 def search_listings(url: str, model, *, image=None, text=None, count=10, threshold=0.0):
-    """Nearest listings as (shop, name, price, currency, url, similarity); `image`: a
-    photo's bytes (`read_photo`), or `text`.
+    """Nearest listings as (shop, name, price, currency, url, similarity, gone_since);
+    `image`: a photo's bytes (`read_photo`), or `text`.
 
     A photo or a text fills one half of the query, so the combined cosine is
     that half's cosine times sqrt(its weight); the similarity returned is the
-    half's own cosine (the threshold applies to it too).
+    half's own cosine (the threshold applies to it too). gone_since: when a listing
+    its shop no longer lists was last seen (not seen within the clustering's
+    `listing_grace_hours` of its shop's latest crawl), else None.
     """
+    from bikematch.pipeline import dbt_project_vars
+
     query = query_embedding(model, image=image, text=text)
     weight = STORED_IMAGE_WEIGHT if image is not None else 1 - STORED_IMAGE_WEIGHT
     scale = weight**0.5
+    grace_hours = float(dbt_project_vars().get("listing_grace_hours", 36))
     with connect(url) as conn:
         rows = conn.execute(
-            "select webshop, name, price, currency, url, similarity"
-            " from match_bikes(%s, %s, %s, %s)",
-            (HalfVector(query.numpy()), threshold * scale, count, model.name),
+            "select found.webshop, found.name, found.price, found.currency, found.url,"
+            " found.similarity, case when listing.last_seen_at < latest.crawled_at"
+            " - make_interval(secs => %s) then listing.last_seen_at end"
+            " from match_bikes(%s, %s, %s, %s) as found"
+            " inner join scraped_bikes as listing on found.bike_id = listing.id"
+            " cross join lateral (select max(last_seen_at) as crawled_at from scraped_bikes"
+            " where webshop = found.webshop) as latest"
+            " order by found.similarity desc, found.webshop, found.url",
+            (grace_hours * 3600, HalfVector(query.numpy()), threshold * scale, count, model.name),
         ).fetchall()
-    return [(*row[:5], row[5] / scale) for row in rows]
+    return [(*row[:5], row[5] / scale, row[6]) for row in rows]

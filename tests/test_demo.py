@@ -112,6 +112,26 @@ def test_search_by_text_finds_the_bike(demo, database_url):
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 3 and title in lines[0], result.stdout
     assert lines[0].startswith("1.000")  # the text half's own cosine, not scaled
+    assert "no longer listed" not in result.stdout
+    # a listing its shop stopped listing is still found, and said to be gone
+    with connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "update scraped_bikes set first_seen_at = first_seen_at - interval '10 days',"
+            " last_seen_at = last_seen_at - interval '10 days'"
+            " where name = %s and webshop = 'fietsvoordeelshop.nl'",
+            (title,),
+        )
+        try:
+            again = run_cli(*result.args[1:], env=demo["env"], check=True).stdout
+        finally:
+            conn.execute(
+                "update scraped_bikes set first_seen_at = first_seen_at + interval '10 days',"
+                " last_seen_at = last_seen_at + interval '10 days'"
+                " where name = %s and webshop = 'fietsvoordeelshop.nl'",
+                (title,),
+            )
+    first = again.strip().splitlines()[0]
+    assert title in first and re.search(r"\(no longer listed; last seen 20\d\d-\d\d-\d\d\)$", first)
     # The default model (PE-Core) has no vectors here: said before loading it (its weights
     # are not on this machine, and fetching them would be the error).
     result = run_cli("search", "--text", title, env=demo["env"])
