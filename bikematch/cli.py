@@ -645,8 +645,18 @@ def embed_prune_cache(cache_dir) -> None:
     help="Embed for at most this many minutes, then cluster what is embedded; the rest "
     "of a backlog waits for the next run (a CPU runner's first nights).",
 )
+@click.option(
+    "--reembed-before",
+    type=_PastTime(),
+    metavar="TIME",
+    help="Also embed again the listings whose vector is older than TIME, as `embed "
+    "--reembed-before` (after an upgrade that reads photos differently); with "
+    "--embed-minutes, later runs with the same TIME go on where this one stopped.",
+)
 @click.pass_context
-def run(ctx, shops_file, model_name, anchor_shop, device, batch_size, embed_minutes) -> None:
+def run(
+    ctx, shops_file, model_name, anchor_shop, device, batch_size, embed_minutes, reembed_before
+) -> None:
     """The nightly job: scrape, embed, cluster, in order; stops at the first failed stage.
 
     \b
@@ -677,6 +687,7 @@ def run(ctx, shops_file, model_name, anchor_shop, device, batch_size, embed_minu
             choose_precision=True,
             fetch=_fetch_settings(False, None),
             max_seconds=None if embed_minutes is None else embed_minutes * 60,
+            reembed_before=reembed_before,
         )
         with embedding_progress(model.name) as progress:
             summary = pipeline.embed(url, model, settings, progress)

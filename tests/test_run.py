@@ -68,6 +68,19 @@ def test_run_does_every_stage_in_order(conn, database_url, shops):
     assert conn.execute("select count(*) from embedding_failures").fetchone()[0] > 0
     assert conn.execute("select count(*) from master_bikes").fetchone()[0] > 0
 
+    # after an upgrade: every vector older than the upgrade is embedded again (but for
+    # those whose image failed, which wait for their retry)
+    embedded = conn.execute(
+        "select count(*) from vector_storage as vector where not exists"
+        " (select from embedding_failures as failure where failure.bike_id = vector.bike_id)"
+    ).fetchone()[0]
+    assert embedded > 0
+    upgraded = conn.execute("select now()::text").fetchone()[0]
+    args = result.args[1:]
+    again = run_cli(*args, "--reembed-before", upgraded, env=env, check=True).stdout
+    assert f"model tiny-random: embedded {embedded} " in again, again
+    assert "embedded 0, nothing pending" in run_cli(*args, env=env, check=True).stdout
+
 
 def test_run_works_through_a_transaction_pooler(conn, database_url, shops):
     """Supabase's transaction pooler (port 6543) runs each transaction on any server
