@@ -14,8 +14,9 @@
 -- model-number token raises the pair's score, different model numbers of the
 -- same kind (C380 vs C7, 400WH vs 625WH), different brands or a price gap
 -- beyond var('price_ratio_limit') (in euros where the currencies differ and
--- both have a rate; not judged where one has none) lower it. A pair is a candidate when its
--- score reaches var('match_threshold'); `matched_via` spells out what counted.
+-- both have a rate; not judged where one has none) lower it. A pair is a
+-- candidate when its score reaches var('match_threshold'); `matched_via`
+-- spells out what counted.
 -- Listings sharing a rare model number are candidates too, found or not by
 -- the similarity search.
 --
