@@ -702,7 +702,10 @@ def run(
             dbt_vars["match_threshold"] = MODELS[model_name].default_threshold
         if anchor_shop:
             dbt_vars["anchor_shop"] = anchor_shop
-        for line in pipeline.cluster(url, dbt_vars).lines():
+        clustered = pipeline.cluster(
+            url, dbt_vars, on_model=lambda line: click.echo(f"  dbt: {line}", err=True)
+        )
+        for line in clustered.lines():
             click.echo(line)
     except (pipeline.StageFailed, DatabaseError, click.ClickException) as exc:
         message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)

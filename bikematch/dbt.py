@@ -66,8 +66,13 @@ def run_dbt(
     dbt_vars: dict | None = None,
     work_dir: Path | None = None,
     capture: bool = False,
+    on_model=None,
 ) -> subprocess.CompletedProcess:
-    """Run `dbt <command>` in the project root; raises DatabaseError if dbt fails."""
+    """Run `dbt <command>` in the project root; raises DatabaseError if dbt fails.
+
+    capture: keep dbt's output (for the error) instead of printing it; on_model, with
+    capture: called with a short line as each model is built (`model_done`), so a long
+    build shows progress."""
     work_dir = work_dir or PROJECT_ROOT / ".bikematch"
     dbt = Path(sys.executable).parent / "dbt"
     args = [str(dbt), *command, "--profiles-dir", str(profiles_dir(work_dir))]
@@ -77,14 +82,53 @@ def run_dbt(
     env.update(dbt_env(url))
     env.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
     with one_build_at_a_time(url, f"dbt {command[0]}"):
-        result = subprocess.run(
-            args, cwd=PROJECT_ROOT, env=env, capture_output=capture, text=True, check=False
-        )
+        if capture and on_model is not None:
+            result = _run_reporting_models(args, env, on_model)
+        else:
+            result = subprocess.run(
+                args, cwd=PROJECT_ROOT, env=env, capture_output=capture, text=True, check=False
+            )
     if result.returncode != 0:
         error = _first_error(result.stdout) if capture else ""
         detail = f": {error}" if error else ""
         raise DatabaseError(f"dbt {' '.join(command)} failed (exit {result.returncode}){detail}")
     return result
+
+
+def _run_reporting_models(args: list[str], env: dict, on_model) -> subprocess.CompletedProcess:
+    """dbt with its output kept, passing each model's completion to on_model as it comes."""
+    lines = []
+    with subprocess.Popen(
+        args,
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as process:
+        for line in process.stdout:
+            lines.append(line)
+            done = model_done(line)
+            if done:
+                on_model(done)
+    return subprocess.CompletedProcess(args, process.returncode, "".join(lines), "")
+
+
+# "12 of 60 OK created sql table model public.int_listings .... [SELECT 135 in 0.12s]"
+_MODEL_DONE = re.compile(
+    r"(\d+) of (\d+) (OK created|ERROR creating) sql \w+ model (?:\w+\.)?(\w+) \.* \[(.*)\]"
+)
+
+
+def model_done(line: str) -> str | None:
+    """'int_listings built (SELECT 135 in 0.12s), 12 of 60' for a dbt line saying a model
+    was built (or failed), else None."""
+    match = _MODEL_DONE.search(_COLOURS.sub("", line))
+    if not match:
+        return None
+    step, steps, outcome, model, detail = match.groups()
+    verb = "built" if outcome.startswith("OK") else "FAILED"
+    return f"{model} {verb} ({detail.strip()}), {step} of {steps}"
 
 
 # dbt's log prefix: colour codes and the time.

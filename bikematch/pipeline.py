@@ -50,8 +50,12 @@ def embed(url: str, model, settings, progress=None):
     return run_embedding(url, model, settings, progress)
 
 
-def cluster(url: str, dbt_vars: dict, work_dir: Path | None = None) -> ClusterSummary:
-    run_dbt(["build"], url, dbt_vars=dbt_vars, capture=True, work_dir=work_dir)
+def cluster(
+    url: str, dbt_vars: dict, work_dir: Path | None = None, on_model=None
+) -> ClusterSummary:
+    """`dbt build`; on_model gets a line as each model is built (a first build of a large
+    catalogue takes minutes)."""
+    run_dbt(["build"], url, dbt_vars=dbt_vars, capture=True, work_dir=work_dir, on_model=on_model)
     with connect(url) as conn:
         listings, clusters, multi = conn.execute(
             "select coalesce(sum(listings), 0), count(*), count(*) filter (where shops > 1)"

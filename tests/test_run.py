@@ -53,6 +53,8 @@ def test_run_does_every_stage_in_order(conn, database_url, shops):
     out = result.stdout
     assert out.index("== scrape") < out.index("== embed") < out.index("== cluster")
     assert out.index("exchange rates: 1 of 2026-11-20 stored (ECB)") > out.index("== cluster")
+    # the cluster stage's progress, a line as each model is built
+    assert re.search(r"^  dbt: master_bikes built \(.+\), \d+ of \d+$", result.stderr, re.M)
     assert conn.execute("select count(*) from bike_offers where currency = 'GBP'").fetchone()[0]
     assert not conn.execute(
         "select count(*) from bike_offers where price is not null and comparable_price is null"
