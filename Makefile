@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml package.json
 setup: $(VENV)/.installed
 
 demo: setup
-	$(BIN)/bikematch db init
+	$(BIN)/bikematch demo
 
 lint: setup
 	$(BIN)/ruff check .

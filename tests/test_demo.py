@@ -43,6 +43,16 @@ def demo(database_url, tmp_path_factory):
     return {"first": first.stdout, "second": second.stdout, "report": work / "report", "env": env}
 
 
+def test_make_demo_runs_the_demo():
+    """The README's first command: `make demo` sets up and runs the whole job."""
+    from bikematch.settings import PROJECT_ROOT
+
+    dry = subprocess.run(
+        ["make", "-n", "demo"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+    )
+    assert re.search(r"^\S*/bikematch demo$", dry.stdout, re.M), dry.stdout
+
+
 def test_demo_prints_its_summary_and_scores(demo):
     out = demo["first"]
     for shop in (
