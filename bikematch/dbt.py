@@ -155,7 +155,7 @@ def _first_error(output: str) -> str:
 @contextmanager
 def one_build_at_a_time(url: str, what: str) -> Iterator[None]:
     """Hold the database's build lock for the duration: a second `bikematch cluster`
-    (or `run`, `tune`) on the same database waits for the first, saying so, instead of
+    (or `run`, `calibrate`) on the same database waits for the first, saying so, instead of
     both merging into the same tables at once (which fails with "tuple concurrently
     updated", or worse, interleaves two builds' merges).
 
