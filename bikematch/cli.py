@@ -786,20 +786,29 @@ def report(out_dir, image_cache) -> None:
     from bikematch.report import write_report
 
     url = resolve_url(load_settings())
-    _require_clusters(url)
+    _require_clusters(url, current=True)
     click.echo(str(write_report(url, Path(out_dir), image_cache=Path(image_cache))))
 
 
-def _require_clusters(url: str) -> None:
-    """A one-line error where `bikematch cluster` has not built the cluster tables yet."""
+def _require_clusters(url: str, current: bool = False) -> None:
+    """A one-line error where `bikematch cluster` has not built the cluster tables yet
+    (or, with `current`, an earlier bikematch built them, without today's columns)."""
+    from bikematch.status import marts_are_current
+
     with connect(url) as conn:
         found = conn.execute(
             "select to_regclass('master_bikes') is not null and"
             " to_regclass('bike_clusters') is not null"
         ).fetchone()[0]
+        outdated = found and current and not marts_are_current(conn)
     if not found:
         raise click.ClickException(
             "no clusters yet: run `bikematch cluster` (or `bikematch run`) first"
+        )
+    if outdated:
+        raise click.ClickException(
+            "the clusters were built by an earlier bikematch: run `bikematch cluster` to"
+            " rebuild them"
         )
 
 

@@ -9,9 +9,10 @@ import psycopg
 
 from bikematch.migrations import discover
 
-#: The embedder's default retry cap (EmbedSettings.max_attempts): listings that failed
-#: this often are no longer pending.
-_MAX_ATTEMPTS = 5
+#: The embedder's default retry cap (EmbedSettings.max_attempts, which a test keeps
+#: equal; importing the embedder here would load torch): listings that failed this
+#: often are no longer pending.
+MAX_ATTEMPTS = 5
 
 
 def _when(moment) -> str:
@@ -64,22 +65,34 @@ def _vectors(conn) -> list[str]:
             "select count(*), max(embedded_at) from vector_storage where model = %s", (model,)
         ).fetchone()
         pending = conn.execute(
-            "select count(*) from bikematch_listings_to_embed(%s, %s)", (model, _MAX_ATTEMPTS)
+            "select count(*) from bikematch_listings_to_embed(%s, %s)", (model, MAX_ATTEMPTS)
         ).fetchone()[0]
         given_up = conn.execute(
             "select count(*) from embedding_failures where model = %s and attempts >= %s",
-            (model, _MAX_ATTEMPTS),
+            (model, MAX_ATTEMPTS),
         ).fetchone()[0]
         lines.append(
-            f"  {model}: {stored}, {pending} pending, {given_up} failed {_MAX_ATTEMPTS} times"
+            f"  {model}: {stored}, {pending} pending, {given_up} failed {MAX_ATTEMPTS} times"
             f" (newest {_when(newest)})"
         )
     return lines
 
 
+def marts_are_current(conn: psycopg.Connection) -> bool:
+    """Whether the marts have this version's columns: a build by an earlier bikematch
+    lacks the ones added since, until the next `bikematch cluster`."""
+    return conn.execute(
+        "select count(*) = 2 from information_schema.columns"
+        " where table_schema = current_schema() and (table_name, column_name) in"
+        " (('bike_offers', 'comparable_price'), ('bike_clusters', 'unconverted_offers'))"
+    ).fetchone()[0]
+
+
 def _clusters(conn) -> list[str]:
     if conn.execute("select to_regclass('bike_clusters')").fetchone()[0] is None:
         return ["clusters: none yet; `bikematch cluster` builds them"]
+    if not marts_are_current(conn):
+        return ["clusters: built by an earlier bikematch; `bikematch cluster` rebuilds them"]
     products, multi, unconverted = conn.execute(
         "select count(*), count(*) filter (where shops > 1), coalesce(sum(unconverted_offers), 0)"
         " from bike_clusters"

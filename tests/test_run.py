@@ -164,6 +164,16 @@ def test_report_and_eval_say_what_is_missing_in_one_line(conn, database_url, tmp
     assert error("eval", "--truth", str(one_column)).endswith(
         "needs columns url_a, url_b, webshop_a, webshop_b"
     )
+    # marts an earlier version built, without the columns added since
+    conn.execute("create table master_bikes (bike_id uuid, cluster_id uuid)")
+    conn.execute("create table bike_clusters (cluster_id uuid, shops int)")
+    conn.execute("create table bike_offers (cluster_id uuid, price numeric)")
+    assert error("report", "--out", str(tmp_path / "report")) == (
+        "the clusters were built by an earlier bikematch: run `bikematch cluster` to rebuild them"
+    )
+    status = run_cli("db", "status", env=env, check=True).stdout
+    assert "clusters: built by an earlier bikematch; `bikematch cluster` rebuilds them" in status
+    conn.execute("drop table master_bikes, bike_clusters, bike_offers")
     run_cli("cluster", env=env, check=True)  # empty clusters: the listings are not there
     assert error("eval", "--truth", str(truth)) == (
         f"none of the 2 listings {truth} names is in the database"
