@@ -85,7 +85,7 @@ compared as (
                 offers.currency = report_currency.currency
                 or (offers.currency is null and report_currency.currency is null)
                 then offers.price
-            else round(offers.price_eur * report_rate.per_euro, 2)
+            else round(offers.price / own_rate.per_euro * report_rate.per_euro, 2)
         end as comparable_price,
         case
             when offers.currency <> report_currency.currency
