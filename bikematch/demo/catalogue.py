@@ -4,8 +4,9 @@ Each product is a real-looking e-bike (brand, model, motor, battery, frame,
 year). Look-alike variants (the same model with another battery or frame)
 make matching non-trivial. Each shop sells most products, words titles its
 own way (Dutch or English, abbreviations, order), prices them a little
-differently (the UK shop in pounds), and photographs them differently: crop, size, background and
-JPEG quality. Everything is derived from a seed, so the truth is known.
+differently (the UK shop in pounds), and photographs them differently: crop,
+size, background and JPEG quality. Everything is derived from a seed, so the
+truth is known.
 """
 
 from __future__ import annotations
