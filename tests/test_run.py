@@ -10,9 +10,10 @@ from psycopg.conninfo import conninfo_to_dict
 from bikematch.progress import ProgressLines, duration
 
 from .conftest import run_cli
+from .ecb import ecb_xml
 from .fixture_shops import ShopServer
+from .image_server import ImageServer
 from .pooler import TransactionPooler
-from .rates_server import RatesServer, ecb_xml
 
 
 @pytest.fixture
@@ -28,12 +29,13 @@ def test_run_does_every_stage_in_order(conn, database_url, shops):
     conn.execute("drop table if exists master_bikes, int_vector_neighbours cascade")
     # a progress line after every batch (not a terminal: lines, not a bar)
     # one of the shops sells in GBP: the job fetches the day's exchange rates
-    with RatesServer({"/daily.xml": (200, ecb_xml("2026-11-20", {"GBP": "0.83"}))}) as ecb:
+    with ImageServer() as ecb:
+        daily = ecb.add("daily.xml", ecb_xml("2026-11-20", {"GBP": "0.83"}), "text/xml")
         env = {
             "DATABASE_URL": database_url,
             "BIKEMATCH_IMAGE_CACHE": "off",
             "BIKEMATCH_PROGRESS_EVERY": "0",
-            "BIKEMATCH_RATES_URL": ecb.url("/daily.xml"),
+            "BIKEMATCH_RATES_URL": daily,
         }
         result = run_cli(
             "run",
