@@ -197,7 +197,7 @@ def cluster(embedding_model, anchor_shop, threshold, extra_vars, full_refresh) -
         bikematch cluster --model pe-core-l14-336 --anchor fietsvoordeelshop.nl
     """
     from bikematch.dbt import run_dbt
-    from bikematch.pipeline import anchor_note, currency_note
+    from bikematch.pipeline import cluster_notes
 
     dbt_vars = _parse_vars(extra_vars)
     for name, value in (
@@ -211,9 +211,8 @@ def cluster(embedding_model, anchor_shop, threshold, extra_vars, full_refresh) -
     url = resolve_url(load_settings())
     run_dbt(command, url, dbt_vars=dbt_vars)
     with connect(url) as conn:
-        notes = [anchor_note(conn, dbt_vars), currency_note(conn)]
-    for note in filter(None, notes):
-        click.echo(note, err=True)
+        for note in cluster_notes(conn, dbt_vars):
+            click.echo(note, err=True)
 
 
 @cli.command()

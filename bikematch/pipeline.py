@@ -61,8 +61,13 @@ def cluster(
             "select coalesce(sum(listings), 0), count(*), count(*) filter (where shops > 1)"
             " from bike_clusters"
         ).fetchone()
-        notes = [anchor_note(conn, dbt_vars), currency_note(conn)]
-    return ClusterSummary(int(listings), clusters, multi, [note for note in notes if note])
+        notes = cluster_notes(conn, dbt_vars)
+    return ClusterSummary(int(listings), clusters, multi, notes)
+
+
+def cluster_notes(conn, dbt_vars: dict) -> list[str]:
+    """What a reader of the clusters just built should know (anchor_note, currency_note)."""
+    return [note for note in (anchor_note(conn, dbt_vars), currency_note(conn)) if note]
 
 
 def anchor_note(conn, dbt_vars: dict) -> str | None:

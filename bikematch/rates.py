@@ -137,23 +137,24 @@ def refresh_if_needed(url: str) -> list[str]:
     """For the nightly job: where the listings are priced in more than one currency,
     fetch and store the day's rates; a failure leaves the stored ones in use and is
     said, not raised. Lines to print (none where one currency needs no rate)."""
+    # No connection is held open (in a transaction) while the ECB is asked, which may
+    # take a minute and a half of retries.
     with connect(url) as conn:
-        currencies = [
-            row[0]
-            for row in conn.execute(
-                "select distinct currency from scraped_bikes"
-                " where price is not null and currency is not null order by 1"
-            )
-        ]
-        if len(currencies) < 2:
-            return []
-        try:
-            rates = fetch_rates()
-        except RatesError as exc:
-            line = f"exchange rates: not refreshed ({exc})"
+        currencies = conn.execute(
+            "select count(distinct currency) from scraped_bikes"
+            " where price is not null and currency is not null"
+        ).fetchone()[0]
+    if currencies < 2:
+        return []
+    try:
+        rates = fetch_rates()
+    except RatesError as exc:
+        with connect(url) as conn:
             stored = conn.execute("select max(rate_date) from exchange_rates").fetchone()[0]
-            if stored:
-                line += f"; using the stored ones, of {stored} at the latest"
-            return [line]
+        line = f"exchange rates: not refreshed ({exc})"
+        if stored:
+            line += f"; using the stored ones, of {stored} at the latest"
+        return [line]
+    with connect(url) as conn:
         written = store_rates(conn, rates)
     return [f"exchange rates: {written} of {rates.day} stored (ECB)"]

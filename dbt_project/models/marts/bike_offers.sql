@@ -48,7 +48,6 @@ offers as (
         ---------- numerics
         listings.price,
         listings.currency,
-        listings.price_eur,
         master_bikes.similarity,
 
         ---------- how it matched
