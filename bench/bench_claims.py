@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bikematch.database import connect, start_embedded, stop_embedded  # noqa: E402
-from bikematch.migrations import apply_migrations  # noqa: E402
+from bikematch.core.database import connect, start_embedded, stop_embedded  # noqa: E402
+from bikematch.core.migrations import apply_migrations  # noqa: E402
 from embedder import store  # noqa: E402
 
 MODEL = "bench-claims"

@@ -12,7 +12,7 @@ no model numbers, so the clusters come from the vectors alone):
   (the ones that can match), and of those pairs in int_candidate_matches,
   where a pair found from either side counts;
 - pairwise precision/recall of the clusters against the truth, next to an
-  in-memory numpy greedy pass like seed 000's (anchor listings as seeds, each
+  in-memory numpy greedy pass, the plain-Python way (anchor listings as seeds, each
   other listing to its most similar anchor listing at >= threshold).
 
 Usage: python bench/bench_clustering.py --listings 100000
@@ -35,10 +35,10 @@ from pgvector import HalfVector, Vector
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bikematch.database import connect, start_embedded, stop_embedded  # noqa: E402
-from bikematch.dbt import run_dbt  # noqa: E402
-from bikematch.migrations import apply_migrations  # noqa: E402
-from bikematch.settings import PROJECT_ROOT  # noqa: E402
+from bikematch.app.dbt import run_dbt  # noqa: E402
+from bikematch.core.database import connect, start_embedded, stop_embedded  # noqa: E402
+from bikematch.core.migrations import apply_migrations  # noqa: E402
+from bikematch.core.settings import PROJECT_ROOT  # noqa: E402
 
 MODEL = "bench-model"
 
@@ -249,7 +249,7 @@ def main() -> None:
         greedy_s = time.perf_counter() - started
         precision, recall_pairs = pairwise(product_of, greedy)
         print(
-            f"numpy greedy (seed 000): pairwise precision {precision:.4f}, "
+            f"numpy greedy: pairwise precision {precision:.4f}, "
             f"recall {recall_pairs:.4f}, {greedy_s:.1f} s in memory"
         )
     finally:

@@ -59,9 +59,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_models import PIPELINE_CEILING, build  # noqa: E402
-from bikematch.database import connect, start_embedded, stop_embedded  # noqa: E402
-from bikematch.listings import Listing, store_listings  # noqa: E402
-from bikematch.migrations import apply_migrations  # noqa: E402
+from bikematch.core.database import connect, start_embedded, stop_embedded  # noqa: E402
+from bikematch.core.listings import Listing, store_listings  # noqa: E402
+from bikematch.core.migrations import apply_migrations  # noqa: E402
 from embedder.decode import decode_image  # noqa: E402
 from embedder.fetch import FetchSettings  # noqa: E402
 from embedder.job import (  # noqa: E402

@@ -20,8 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bikematch.database import connect, start_embedded, stop_embedded  # noqa: E402
-from bikematch.migrations import apply_migrations  # noqa: E402
+from bikematch.core.database import connect, start_embedded, stop_embedded  # noqa: E402
+from bikematch.core.migrations import apply_migrations  # noqa: E402
 from scrapers.extract import extract_product  # noqa: E402
 from scrapers.params import Shop  # noqa: E402
 from tests import fixture_shops  # noqa: E402
@@ -51,9 +51,6 @@ def bench_crawl(products: int) -> None:
     try:
         with connect(url) as conn:
             apply_migrations(conn)
-        import os
-
-        os.environ["DATABASE_URL"] = url
         from scrapers.run import run_shops
 
         with fixture_shops.ShopServer() as server:
@@ -65,7 +62,9 @@ def bench_crawl(products: int) -> None:
                 concurrency=16,
             )
             started = time.perf_counter()
-            (summary,) = run_shops([shop], {"AUTOTHROTTLE_ENABLED": False, "LOG_LEVEL": "WARNING"})
+            (summary,) = run_shops(
+                [shop], url, overrides={"AUTOTHROTTLE_ENABLED": False, "LOG_LEVEL": "WARNING"}
+            )
             elapsed = time.perf_counter() - started
         print(
             f"crawl: {summary.pages} pages in {elapsed:.1f} s = {summary.pages / elapsed:.0f} "

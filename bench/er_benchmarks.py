@@ -30,11 +30,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bikematch.database import connect, start_embedded, stop_embedded  # noqa: E402
-from bikematch.dbt import run_dbt  # noqa: E402
-from bikematch.evaluation import evaluate_truth  # noqa: E402
-from bikematch.importing import import_file  # noqa: E402
-from bikematch.migrations import apply_migrations  # noqa: E402
+from bikematch.app.dbt import run_dbt  # noqa: E402
+from bikematch.app.evaluation import evaluate_truth  # noqa: E402
+from bikematch.app.importing import import_file  # noqa: E402
+from bikematch.core.database import connect, start_embedded, stop_embedded  # noqa: E402
+from bikematch.core.migrations import apply_migrations  # noqa: E402
 from embedder.fetch import FetchSettings  # noqa: E402
 from embedder.job import EmbedSettings, run_embedding  # noqa: E402
 from perception_models import load_model  # noqa: E402

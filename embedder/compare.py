@@ -1,4 +1,5 @@
-"""How closely two models or backends agree on the same listings (seed 001's check)."""
+"""How closely two models or backends agree on the same listings (a hosted backend
+against a local model, say)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 import numpy as np
 import torch
 
-from bikematch.database import connect
+from bikematch.core.database import connect
 from embedder.decode import DecodeError, decode_image
 from embedder.fetch import FetchError, ImageFetcher
 

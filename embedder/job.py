@@ -31,11 +31,12 @@ import numpy as np
 import psycopg
 import torch
 
-from bikematch.database import connect, on_connection
-from embedder import store
+from bikematch.core.database import connect, on_connection
+from embedder import MAX_ATTEMPTS, store
 from embedder.decode import DecodeError, decode_image
 from embedder.fetch import FetchError, FetchSettings, ImageFetcher
 from perception_models import EmbeddingModel, combine
+from perception_models.allocator import keep_freed_memory
 from perception_models.precision import (
     MIN_LISTINGS,
     RECHECK_LISTINGS,
@@ -60,7 +61,7 @@ class EmbedSettings:
     streams: int | None = None
     #: Embed listings without an image, or whose image failed, from their title alone.
     text_only: bool = True
-    max_attempts: int = 5
+    max_attempts: int = MAX_ATTEMPTS
     #: Also embed again the listings whose vector was embedded before this time (after
     #: a release that changes how photos are read); None: only new and changed ones.
     reembed_before: datetime | None = None
@@ -261,6 +262,10 @@ def run_embedding(url: str, model: EmbeddingModel, settings: EmbedSettings, prog
 
     `progress(done, failed, total)` is called after each batch.
     """
+    if model.device.type == "cpu":
+        # A process-wide setting, so the job (not the model) makes it: batches reuse
+        # glibc's freed memory instead of page-faulting it in again.
+        keep_freed_memory()
     return asyncio.run(_Job(url, model, settings, progress).run())
 
 

@@ -1,4 +1,5 @@
-"""A hosted embedding backend (seed 001's Railway service), behind the same interface.
+"""A hosted embedding backend (a service that embeds for several clients), behind the
+same interface.
 
 Contract: POST the endpoint with JSON `{"model": NAME, "texts": [...]}` or
 `{"model": NAME, "images": [base64 JPEG, ...]}`; the answer is

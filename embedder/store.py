@@ -211,3 +211,13 @@ def save_precision(conn, model: str, machine: str, choice: PrecisionChoice) -> N
             choice.error,
         ),
     )
+
+
+def listing_image_urls(conn: psycopg.Connection):
+    """Every image URL a stored listing names (what the image cache should keep)."""
+    return (
+        row[0]
+        for row in conn.execute(
+            "select distinct image_url from scraped_bikes where image_url is not null"
+        )
+    )

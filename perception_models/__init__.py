@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -21,6 +22,7 @@ __all__ = [
     "MODELS",
     "DeviceUnavailable",
     "EmbeddingModel",
+    "ModelFiles",
     "ModelSpec",
     "WeightsNotFound",
     "combine",
@@ -38,25 +40,35 @@ class ModelSpec:
     threshold_source: str
 
 
-def _pe_core(device, dtype, weights):
+@dataclass(frozen=True)
+class ModelFiles:
+    """Local copies of model files; None: from the Hugging Face hub (or its cache)."""
+
+    pe_core_weights: Path | None = None
+    clip_weights: Path | None = None
+    #: A directory with CLIP's vocab.json and merges.txt.
+    clip_tokenizer: Path | None = None
+
+
+def _pe_core(device, dtype, weights, files: ModelFiles):
     from perception_models.models import load_pe_core
 
-    return load_pe_core(device, dtype, weights)
+    return load_pe_core(device, dtype, weights or files.pe_core_weights, files.clip_tokenizer)
 
 
-def _clip(device, dtype, weights):
+def _clip(device, dtype, weights, files: ModelFiles):
     from perception_models.models import ClipB32
 
-    return ClipB32(device, dtype, weights, random_weights=weights == "random")
+    return ClipB32(device, dtype, weights or files.clip_weights, random_weights=weights == "random")
 
 
-def _minilm(device, dtype, weights):
+def _minilm(device, dtype, weights, files: ModelFiles):
     from perception_models.models import MiniLMEffNetLite0
 
     return MiniLMEffNetLite0(device, dtype, weights)
 
 
-def _tiny(device, dtype, weights):
+def _tiny(device, dtype, weights, files: ModelFiles):
     from perception_models.models import load_tiny_random
 
     return load_tiny_random(device, dtype, weights)
@@ -70,11 +82,11 @@ MODELS: dict[str, ModelSpec] = {
             "Meta PE-Core-L14-336 CLIP: 1024-d image and text, 336 px (the default)",
             _pe_core,
             0.96,
-            "seed 000's choice",
+            "the starting point of the matching design; `bikematch calibrate` tunes it",
         ),
         ModelSpec(
             "clip-vit-b-32",
-            "OpenAI CLIP ViT-B/32 via transformers: 512-d image and text (seed 001's app)",
+            "OpenAI CLIP ViT-B/32 via transformers: 512-d image and text",
             _clip,
             0.90,
             "not yet calibrated on labelled data",
@@ -119,8 +131,10 @@ def load_model(
     device: str = "auto",
     dtype: torch.dtype | None = None,
     weights: str | None = None,
+    files: ModelFiles | None = None,
 ) -> EmbeddingModel:
-    """Load a registered model. `weights`: a local path (or "random" for clip-vit-b-32).
+    """Load a registered model. `weights`: a local path (or "random" for clip-vit-b-32);
+    `files`: local copies of every model's files (the settings' BIKEMATCH_* paths).
 
     dtype defaults to float32 on CPU and bfloat16 on CUDA (inference runs
     under autocast; returned vectors are always float32 and L2-normalised).
@@ -130,4 +144,4 @@ def load_model(
     resolved = resolve_device(device)
     if dtype is None:
         dtype = torch.bfloat16 if resolved.type == "cuda" else torch.float32
-    return MODELS[name].loader(resolved, dtype, weights)
+    return MODELS[name].loader(resolved, dtype, weights, files or ModelFiles())

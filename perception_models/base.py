@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from perception_models.allocator import keep_freed_memory
 from perception_models.preprocess import normalise_batch
 
 
@@ -36,8 +35,6 @@ class EmbeddingModel(ABC):
     def __init__(self, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
         self.device = torch.device(device)
         self.dtype = dtype
-        if self.device.type == "cpu":
-            keep_freed_memory()  # batches reuse memory instead of page-faulting it in again
 
     @abstractmethod
     def preprocess(self, image: Image.Image) -> torch.Tensor: ...
@@ -97,7 +94,7 @@ def combine(
 
     Both halves are unit vectors, so the cosine of two combined embeddings is
     w * image cosine + (1 - w) * text cosine: with w = 0.5 (each half divided
-    by sqrt(2)) it is their mean, which seed 000's 0.96 threshold applies to.
+    by sqrt(2)) it is their mean, which the match threshold (0.96 for PE-Core) applies to.
     Without an image (text-only listings) the image half is `image_dims` zeros
     and the text half is the whole unit vector.
     """

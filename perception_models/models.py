@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -70,8 +69,12 @@ class PECore(EmbeddingModel):
         return self.network.text(tokens)
 
 
-def load_pe_core(device, dtype, weights: str | None = None) -> PECore:
-    path = weights or os.environ.get("BIKEMATCH_PE_CORE_WEIGHTS")
+def load_pe_core(
+    device, dtype, weights: str | Path | None = None, tokenizer: str | Path | None = None
+) -> PECore:
+    """PE-Core from a local checkpoint (`weights`), else the hub's; CLIP's tokenizer from
+    the directory `tokenizer`, else the hub's."""
+    path = weights
     if path:
         if not Path(path).is_file():
             raise FileNotFoundError(f"PE-Core weights not found at {path}")
@@ -82,7 +85,7 @@ def load_pe_core(device, dtype, weights: str | None = None) -> PECore:
     return PECore(
         "pe-core-l14-336",
         config,
-        ClipTokenizer(config.text.context_length),
+        ClipTokenizer(config.text.context_length, tokenizer),
         device,
         dtype,
         state_dict=state_dict,
@@ -112,7 +115,7 @@ def load_tiny_random(device, dtype, weights=None) -> PECore:
 
 
 class ClipB32(EmbeddingModel):
-    """CLIP ViT-B/32 through transformers' CLIPModel (seed 001's model), 512-d."""
+    """CLIP ViT-B/32 through transformers' CLIPModel, 512-d."""
 
     name = "clip-vit-b-32"
     pixel_mean, pixel_std = CLIP_MEAN, CLIP_STD
@@ -129,7 +132,7 @@ class ClipB32(EmbeddingModel):
             self.network = CLIPModel(CLIPConfig())
             self.tokenizer = ByteTokenizer(self.context_length)
         else:
-            source = weights or os.environ.get("BIKEMATCH_CLIP_WEIGHTS")
+            source = weights
             if source is None:
                 source = hub_file(CLIP_B32_REPO, "config.json", "CLIP ViT-B/32").parent
                 hub_file(CLIP_B32_REPO, "model.safetensors", "CLIP ViT-B/32")

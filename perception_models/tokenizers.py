@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,14 +34,13 @@ class ClipTokenizer:
 
     Truncates to the model's context keeping the end-of-text token last, and
     pads with 0, like the original SimpleTokenizer. The vocabulary comes from
-    BIKEMATCH_CLIP_TOKENIZER (a directory with vocab.json and merges.txt) or the
-    hub repo openai/clip-vit-base-patch32.
+    `path` (a directory with vocab.json and merges.txt; the setting
+    BIKEMATCH_CLIP_TOKENIZER) or the hub repo openai/clip-vit-base-patch32.
     """
 
     def __init__(self, context_length: int, path: str | Path | None = None) -> None:
         from transformers import CLIPTokenizerFast
 
-        path = path or os.environ.get("BIKEMATCH_CLIP_TOKENIZER")
         if path is None:
             path = hub_file_dir(CLIP_TOKENIZER_REPO, CLIP_TOKENIZER_FILES, "the CLIP tokenizer")
         self.tokenizer = CLIPTokenizerFast.from_pretrained(str(path))

@@ -21,8 +21,7 @@ import jstyleson
 from parsel import Selector
 from w3lib.url import canonicalize_url
 
-from scrapers import heuristics
-from scrapers.normalise import (
+from bikematch.core.normalise import (
     PriceError,
     absolute_url,
     availability,
@@ -32,6 +31,7 @@ from scrapers.normalise import (
     parse_price,
     valid_gtin,
 )
+from scrapers import heuristics
 
 log = logging.getLogger(__name__)
 

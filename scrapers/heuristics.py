@@ -10,7 +10,7 @@ import re
 
 from parsel import Selector
 
-from scrapers.normalise import PriceError, clean_text, largest_from_srcset, parse_price
+from bikematch.core.normalise import PriceError, clean_text, largest_from_srcset, parse_price
 
 # Class/id words that mark the price a buyer pays, and those that mark a price
 # that is struck through or otherwise not the current one.

@@ -7,9 +7,9 @@ import logging
 import psycopg
 from scrapy.exceptions import DropItem
 
-from bikematch.database import DatabaseError, connect, on_connection, resolve_url
-from bikematch.listings import Listing, StoreResult, store_listings
-from bikematch.settings import load_settings
+from bikematch.core.database import DatabaseError, connect, on_connection, resolve_url
+from bikematch.core.listings import Listing, StoreResult, store_listings
+from bikematch.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -17,19 +17,24 @@ log = logging.getLogger(__name__)
 class ListingPipeline:
     """Batched upserts into scraped_bikes; counts what was stored, new and dropped."""
 
-    def __init__(self, stats, batch_size: int) -> None:
+    def __init__(self, stats, batch_size: int, url: str | None) -> None:
         self.stats = stats
         self.batch_size = batch_size
         self.batch: list[Listing] = []
         self.conn = None
-        self.url = None
+        self.url = url
 
     @classmethod
     def from_crawler(cls, crawler):
-        return cls(crawler.stats, crawler.settings.getint("BIKEMATCH_BATCH_SIZE", 200))
+        return cls(
+            crawler.stats,
+            crawler.settings.getint("BIKEMATCH_BATCH_SIZE", 200),
+            crawler.settings.get("BIKEMATCH_DATABASE_URL"),
+        )
 
     def open_spider(self) -> None:
-        self.url = resolve_url(load_settings())
+        if self.url is None:  # a crawl started by `scrapy crawl`, not by bikematch
+            self.url = resolve_url(Settings.from_environment())
         self.conn = connect(self.url)
 
     def close_spider(self) -> None:

@@ -10,6 +10,7 @@ from scrapy.crawler import Crawler, CrawlerProcess
 from scrapy.settings import Settings
 from twisted.internet import task
 
+from bikematch.core.settings import DEFAULT_CONTACT
 from scrapers.params import Shop
 from scrapers.spiders.shops import CssSpider, JsonLdSpider, ShopifySpider, WooCommerceSpider
 
@@ -77,9 +78,15 @@ def shop_spider(shop: Shop) -> type:
 
 
 def run_shops(
-    shops: list[Shop], overrides: dict | None = None, progress=None
+    shops: list[Shop],
+    database_url: str,
+    *,
+    contact: str = DEFAULT_CONTACT,
+    overrides: dict | None = None,
+    progress=None,
 ) -> list[CrawlSummary]:
-    """Crawl the shops concurrently; return one summary per shop, in the given order.
+    """Crawl the shops concurrently into the database at `database_url`; return one
+    summary per shop, in the given order. `contact` goes into the User-Agent.
 
     `progress(shop, pages, items)` is called every few seconds while crawling.
     Raises CrawlError if any shop's crawl failed to run.
@@ -87,6 +94,8 @@ def run_shops(
     # Our settings module itself, not scrapy.cfg's: bikematch runs from any directory.
     settings = Settings()
     settings.setmodule("scrapers.settings", priority="project")
+    settings.set("BIKEMATCH_DATABASE_URL", database_url, priority="cmdline")
+    settings.set("USER_AGENT", f"bikematch/0.1 (+{contact})", priority="cmdline")
     for key, value in (overrides or {}).items():
         settings.set(key, value, priority="cmdline")
     process = CrawlerProcess(settings)

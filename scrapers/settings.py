@@ -1,14 +1,17 @@
-"""Scrapy settings: polite by default, observable, declarative."""
+"""Scrapy settings: polite by default, observable, declarative.
 
-import os
+bikematch's own settings (the database, the contact address, the HTTP cache) reach a
+crawl through `scrapers.run.run_shops`, which sets them over these.
+"""
+
+from bikematch.core.settings import DEFAULT_CONTACT
 
 BOT_NAME = "bikematch"
 SPIDER_MODULES = ["scrapers.spiders"]
 NEWSPIDER_MODULE = "scrapers.spiders"
 
-# Identify ourselves, with a way to reach the operator (set BIKEMATCH_CONTACT).
-CONTACT = os.environ.get("BIKEMATCH_CONTACT", "https://github.com/bikematch/bikematch")
-USER_AGENT = f"bikematch/0.1 (+{CONTACT})"
+# Identify ourselves, with a way to reach the operator (the BIKEMATCH_CONTACT setting).
+USER_AGENT = f"bikematch/0.1 (+{DEFAULT_CONTACT})"
 
 ROBOTSTXT_OBEY = True
 AUTOTHROTTLE_ENABLED = True
@@ -27,16 +30,19 @@ COOKIES_ENABLED = False
 TELNETCONSOLE_ENABLED = False
 
 # Development: BIKEMATCH_HTTPCACHE=1 replays pages from .scrapy/httpcache.
-HTTPCACHE_ENABLED = os.environ.get("BIKEMATCH_HTTPCACHE", "") not in ("", "0", "false")
+HTTPCACHE_ENABLED = False
 HTTPCACHE_EXPIRATION_SECS = 24 * 3600
 
 ITEM_PIPELINES = {"scrapers.pipelines.ListingPipeline": 300}
 #: Listings per database write.
 BIKEMATCH_BATCH_SIZE = 200
-#: Path of the shops configuration.
-BIKEMATCH_SHOPS = os.environ.get("BIKEMATCH_SHOPS", "shops.yaml")
+#: Path of the shops configuration, for `scrapy crawl SPIDER -a shop=NAME`; None: the
+#: settings' (BIKEMATCH_SHOPS, else shops.yaml).
+BIKEMATCH_SHOPS = None
+#: The database listings go to; None: the settings' (DATABASE_URL, else the embedded one).
+BIKEMATCH_DATABASE_URL = None
 
-LOG_LEVEL = os.environ.get("BIKEMATCH_SCRAPY_LOG_LEVEL", "INFO")
+LOG_LEVEL = "INFO"
 LOGSTATS_INTERVAL = 15
 REQUEST_FINGERPRINTER_IMPLEMENTATION = "2.7"
 TWISTED_REACTOR = "twisted.internet.asyncioreactor.AsyncioSelectorReactor"

@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 from pgvector import HalfVector, Vector
 
-from bikematch.dbt import run_dbt
+from bikematch.app.dbt import run_dbt
 
 MODEL = "test-model"
 HALF_DIMS = 16

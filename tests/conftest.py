@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bikematch.database import connect, start_embedded, stop_embedded
-from bikematch.migrations import apply_migrations
+from bikematch.core.database import connect, start_embedded, stop_embedded
+from bikematch.core.migrations import apply_migrations
 
 # No test reaches the ECB: where the nightly job would fetch exchange rates, it finds
 # nothing listening instead, unless a test serves rates of its own.

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from psycopg import sql
 
-from bikematch.database import DatabaseError
-from bikematch.dbt import one_build_at_a_time, run_dbt
-from bikematch.settings import PROJECT_ROOT
+from bikematch.app.dbt import one_build_at_a_time, run_dbt
+from bikematch.core.database import DatabaseError
+from bikematch.core.settings import PROJECT_ROOT
 
 from .clustering import (
     HALF_DIMS,
@@ -520,12 +520,18 @@ def test_clustering_without_a_listing_of_the_anchor_shop_says_so(db, database_ur
     load(db)
     env = {"DATABASE_URL": database_url}
     args = ("cluster", "--model", MODEL, "--threshold", "0.9")
-    result = run_cli(*args, "--anchor", "not-one-of-yours.nl", env=env)
-    assert result.returncode == 0, result.stdout[-2000:]
+    # the default anchor (dbt_project.yml's example shop) is none of these: a note
+    result = run_cli(*args, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1] == (
-        "note: the anchor shop not-one-of-yours.nl has no listing here, so no shop's listings"
+        "note: the anchor shop fietsvoordeelshop.nl has no listing here, so no shop's listings"
         " seeded the clusters first; name one of yours with --anchor SHOP"
     )
+    # a shop named on the command line that has no listing is a mistake: refused
+    result = run_cli(*args, "--anchor", "not-one-of-yours.nl", env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: anchor shop not-one-of-yours.nl has no listings (shops: ")
     result = run_cli(*args, "--anchor", "anchor.nl", env=env)
     assert result.returncode == 0 and "note:" not in result.stderr, result.stderr
 
@@ -633,8 +639,8 @@ def test_each_model_runs_under_the_statement_timeout_var(db, database_url):
     env = {"DATABASE_URL": database_url}
     args = ("cluster", "--model", MODEL, "--anchor", "anchor.nl", "--threshold", "0.9")
     result = run_cli(*args, "--var", "statement_timeout=1ms", env=env)
-    assert result.returncode != 0
-    assert "canceling statement due to statement timeout" in result.stdout
+    assert result.returncode == 2
+    assert "canceling statement due to statement timeout" in result.stderr
     result = run_cli(*args, env=env)
     assert result.returncode == 0, result.stdout[-3000:]
     assert cluster_sets(db) == EXPECTED

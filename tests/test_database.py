@@ -12,8 +12,8 @@ import psycopg
 import pytest
 from pgvector import HalfVector, Vector
 
-from bikematch.database import DatabaseError, connect, mask_password
-from bikematch.migrations import apply_migrations, discover
+from bikematch.core.database import DatabaseError, connect, mask_password
+from bikematch.core.migrations import apply_migrations, discover
 
 from .conftest import BIKEMATCH, run_cli
 from .pooler import TransactionPooler
@@ -266,12 +266,7 @@ def test_migrations_run_past_the_servers_statement_timeout(conn, database_url, t
 
 
 def test_db_status_says_what_the_database_holds(conn, database_url):
-    from bikematch.status import MAX_ATTEMPTS
-    from embedder.job import EmbedSettings
-
     from .clustering import add_listing, product_vector
-
-    assert MAX_ATTEMPTS == EmbedSettings.max_attempts
 
     ids = [
         add_listing(conn, shop, url, product_vector(seed))

@@ -27,7 +27,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def demo(database_url, tmp_path_factory):
-    from bikematch.database import connect
+    from bikematch.core.database import connect
 
     with connect(database_url, autocommit=True) as conn:
         conn.execute("truncate scraped_bikes, embedding_failures cascade")
@@ -45,7 +45,7 @@ def demo(database_url, tmp_path_factory):
 
 def test_make_demo_runs_the_demo():
     """The README's first command: `make demo` sets up and runs the whole job."""
-    from bikematch.settings import PROJECT_ROOT
+    from bikematch.core.settings import PROJECT_ROOT
 
     dry = subprocess.run(
         ["make", "-n", "demo"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
@@ -71,7 +71,7 @@ def test_demo_prints_its_summary_and_scores(demo):
 
 
 def test_the_uk_shops_pounds_compare_with_the_others_euros(demo, database_url):
-    from bikematch.database import connect
+    from bikematch.core.database import connect
 
     with connect(database_url) as conn:
         pounds, compared = conn.execute(
@@ -99,7 +99,7 @@ def test_second_demo_run_is_incremental(demo):
 
 
 def test_search_by_text_finds_the_bike(demo, database_url):
-    from bikematch.database import connect
+    from bikematch.core.database import connect
 
     with connect(database_url) as conn:
         title = conn.execute(
@@ -145,9 +145,9 @@ def test_search_by_text_finds_the_bike(demo, database_url):
     # The default model (PE-Core) has no vectors here: said before loading it (its weights
     # are not on this machine, and fetching them would be the error).
     result = run_cli("search", "--text", title, env=demo["env"])
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [
-        "Error: no vectors for model pe-core-l14-336 (vectors exist for minilm-effnet-lite0):"
+        "error: no vectors for model pe-core-l14-336 (vectors exist for minilm-effnet-lite0):"
         " run `bikematch embed --model pe-core-l14-336` first, or search with --model"
     ]
 
@@ -155,7 +155,7 @@ def test_search_by_text_finds_the_bike(demo, database_url):
 def test_search_by_photo_finds_the_listing_it_came_from(demo, database_url, tmp_path):
     """The query photo is decoded as the embedder decoded the listing's, so the listing's
     own photo comes back first at about 1 (the demo stores bf16 vectors in halfvec)."""
-    from bikematch.database import connect
+    from bikematch.core.database import connect
     from embedder.fetch import cached_image
 
     with connect(database_url) as conn:
@@ -164,7 +164,7 @@ def test_search_by_photo_finds_the_listing_it_came_from(demo, database_url, tmp_
             " where webshop = 'fietsvoordeelshop.nl' and image_url is not null"
             " order by url limit 1"
         ).fetchone()
-    cache = demo["report"].parent / ".bikematch" / "demo" / "image-cache"
+    cache = demo["report"].parent / ".bikematch" / "image-cache"  # where `embed` caches too
     photo = tmp_path / "photo.jpg"
     photo.write_bytes(cached_image(cache, image_url))
     (tmp_path / "notes.txt").write_text("not a photo")
@@ -182,9 +182,9 @@ def test_search_by_photo_finds_the_listing_it_came_from(demo, database_url, tmp_
         (str(tmp_path / "missing.jpg"), "No such file"),
     ):
         result = search(image)
-        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith(f"Error: cannot read {image}: "), lines
+        assert len(lines) == 1 and lines[0].startswith(f"error: cannot read {image}: "), lines
         assert error in lines[0], lines
 
 
@@ -223,7 +223,7 @@ def _render(page: Path, out: Path, query: str = "") -> str:
 
 
 def test_report_renders_what_a_person_needs(demo, database_url):
-    from bikematch.database import connect
+    from bikematch.core.database import connect
 
     report = demo["report"] / "index.html"
     assert report.exists()
@@ -244,7 +244,7 @@ def test_report_renders_what_a_person_needs(demo, database_url):
 
 
 def test_report_links_only_to_web_pages_and_escapes_what_shops_wrote(tmp_path):
-    from bikematch.report import _offer_html
+    from bikematch.app.report import _offer_html
 
     offer = (
         "shop<b>.nl",
@@ -274,7 +274,7 @@ def test_report_links_only_to_web_pages_and_escapes_what_shops_wrote(tmp_path):
 
 
 def test_report_shows_a_price_in_another_currency_as_compared(tmp_path):
-    from bikematch.report import _offer_html
+    from bikematch.app.report import _offer_html
 
     def price_of(price, currency, comparable_price) -> str:
         offer = ("shop.co.uk", "Bike", "https://shop.co.uk/b", None, price, currency)
@@ -300,7 +300,7 @@ def test_report_thumbnails_show_photos_as_a_browser_would(tmp_path):
     import numpy as np
     from PIL import Image, ImageCms
 
-    from bikematch.report import THUMBNAIL, _thumbnail
+    from bikematch.app.report import THUMBNAIL, _thumbnail
     from embedder.fetch import FetchSettings, ImageFetcher
 
     from .image_server import ImageServer, display_p3_profile, encoded, huge_png, jpeg

@@ -6,12 +6,13 @@ from __future__ import annotations
 import re
 from functools import cache
 
-from bikematch.settings import PROJECT_ROOT
+from bikematch.core.settings import PROJECT_ROOT
 
 from .conftest import run_cli
 
 DOCS = [PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "docs").glob("*.md"))]
-_CODE_BLOCK = re.compile(r"^```(?:sh|bash|console)?\n(.*?)^```", re.M | re.S)
+# Every fenced block, whatever its language, so that the fences pair up.
+_CODE_BLOCK = re.compile(r"^```[\w-]*\n(.*?)^```", re.M | re.S)
 _INLINE = re.compile(r"`(bikematch [^`]*)`")
 _OPTION = re.compile(r"(?<![\w-])--[a-z][\w-]*")
 

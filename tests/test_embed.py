@@ -18,8 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
-from bikematch.database import connect
-from bikematch.listings import Listing, store_listings
+from bikematch.core.database import connect
+from bikematch.core.listings import Listing, store_listings
 from embedder import job, store
 from embedder.decode import decode_image
 from embedder.fetch import FetchSettings, cached_image, image_kind, retry_after
@@ -382,8 +382,8 @@ def test_prune_cache_removes_images_no_listing_names(conn, database_url, images,
     assert len(list((cache / "blobs").iterdir())) == 2
 
     off = run_cli("embed", "prune-cache", env={**env, "BIKEMATCH_IMAGE_CACHE": "off"})
-    assert off.returncode == 1 and off.stderr.strip() == (
-        "Error: the image cache is off (BIKEMATCH_IMAGE_CACHE=off)"
+    assert off.returncode == 2 and off.stderr.strip() == (
+        "error: the image cache is off (BIKEMATCH_IMAGE_CACHE=off)"
     )
 
 
@@ -965,8 +965,8 @@ def test_remote_backend_has_the_same_contract(conn, database_url, images, tmp_pa
         "minilm-effnet-lite0",
         env={"DATABASE_URL": database_url},
     )
-    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1] == (
-        "Error: tiny-random and minilm-effnet-lite0 have different dimensions"
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
+        "error: tiny-random and minilm-effnet-lite0 have different dimensions"
         " (32/32 vs 1280/384): their vectors cannot be compared"
     )
     conn.execute("update scraped_bikes set image_url = 'http://[::1/x.jpg'")
@@ -988,9 +988,9 @@ def test_reembed_before_takes_a_past_time(tmp_path):
 
 def test_an_unknown_model_is_one_line_and_starts_no_database(tmp_path):
     result = run_cli("embed", "--model", "no-such-model", cwd=tmp_path)
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "Error: unknown model 'no-such-model'; known: pe-core-l14-336, clip-vit-b-32, "
+        "error: unknown model 'no-such-model'; known: pe-core-l14-336, clip-vit-b-32, "
         "minilm-effnet-lite0, tiny-random"
     ]
     assert not (tmp_path / ".bikematch").exists()
@@ -999,7 +999,7 @@ def test_an_unknown_model_is_one_line_and_starts_no_database(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
 def test_cuda_without_a_gpu_is_one_line_and_starts_no_database(tmp_path):
     result = run_cli("embed", "--model", "tiny-random", "--device", "cuda", cwd=tmp_path)
-    assert result.returncode != 0
+    assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
-    assert line.startswith("Error: device 'cuda': torch sees no CUDA GPU here"), line
+    assert line.startswith("error: device 'cuda': torch sees no CUDA GPU here"), line
     assert not (tmp_path / ".bikematch").exists()

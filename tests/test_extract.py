@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from scrapers.extract import FIELDS, extract_product, read_product_page
-from scrapers.normalise import (
+from bikematch.core.normalise import (
     PriceError,
     clean_text,
     largest_from_srcset,
@@ -17,6 +16,7 @@ from scrapers.normalise import (
     parse_price,
     valid_gtin,
 )
+from scrapers.extract import FIELDS, extract_product, read_product_page
 
 from .conftest import run_cli
 

@@ -86,7 +86,7 @@ def test_import_reads_excel_exports_and_says_which_file_it_cannot_read(
     windows = tmp_path / "windows.csv"  # Excel's CSV on a Dutch Windows: cp1252, semicolons
     windows.write_bytes("url;name;price\nu2;Gazelle Médeo T10;€ 3.199,00\n".encode("cp1252"))
     result = run_cli("import", str(windows), "--shop", "excel.nl", env=env)
-    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "not utf-8 text (byte 0xe9 near row 1)" in result.stderr
     assert "--encoding, e.g. cp1252" in result.stderr
     result = run_cli("import", str(windows), "--shop", "excel.nl", "--encoding", "cp1252", env=env)
@@ -98,9 +98,9 @@ def test_import_reads_excel_exports_and_says_which_file_it_cannot_read(
     nameless = tmp_path / "nameless.csv"
     nameless.write_text("id,title,price\n1,Bike,10\n")
     result = run_cli("import", str(nameless), "--shop", "x.nl", "--map", "url=id", env=env)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"Error: {nameless}: no column name (its columns: id, title, price); name the column"
+        f"error: {nameless}: no column name (its columns: id, title, price); name the column"
         " to use with --map name=COLUMN"
     ]
 

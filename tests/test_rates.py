@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from bikematch.rates import RatesError, parse_ecb, refresh_if_needed
+from bikematch.app.rates import RatesError, parse_ecb, refresh_if_needed
 
 from .conftest import run_cli
 from .ecb import ecb_xml
@@ -92,7 +92,7 @@ def test_rates_that_cannot_be_read_fail_in_one_line_and_keep_the_stored_ones(
     run_cli("rates", "--url", at(ecb, "daily.xml"), env=env, check=True)
     before = stored(conn)
     result = run_cli("rates", "--url", at(ecb, path), env=env)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert stored(conn) == before
 
@@ -106,28 +106,27 @@ def test_an_external_entity_is_not_read(ecb):
 
 def test_unreachable_rates_fail_after_retries():
     with pytest.raises(RatesError, match="could not fetch http://127.0.0.1:9/"):
-        from bikematch.rates import fetch_rates
+        from bikematch.app.rates import fetch_rates
 
         fetch_rates("http://127.0.0.1:9/daily.xml", attempts=2)
 
 
-def test_the_nightly_job_fetches_rates_only_for_more_than_one_currency(
-    conn, database_url, ecb, monkeypatch
-):
-    monkeypatch.setenv("BIKEMATCH_RATES_URL", at(ecb, "daily.xml"))
+def test_the_nightly_job_fetches_rates_only_for_more_than_one_currency(conn, database_url, ecb):
+    daily = at(ecb, "daily.xml")
     conn.execute(
         "insert into scraped_bikes (webshop, url, name, price, currency) values"
         " ('a.nl', 'a1', 'Bike', 2500, 'EUR'), ('a.nl', 'a2', 'Bike 2', null, 'GBP')"
     )
-    assert refresh_if_needed(database_url) == [] and not ecb.requests
+    assert refresh_if_needed(database_url, daily) == [] and not ecb.requests
     conn.execute(
         "insert into scraped_bikes (webshop, url, name, price, currency)"
         " values ('b.co.uk', 'b1', 'Bike', 2100, 'GBP')"
     )
-    assert refresh_if_needed(database_url) == ["exchange rates: 3 of 2026-11-20 stored (ECB)"]
+    assert refresh_if_needed(database_url, daily) == [
+        "exchange rates: 3 of 2026-11-20 stored (ECB)"
+    ]
     # the ECB away: said, not raised, and the stored rates stay in use
-    monkeypatch.setenv("BIKEMATCH_RATES_URL", at(ecb, "page.html"))
-    [line] = refresh_if_needed(database_url)
+    [line] = refresh_if_needed(database_url, at(ecb, "page.html"))
     assert line.startswith("exchange rates: not refreshed (")
     assert line.endswith("; using the stored ones, of 2026-11-20 at the latest")
     assert len(stored(conn)) == 3

@@ -7,7 +7,7 @@ import re
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from bikematch.progress import ProgressLines, duration
+from bikematch.app.progress import ProgressLines, duration
 
 from .conftest import run_cli
 from .ecb import ecb_xml
@@ -155,10 +155,10 @@ def test_report_and_eval_say_what_is_missing_in_one_line(conn, database_url, tmp
 
     def error(*args: str) -> str:
         result = run_cli(*args, env=env)
-        assert result.returncode == 1, result.stdout + result.stderr
+        assert result.returncode == 2, result.stdout + result.stderr
         lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-        return lines[0].removeprefix("Error: ")
+        assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+        return lines[0].removeprefix("error: ")
 
     no_clusters = "no clusters yet: run `bikematch cluster` (or `bikematch run`) first"
     assert error("report", "--out", str(tmp_path / "report")) == no_clusters

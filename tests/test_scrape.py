@@ -11,8 +11,8 @@ from decimal import Decimal
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from bikematch.database import reconnect
-from bikematch.listings import Listing
+from bikematch.core.database import reconnect
+from bikematch.core.listings import Listing
 from scrapers.pipelines import ListingPipeline
 
 from .conftest import run_cli
@@ -212,8 +212,7 @@ class Stats(Counter):
         self[key] += count
 
 
-def test_a_listing_the_database_refuses_costs_only_itself(conn, database_url, monkeypatch):
-    monkeypatch.setenv("DATABASE_URL", database_url)
+def test_a_listing_the_database_refuses_costs_only_itself(conn, database_url):
     bikes = [
         Listing("shop.nl", f"https://shop.nl/bike-{i}", f"Bike {i}", price=Decimal(2499))
         for i in range(5)
@@ -221,7 +220,7 @@ def test_a_listing_the_database_refuses_costs_only_itself(conn, database_url, mo
     bikes[1] = replace(bikes[1], price=Decimal("123456789012.50"))  # over numeric(12, 2)
     bikes[3] = replace(bikes[3], name="Gazelle\x00 C380", brand="Gaz\x00elle")  # "\u0000"
     stats = Stats()
-    pipeline = ListingPipeline(stats, batch_size=3)
+    pipeline = ListingPipeline(stats, batch_size=3, url=database_url)
     pipeline.open_spider()
     for bike in bikes:
         pipeline.process_item(bike)
@@ -232,11 +231,11 @@ def test_a_listing_the_database_refuses_costs_only_itself(conn, database_url, mo
     assert stats["bikematch/stored"] == 4 and stats["bikematch/dropped/refused_by_database"] == 1
 
 
-def _six_listings_with_a_break(between) -> Stats:
+def _six_listings_with_a_break(url: str, between) -> Stats:
     """Six listings through the pipeline in batches of three, `between(pipeline)` run
     after the first batch is stored; the pipeline's stats."""
     stats = Stats()
-    pipeline = ListingPipeline(stats, batch_size=3)
+    pipeline = ListingPipeline(stats, batch_size=3, url=url)
     pipeline.open_spider()
     for i in range(6):
         if i == 3:
@@ -247,15 +246,11 @@ def _six_listings_with_a_break(between) -> Stats:
     return stats
 
 
-def test_the_pipeline_reconnects_when_the_database_drops_its_connection(
-    conn, database_url, monkeypatch
-):
-    monkeypatch.setenv("DATABASE_URL", database_url)
-
+def test_the_pipeline_reconnects_when_the_database_drops_its_connection(conn, database_url):
     def drop(pipeline):
         conn.execute("select pg_terminate_backend(%s)", (pipeline.conn.info.backend_pid,))
 
-    stats = _six_listings_with_a_break(drop)
+    stats = _six_listings_with_a_break(database_url, drop)
     assert conn.execute("select count(*) from scraped_bikes").fetchone()[0] == 6
     assert stats["bikematch/stored"] == 6 and stats["bikematch/reconnects"] == 1
     assert not any(key.startswith("bikematch/dropped/") for key in stats)
@@ -266,11 +261,10 @@ def test_listings_the_database_is_gone_for_are_counted_and_the_crawl_goes_on(
 ):
     socket_dir = conninfo_to_dict(database_url)["host"]
     quick = functools.partial(reconnect, attempts=2, first_wait=0.01)
-    monkeypatch.setattr("bikematch.database.reconnect", quick)
+    monkeypatch.setattr("bikematch.core.database.reconnect", quick)
     with TransactionPooler(socket_dir) as pooler:
-        monkeypatch.setenv("DATABASE_URL", pooler.url)
         # the second batch's flush fails and is counted, not raised
-        stats = _six_listings_with_a_break(lambda pipeline: pooler.shut_down())
+        stats = _six_listings_with_a_break(pooler.url, lambda pipeline: pooler.shut_down())
     assert conn.execute("select count(*) from scraped_bikes").fetchone()[0] == 3
     assert stats["bikematch/stored"] == 3
     assert stats["bikematch/dropped/database_error"] == 3

@@ -12,8 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bikematch.dbt import dbt_env, profiles_dir
-from bikematch.settings import PROJECT_ROOT
+from bikematch.app.dbt import dbt_env, profiles_dir
+from bikematch.core.settings import PROJECT_ROOT
 
 
 def test_dbt_project_is_sqlfluff_clean(database_url, tmp_path):

@@ -16,9 +16,8 @@ from scrapy.linkextractors import LinkExtractor
 from scrapy.utils.gz import gunzip, gzip_magic_number
 from scrapy.utils.sitemap import Sitemap, sitemap_urls_from_robots
 
-from bikematch.listings import Listing
-from scrapers.extract import ProductPage, read_product_page
-from scrapers.normalise import (
+from bikematch.core.listings import Listing
+from bikematch.core.normalise import (
     PriceError,
     absolute_url,
     availability,
@@ -27,6 +26,8 @@ from scrapers.normalise import (
     parse_price,
     valid_gtin,
 )
+from bikematch.core.settings import Settings
+from scrapers.extract import ProductPage, read_product_page
 from scrapers.params import Shop, ShopConfigError, load_shops
 
 #: The most a gzipped sitemap may unpack to (the protocol's limit is 50 MB).
@@ -48,6 +49,8 @@ class ShopSpider(scrapy.Spider):
             if not shop:
                 raise ShopConfigError(f"spider {cls.name} needs -a shop=NAME")
             path = crawler.settings.get("BIKEMATCH_SHOPS")
+            if path is None:  # `scrapy crawl`, not bikematch: the settings say where
+                path = Settings.from_environment().shops_file
             by_name = {s.name: s for s in load_shops(path)}
             if shop not in by_name:
                 raise ShopConfigError(f"{path}: no shop named {shop!r}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import time
 
@@ -48,9 +47,9 @@ def duration(seconds: float) -> str:
 
 
 @contextlib.contextmanager
-def embedding_progress(model_name: str):
+def embedding_progress(model_name: str, every: float = DEFAULT_EVERY):
     """A progress callback for `run_embedding`: a tqdm bar with listings/s and failures
-    on a terminal; elsewhere a line every BIKEMATCH_PROGRESS_EVERY seconds (30)."""
+    on a terminal; elsewhere a line every `every` seconds (BIKEMATCH_PROGRESS_EVERY)."""
     what = f"embedding ({model_name})"
     if sys.stderr.isatty():
         from tqdm import tqdm
@@ -68,5 +67,4 @@ def embedding_progress(model_name: str):
         finally:
             bar.close()
         return
-    every = float(os.environ.get("BIKEMATCH_PROGRESS_EVERY") or DEFAULT_EVERY)
     yield ProgressLines(what, every, lambda line: print(line, file=sys.stderr, flush=True))

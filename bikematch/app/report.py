@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from PIL import Image
 
-from bikematch.database import connect
+from bikematch.core.database import connect
 
 _QUERY = """
 select

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import psycopg
 
-from bikematch.database import DatabaseError, check_server
-from bikematch.settings import SQL_DIR
+from bikematch.core.database import DatabaseError, check_server
+from bikematch.core.settings import SQL_DIR
 
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 # Any constant works; it only has to be the same for every bikematch process.

@@ -8,7 +8,9 @@ from pathlib import Path
 import torch
 from pgvector import HalfVector
 
-from bikematch.database import connect
+from bikematch.app.clusters import dbt_project_vars
+from bikematch.app.errors import UserError
+from bikematch.core.database import connect
 from embedder.decode import decode_image
 from embedder.fetch import FetchSettings, ImageFetcher
 from perception_models import combine
@@ -59,8 +61,6 @@ def search_listings(url: str, model, *, image=None, text=None, count=10, thresho
     its shop no longer lists was last seen (not seen within the clustering's
     `listing_grace_hours` of its shop's latest crawl), else None.
     """
-    from bikematch.pipeline import dbt_project_vars
-
     query = query_embedding(model, image=image, text=text)
     weight = STORED_IMAGE_WEIGHT if image is not None else 1 - STORED_IMAGE_WEIGHT
     scale = weight**0.5
@@ -78,3 +78,23 @@ def search_listings(url: str, model, *, image=None, text=None, count=10, thresho
             (grace_hours * 3600, HalfVector(query.numpy()), threshold * scale, count, model.name),
         ).fetchall()
     return [(*row[:5], row[5] / scale, row[6]) for row in rows]
+
+
+def require_vectors(url: str, model_name: str) -> None:
+    """A UserError, naming the models that have vectors, where this one has none (said
+    before the model loads: its weights may not even be on this machine)."""
+    with connect(url) as conn:
+        models = [
+            name
+            for (name,) in conn.execute(
+                "select name from embedding_models as model where exists"
+                " (select from vector_storage as vector where vector.model = model.name)"
+                " order by name"
+            )
+        ]
+    if model_name not in models:
+        have = f"vectors exist for {', '.join(models)}" if models else "no model has vectors yet"
+        raise UserError(
+            f"no vectors for model {model_name} ({have}): run `bikematch embed --model"
+            f" {model_name}` first, or search with --model"
+        )

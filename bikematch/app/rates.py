@@ -8,7 +8,6 @@ does not publish, or a fixed one, stays as set.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 import urllib.error
@@ -20,9 +19,9 @@ from decimal import Decimal, InvalidOperation
 import psycopg
 from lxml import etree
 
-from bikematch.database import connect
+from bikematch.core.database import connect
+from bikematch.core.settings import ECB_DAILY_URL
 
-ECB_DAILY_URL = "https://www.ecb.europa.eu/stats/eurofxref/eurofxref-daily.xml"
 #: The daily file is about 2 KB; anything much larger is not it.
 _MAX_BYTES = 1 << 20
 _CURRENCY = re.compile(r"[A-Z]{3}")
@@ -39,14 +38,9 @@ class Rates:
     per_euro: dict[str, Decimal]
 
 
-def rates_url() -> str:
-    return os.environ.get("BIKEMATCH_RATES_URL", "").strip() or ECB_DAILY_URL
-
-
-def fetch_rates(url: str | None = None, *, timeout: float = 30, attempts: int = 3) -> Rates:
-    """The reference rates at `url` (default: the ECB's daily file, or
+def fetch_rates(url: str = ECB_DAILY_URL, *, timeout: float = 30, attempts: int = 3) -> Rates:
+    """The reference rates at `url` (the ECB's eurofxref XML format; the setting
     BIKEMATCH_RATES_URL); retries a failed connection with a growing wait."""
-    url = url or rates_url()
     request = urllib.request.Request(url, headers={"User-Agent": "bikematch (exchange rates)"})
     for attempt in range(1, attempts + 1):
         try:
@@ -133,7 +127,7 @@ def store_rates(conn: psycopg.Connection, rates: Rates, source: str = "ecb") -> 
     return written
 
 
-def refresh_if_needed(url: str) -> list[str]:
+def refresh_if_needed(url: str, source_url: str = ECB_DAILY_URL) -> list[str]:
     """For the nightly job: where the listings are priced in more than one currency,
     fetch and store the day's rates; a failure leaves the stored ones in use and is
     said, not raised. Lines to print (none where one currency needs no rate)."""
@@ -147,7 +141,7 @@ def refresh_if_needed(url: str) -> list[str]:
     if currencies < 2:
         return []
     try:
-        rates = fetch_rates()
+        rates = fetch_rates(source_url)
     except RatesError as exc:
         with connect(url) as conn:
             stored = conn.execute("select max(rate_date) from exchange_rates").fetchone()[0]

@@ -8,7 +8,7 @@ from html import escape
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from bikematch.demo.catalogue import ANCHOR, Catalogue, Listing, photo
+from bikematch.app.demo.catalogue import ANCHOR, Catalogue, Listing, photo
 
 PAGE_SIZE = 12
 PREFIX = {"jsonld": "fvs", "woocommerce": "woo", "shopify": "shopify", "css": "uk"}

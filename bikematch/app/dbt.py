@@ -24,8 +24,8 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from bikematch.database import DatabaseError, connect
-from bikematch.settings import PROJECT_ROOT
+from bikematch.core.database import DatabaseError, connect
+from bikematch.core.settings import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
 

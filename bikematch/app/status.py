@@ -7,20 +7,24 @@ from datetime import UTC
 
 import psycopg
 
-from bikematch.migrations import discover
-
-#: The embedder's default retry cap (EmbedSettings.max_attempts, which a test keeps
-#: equal; importing the embedder here would load torch): listings that failed this
-#: often are no longer pending.
-MAX_ATTEMPTS = 5
+from bikematch.core.database import connect, mask_password
+from bikematch.core.migrations import discover
+from embedder import MAX_ATTEMPTS
 
 
 def _when(moment) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if moment else "never"
 
 
-def database_status(conn: psycopg.Connection) -> list[str]:
-    """Lines on the schema, listings per shop, vectors per model, clusters and rates."""
+def database_status(url: str) -> list[str]:
+    """Which server this is, then lines on the schema, listings per shop, vectors per
+    model, clusters and rates."""
+    with connect(url) as conn:
+        version = conn.execute("show server_version").fetchone()[0]
+        return [f"connected to {mask_password(url)} (Postgres {version})", *_contents(conn)]
+
+
+def _contents(conn: psycopg.Connection) -> list[str]:
     exists = conn.execute("select to_regclass('bikematch_migrations')").fetchone()[0]
     applied = (
         {row[0] for row in conn.execute("select version from bikematch_migrations")}

@@ -92,7 +92,10 @@ def read_truth(path) -> list[tuple[tuple[str, str], tuple[str, str]]]:
     import csv
     from pathlib import Path
 
-    text = Path(path).read_text(encoding="utf-8")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a UTF-8 CSV file of labelled pairs") from None
     try:
         delimiter = csv.Sniffer().sniff(text[:4096], delimiters=",;\t|#").delimiter
     except csv.Error:  # one column, say: the column check below names what is missing
@@ -101,7 +104,13 @@ def read_truth(path) -> list[tuple[tuple[str, str], tuple[str, str]]]:
     needed = {"webshop_a", "url_a", "webshop_b", "url_b"}
     if not needed <= set(rows.fieldnames or []):
         raise ValueError(f"{path}: needs columns {', '.join(sorted(needed))}")
-    return [((r["webshop_a"], r["url_a"]), (r["webshop_b"], r["url_b"])) for r in rows]
+    pairs = []
+    for line, r in enumerate(rows, start=2):
+        fields = [r[name] for name in ("webshop_a", "url_a", "webshop_b", "url_b")]
+        if any(value is None for value in fields):
+            raise ValueError(f"{path}: row {line} has fewer than the header's fields")
+        pairs.append(((fields[0], fields[1]), (fields[2], fields[3])))
+    return pairs
 
 
 def evaluate_truth(conn, pairs, model: str, worst: int = 10, complete: bool = False) -> TruthReport:

@@ -22,7 +22,7 @@ import psycopg
 from pgvector.psycopg import register_vector
 from psycopg.conninfo import conninfo_to_dict
 
-from bikematch.settings import Settings
+from bikematch.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Loading listings from CSV or JSONL files: shop feeds and labelled benchmarks alike.
 
 Rows go through the scrapers' normalisation and the same upsert as scraped
-listings (bikematch.listings). A row without a url or name is rejected and
+listings (bikematch.core.listings). A row without a url or name is rejected and
 counted by reason; an unreadable price is stored as NULL and counted.
 """
 
@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bikematch.listings import Listing, StoreResult, store_in_batches
-from scrapers.normalise import PriceError, clean_text, currency_code, parse_price, valid_gtin
+from bikematch.core.listings import Listing, StoreResult, store_in_batches
+from bikematch.core.normalise import PriceError, clean_text, currency_code, parse_price, valid_gtin
 
 FIELDS = ("url", "name", "price", "currency", "image_url", "brand", "gtin", "sku")
 
