@@ -197,84 +197,15 @@ judged as (
         second_listing.valid_gtin as second_valid_gtin,
         second_listing.is_anchor as second_is_anchor,
         {% if evidence -%}
-            -- Only rare model numbers count ("1993UP" on forty listings says
-            -- nothing); one may extend the other with letters (MC359LL vs
-            -- MC359LLA), not continue its number (DSCTX10 vs DSCTX100V).
-            case
-                when first_listing.rare_codes is null or second_listing.rare_codes is null
-                    then false
-                when first_listing.rare_codes && second_listing.rare_codes then true
-                else exists (
-                    select from unnest(first_listing.rare_codes) as mine
-                    inner join unnest(second_listing.rare_codes) as theirs
-                        on
-                            mine = theirs
-                            or (
-                                least(length(mine), length(theirs)) >= 5
-                                and (
-                                    (
-                                        mine like theirs || '%'
-                                        and (
-                                            theirs !~ '[0-9]$'
-                                            or substr(mine, length(theirs) + 1, 1) !~ '[0-9]'
-                                        )
-                                    )
-                                    or (
-                                        theirs like mine || '%'
-                                        and (
-                                            mine !~ '[0-9]$'
-                                            or substr(theirs, length(mine) + 1, 1) !~ '[0-9]'
-                                        )
-                                    )
-                                )
-                            )
-                )
-            end as codes_agree,
-            -- Different model numbers of the same kind, and none of that kind
-            -- shared: C380 vs C7, 400WH vs 625WH (common or rare alike).
-            case
-                when not first_listing.code_kinds && second_listing.code_kinds then false
-                when
-                    first_listing.model_codes @> second_listing.model_codes
-                    and second_listing.model_codes @> first_listing.model_codes
-                    then false
-                else exists (
-                    select
-                    from
-                        unnest(first_listing.model_codes, first_listing.code_kinds)
-                            as mine (code, kind)
-                    inner join
-                        unnest(second_listing.model_codes, second_listing.code_kinds)
-                            as theirs (code, kind)
-                        on mine.kind = theirs.kind and mine.code <> theirs.code
-                    where mine.kind <> all(
-                        array(
-                            select shared.kind
-                            from
-                                unnest(first_listing.model_codes, first_listing.code_kinds)
-                                    as shared (code, kind)
-                            where shared.code = any(second_listing.model_codes)
-                        )
-                    )
-                )
-            end as codes_conflict,
-            coalesce(first_listing.brand_key <> second_listing.brand_key, false)
+            {{ codes_agree('first_listing.rare_codes', 'second_listing.rare_codes') }}
+                as codes_agree,
+            {{ codes_conflict(
+                'first_listing.model_codes', 'first_listing.code_kinds',
+                'second_listing.model_codes', 'second_listing.code_kinds'
+            ) }} as codes_conflict,
+            {{ brand_conflict('first_listing.brand_key', 'second_listing.brand_key') }}
                 as brand_conflict,
-            coalesce(
-                case
-                    when first_listing.currency is not distinct from second_listing.currency
-                        then
-                            greatest(first_listing.price, second_listing.price)
-                            > {{ var('price_ratio_limit') }}
-                            * least(first_listing.price, second_listing.price)
-                    -- different currencies: compared in euros, where both have a rate
-                    else
-                        greatest(first_listing.price_eur, second_listing.price_eur)
-                        > {{ var('price_ratio_limit') }}
-                        * least(first_listing.price_eur, second_listing.price_eur)
-                end,
-                false
-            ) as price_conflict
+            {{ price_conflict('first_listing', 'second_listing') }} as price_conflict
         {%- else -%}
             false as codes_agree,
             false as codes_conflict,

@@ -9,7 +9,10 @@
 --
 -- price_eur: the price in euros, through stg_exchange_rates, for comparing
 -- prices in different currencies; null where the currency has no rate.
-{% set shops = ordered_shops() %}
+--
+-- shop_rank: the order master_bikes places shops in. 0 is var('anchor_shop');
+-- then the shops of var('shop_priority') in their order, then the others by name.
+-- It never depends on row order.
 
 with
 
@@ -34,16 +37,33 @@ shop_crawls as (
     group by webshop
 ),
 
+priorities as (
+    -- var('shop_priority'), in its order
+    select
+        null::text as webshop,
+        null::integer as priority
+    where false
+    {%- for shop in var('shop_priority') %}
+        union all
+        select
+            {{ sql_literal(shop) }} as webshop,
+            {{ loop.index }} as priority
+    {%- endfor %}
+),
+
 shop_ranks as (
     select
-        ranks.webshop,
-        ranks.shop_rank
-    from (
-        values
-        {%- for shop in shops %}
-            ({{ sql_literal(shop) }}, {{ loop.index0 }}){{ "," if not loop.last }}
-        {%- endfor %}
-    ) as ranks (webshop, shop_rank)
+        shop_crawls.webshop,
+        case
+            when shop_crawls.webshop = {{ sql_literal(var('anchor_shop')) }} then 0
+            else
+                row_number() over (
+                    partition by shop_crawls.webshop = {{ sql_literal(var('anchor_shop')) }}
+                    order by priorities.priority asc nulls last, shop_crawls.webshop asc
+                )
+        end as shop_rank
+    from shop_crawls
+    left join priorities on shop_crawls.webshop = priorities.webshop
 ),
 
 active_embedded as (
