@@ -27,11 +27,9 @@ the photo server ("others": Postgres, whose HNSW index maintenance is most
 of it, and whatever else the machine runs), the photo server ("photos": a
 shop's CDN would not be on these cores), and what was left idle.
 
-With `--dtype auto` (the default, as `bikematch embed` on CPU, on its first
-run on a machine) the job measures bf16 against float32 on its first batch,
-which therefore costs two batches; the model-only figure is taken in the
-precision the job kept. `--dtype auto-stored` is a later run: one short job
-first stores the measured outcome, which the timed runs then use.
+`--dtype auto` (the default) is `bikematch embed`'s: float32 on CPU, bf16
+autocast on CUDA; `--dtype bfloat16` is what `bikematch embed check-precision`
+recommends where bf16 agrees and is faster.
 
 Usage: python bench/bench_embed.py [--models ...] [--listings 512] [--device cpu]
 """
@@ -49,7 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +69,7 @@ from embedder.job import (  # noqa: E402
     inference_streams,
     run_embedding,
 )
+from perception_models.allocator import keep_freed_memory  # noqa: E402
 from perception_models.precision import dtype_name  # noqa: E402
 
 
@@ -220,12 +219,11 @@ def main() -> None:
     parser.add_argument(
         "--dtype",
         default="auto",
-        choices=["auto", "auto-stored", "float32", "bfloat16"],
-        help="auto: as `bikematch embed` on its first run (on CPU float32 unless one batch "
-        "shows bf16 agrees; bf16 on CUDA); auto-stored: as a later run, which uses the "
-        "first run's stored outcome",
+        choices=["auto", "float32", "bfloat16"],
+        help="auto: as `bikematch embed` (float32 on CPU, bf16 autocast on CUDA)",
     )
     args = parser.parse_args()
+    keep_freed_memory()  # as the job does, before any thread starts
 
     root = Path(tempfile.mkdtemp(prefix="bikematch-bench-embed-"))
     url = start_embedded(root / "pgdata")
@@ -264,32 +262,23 @@ def main() -> None:
                 f"{'end-to-end/s':>13} {'ratio':>6} {'model busy':>10} {'write wait':>10} "
                 f"{'CPU ms/listing: this':>21} {'others':>6} {'photos':>6} {'idle':>5}"
             )
-            # As `bikematch embed --dtype auto`: measured on CPU, bf16 autocast on CUDA.
-            measured = args.dtype.startswith("auto")
-            auto = measured and args.device == "cpu"
-            fixed = torch.bfloat16 if measured else getattr(torch, args.dtype)
+            # As `bikematch embed --dtype auto`: float32 on CPU, bf16 autocast on CUDA.
+            if args.dtype == "auto":
+                precision = torch.bfloat16 if device.type == "cuda" else torch.float32
+            else:
+                precision = getattr(torch, args.dtype)
             for name in args.models:
-                model = build(name, args.device, torch.float32 if auto else fixed)
+                model = build(name, args.device, precision)
                 n = args.pe_core_listings if name == "pe-core-l14-336" else args.listings
                 batch = min(args.batch_size, max(1, n // streams))  # a batch per stream
-                for dtype in (torch.bfloat16, torch.float32) if auto else (model.dtype,):
-                    model.dtype = dtype  # one-off kernel set-up is not throughput
-                    warm_up(model, photos, titles, batch)
+                warm_up(model, photos, titles, batch)  # one-off kernel set-up is not throughput
                 settings = EmbedSettings(
                     batch_size=batch,
                     limit=n,
                     workers=args.workers,
                     streams=args.streams,
-                    choose_precision=measured,
-                    # auto: every run measures bf16 again, as a first run would.
-                    precision_max_age=EmbedSettings.precision_max_age
-                    if args.dtype == "auto-stored"
-                    else None,
                     fetch=FetchSettings(allow_private=True, cache_dir=None),
                 )
-                if args.dtype == "auto-stored":  # the first run, which stores its outcome
-                    run_embedding(url, model, replace(settings, limit=batch))
-                    clear(url)
                 alone, summaries, uses = [], [], []
                 for _ in range(args.repeats):
                     summary, use = CpuUse.measure(
@@ -329,8 +318,8 @@ def main() -> None:
                     f"  batches of {batch}; decoding: {decode_ms(model, photos[:n]):.2f} ms a photo"
                     " on one thread"
                 )
-                for precision in sorted({s.precision for s in summaries if s.precision}):
-                    print(f"  {precision}")
+                for used in sorted({s.precision for s in summaries if s.precision}):
+                    print(f"  {used}")
     finally:
         stop_embedded(root / "pgdata")
         shutil.rmtree(root, ignore_errors=True)

@@ -20,6 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from perception_models import load_model  # noqa: E402
+from perception_models.allocator import keep_freed_memory  # noqa: E402
 from perception_models.models import TINY_CONFIG, PECore  # noqa: E402
 from perception_models.pe_core import PE_CORE_L14_336  # noqa: E402
 from perception_models.tokenizers import ByteTokenizer  # noqa: E402
@@ -74,6 +75,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8, 32])
     parser.add_argument("--seconds", type=float, default=5)
     args = parser.parse_args()
+    keep_freed_memory()  # as the job does, before any thread starts
     dtype = getattr(torch, args.dtype)
     cuda = args.device.startswith("cuda")
     synchronise = torch.cuda.synchronize if cuda else (lambda: None)

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import numpy as np
 import psycopg
-import torch
 from pgvector import HalfVector, Vector
-
-from perception_models.precision import PrecisionChoice, dtype_name
 
 # Pending listings after `after` in id order, locked so that a second
 # embedder skips them (and waits for nothing). The lock lasts until the
@@ -161,56 +158,6 @@ def write(conn, model: str, embedded: list[Embedded], failures: list[Failure]) -
             """,
             [(f.bike_id, model, f.stage, f.error[:500], f.source_hash) for f in failures],
         )
-
-
-def stored_precision(
-    conn, model: str, machine: str, candidate: torch.dtype, max_age: timedelta
-) -> PrecisionChoice | None:
-    """The precision an earlier run measured for `model` on this kind of machine, if recent."""
-    row = conn.execute(
-        """
-        select chosen, agreement, speedup, listings, error, measured_at
-        from precision_choices
-        where
-            model = %s and machine = %s and candidate = %s
-            and measured_at >= now() - %s::interval
-        """,
-        (model, machine, dtype_name(candidate), max_age),
-    ).fetchone()
-    if row is None:
-        return None
-    chosen, agreement, speedup, listings, error, measured_at = row
-    return PrecisionChoice(
-        getattr(torch, chosen), candidate, agreement, speedup, listings, error, measured_at
-    )
-
-
-def save_precision(conn, model: str, machine: str, choice: PrecisionChoice) -> None:
-    """Record a measured precision choice (replacing an older one) in conn's transaction."""
-    conn.execute(
-        """
-        insert into precision_choices
-            (model, machine, candidate, chosen, agreement, speedup, listings, error)
-        values (%s, %s, %s, %s, %s, %s, %s, %s)
-        on conflict (model, machine, candidate) do update set
-            chosen = excluded.chosen,
-            agreement = excluded.agreement,
-            speedup = excluded.speedup,
-            listings = excluded.listings,
-            error = excluded.error,
-            measured_at = now()
-        """,
-        (
-            model,
-            machine,
-            dtype_name(choice.candidate),
-            dtype_name(choice.dtype),
-            choice.agreement,
-            choice.speedup,
-            choice.listings,
-            choice.error,
-        ),
-    )
 
 
 def listing_image_urls(conn: psycopg.Connection):

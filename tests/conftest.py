@@ -21,10 +21,7 @@ BIN = Path(sys.executable).parent
 BIKEMATCH = str(BIN / "bikematch")
 
 # Tables Python writes, in an order TRUNCATE ... CASCADE is happy with.
-SOURCE_TABLES = (
-    "scraped_bikes, price_history, vector_storage, embedding_failures, precision_choices,"
-    " exchange_rates"
-)
+SOURCE_TABLES = "scraped_bikes, price_history, vector_storage, embedding_failures, exchange_rates"
 
 
 @pytest.fixture(scope="session")

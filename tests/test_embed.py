@@ -32,7 +32,6 @@ from embedder.job import (
 )
 from embedder.remote import RemoteModel
 from perception_models import load_model
-from perception_models.precision import machine_description
 
 from .conftest import BIKEMATCH, run_cli
 from .image_server import (
@@ -45,9 +44,6 @@ from .image_server import (
     palette_with_alpha,
     png,
 )
-
-#: The kind of machine the job stores its precision choice under, with its default streams.
-JOB_MACHINE = machine_description(*inference_streams(None, torch.device("cpu")))
 
 
 @pytest.fixture(scope="module")
@@ -491,12 +487,21 @@ def test_vectors_older_than_a_time_are_embedded_again_once(
 def test_a_time_budget_stops_claiming_and_the_next_run_goes_on(
     conn, database_url, images, tmp_path
 ):
-    model, calls = recording_model(seconds_a_batch=0.5)
+    """A clock that moves a second each batch the model embeds: the budget of two seconds
+    is spent after two batches, while the pipeline holds a few more it claimed."""
+    model = load_model("tiny-random", device="cpu")
+    now, embed_images = [0.0], model.embed_images
+
+    def one_second_a_batch(pixels):
+        now[0] += 1.0
+        return embed_images(pixels)
+
+    model.embed_images = one_second_a_batch
     photo = images.add("p.jpg", jpeg((90, 90, 9)))
     for i in range(40):
         add(conn, "shop.nl", f"p{i}", f"Bike {i}", photo)
     budget = settings(tmp_path, streams=1, max_seconds=2.0)
-    first = run_embedding(database_url, model, budget)
+    first = run_embedding(database_url, model, budget, clock=lambda: now[0])
     assert 0 < first.embedded < 40 and first.left_for_later == 40 - first.embedded
     assert first.lines()[-1] == (
         f"stopped at its time budget: about {40 - first.embedded} listings left for the next run"
@@ -536,7 +541,7 @@ def test_connections_the_database_drops_are_replaced_and_nothing_is_lost(
 
 
 def test_the_summary_says_when_database_writes_held_the_job_up(conn, database_url, tmp_path, tiny):
-    for i in range(10):
+    for i in range(30):
         add(conn, "shop.nl", f"p{i}", f"Bike {i}", None)
     # Another session blocks writes (not reads) for 2 s: the first batches are
     # embedded, their writes wait, and with every connection holding an unwritten
@@ -547,211 +552,64 @@ def test_the_summary_says_when_database_writes_held_the_job_up(conn, database_ur
         release.start()
         summary = run_embedding(database_url, tiny, settings(tmp_path, batch_size=2))
         release.join()
-    assert summary.embedded == 10
+    assert summary.embedded == 30
     assert summary.write_wait_seconds >= 1.0, summary.lines()
     assert "waiting for database writes" in summary.lines()[1]
 
 
-def test_auto_precision_is_measured_on_the_first_batch_with_enough_images(
-    conn, database_url, images, tmp_path
-):
-    model = load_model("tiny-random", device="cpu")  # the job may switch its dtype
-    titles = [f"Bike {i} with a {40 + i} cm frame" for i in range(10)]
-    for i, title in enumerate(titles):
-        add(conn, "shop.nl", f"p{i}", title, images.add(f"{i}.jpg", jpeg((20 * i, 90, 200 - i))))
-    summary = run_embedding(
-        database_url, model, settings(tmp_path, batch_size=16, choose_precision=True)
-    )
-    assert summary.embedded == 10
-    line = summary.lines()[-1]
-    kept = "bfloat16 autocast" if model.dtype == torch.bfloat16 else "float32"
-    assert line.startswith(f"precision {kept} (bfloat16 agreed with float32 at cosine >= ")
-    assert "on 10 listings" in line
-    # The outcome is stored for later runs on this kind of machine.
-    assert conn.execute(
-        "select model, machine, candidate, chosen, listings from precision_choices"
-    ).fetchall() == [("tiny-random", JOB_MACHINE, "bfloat16", str(model.dtype)[6:], 10)]
-    # The measured batch is stored from its float32 vectors.
-    model.dtype = torch.float32
-    stored = conn.execute(
-        "select name, text_embedding from vector_storage join scraped_bikes on id = bike_id"
-    ).fetchall()
-    expected = model.embed_texts(model.tokenize([name for name, _ in stored]))
-    assert torch.allclose(torch.tensor([v.to_list() for _, v in stored]), expected, atol=1e-6)
-
-
-def test_auto_precision_uses_the_stored_choice_until_it_is_too_old(
-    conn, database_url, images, tmp_path
-):
-    """A stored outcome for this model and kind of machine saves the trial batch; an old
-    one, or --remeasure-precision, measures again (and replaces it)."""
+def test_the_model_embeds_batches_at_once_on_its_streams(conn, database_url, images, tmp_path):
+    """Two streams: two batches are in the model at the same time, each on its stream's
+    threads, and torch's thread count is restored afterwards. Each call waits at a
+    barrier for a second one: with one batch at a time the barrier would break."""
     model = load_model("tiny-random", device="cpu")
-    conn.execute("select bikematch_register_model('tiny-random', 32, 32)")
-    # Not what this machine would measure for tiny-random (float32 results, 1.0x): the
-    # job can only report it by reading it back.
-    conn.execute(
-        "insert into precision_choices"
-        " (model, machine, candidate, chosen, agreement, speedup, listings, measured_at)"
-        " values ('tiny-random', %s, 'bfloat16', 'bfloat16', 0.99991, 3.5, 64, now() - %s)",
-        (JOB_MACHINE, timedelta(days=29)),
-    )
-    for i in range(24):
-        add(conn, "shop.nl", f"p{i}", f"Bike {i}", images.add(f"{i}.jpg", jpeg((9 * i, 9, 9))))
+    both = threading.Barrier(2, timeout=30)
+    threads_seen, embed_images = set(), model.embed_images
 
-    def embed(limit, **overrides):
-        values = {"batch_size": 16, "limit": limit, "choose_precision": True, **overrides}
-        return run_embedding(database_url, model, settings(tmp_path, **values))
+    def together(pixels):
+        threads_seen.add(torch.get_num_threads())
+        if len(pixels) == 8:  # the full pages; the last, shorter one may come alone
+            both.wait()
+        return embed_images(pixels)
 
-    stored_day = conn.execute("select (now() - interval '29 days')::date").fetchone()[0]
-    summary = embed(8)
-    assert model.dtype == torch.bfloat16
-    line = summary.lines()[-1]
-    assert line.startswith(
-        f"precision bfloat16 autocast (as measured on this kind of machine on {stored_day}: "
-        "bfloat16 agreed with float32 at cosine >= 0.99991 on 64 listings and ran 3.5x as fast; "
-        "on 4 listings of this run at cosine >= 0.99"
-    ), line
-
-    def measured():
-        return conn.execute(
-            "select listings, measured_at > now() - interval '1 minute' from precision_choices"
-        ).fetchone()
-
-    conn.execute("update precision_choices set measured_at = now() - interval '31 days'")
-    summary = embed(8)
-    assert "as measured on" not in summary.lines()[-1]
-    assert "on 8 listings" in summary.lines()[-1]
-    assert measured() == (8, True)
-
-    conn.execute("update precision_choices set measured_at = now() - interval '1 day'")
-    summary = embed(None, precision_max_age=None)
-    assert "as measured on" not in summary.lines()[-1]
-    assert measured() == (8, True) and summary.embedded == 8
-    # Another kind of machine's outcome is not this one's.
-    conn.execute("update precision_choices set machine = 'another CPU'")
-    conn.execute("update scraped_bikes set name = name || ' 2024'")
-    assert "as measured on" not in embed(16).lines()[-1]
-    assert conn.execute("select count(*) from precision_choices").fetchone()[0] == 2
-
-
-def test_a_stored_bf16_choice_is_checked_on_each_runs_own_listings(
-    conn, database_url, images, tmp_path, monkeypatch
-):
-    """Agreement depends on the photos: a run whose first listings disagree embeds in
-    float32 after all, and stores that instead."""
-    from perception_models import precision
-
-    model = load_model("tiny-random", device="cpu")
-    conn.execute("select bikematch_register_model('tiny-random', 32, 32)")
-    conn.execute(
-        "insert into precision_choices"
-        " (model, machine, candidate, chosen, agreement, speedup, listings)"
-        " values ('tiny-random', %s, 'bfloat16', 'bfloat16', 0.9999, 1.8, 32)",
-        (JOB_MACHINE,),
-    )
-    for i in range(6):
-        add(conn, "shop.nl", f"p{i}", f"Bike {i}", images.add(f"{i}.jpg", jpeg((9 * i, 9, 9))))
-    monkeypatch.setattr(precision, "MIN_AGREEMENT", 1.01)  # nothing agrees that well
-    summary = run_embedding(
-        database_url, model, settings(tmp_path, batch_size=8, choose_precision=True)
-    )
-    assert summary.embedded == 6 and model.dtype == torch.float32
-    assert summary.lines()[-1].startswith("precision float32 (bfloat16 agreed with float32 at")
-    assert conn.execute("select chosen, listings from precision_choices").fetchall() == [
-        ("float32", 4)
-    ]
-    # The whole batch was embedded again in float32.
-    stored = conn.execute(
-        "select name, text_embedding from vector_storage join scraped_bikes on id = bike_id"
-    ).fetchall()
-    expected = model.embed_texts(model.tokenize([name for name, _ in stored]))
-    assert torch.allclose(torch.tensor([v.to_list() for _, v in stored]), expected, atol=1e-6)
-
-
-def test_auto_precision_stays_float32_without_a_batch_to_measure_on(
-    conn, database_url, images, tmp_path
-):
-    model = load_model("tiny-random", device="cpu")
-    for i in range(3):
-        add(conn, "shop.nl", f"p{i}", f"Bike {i}", images.add(f"{i}.jpg", jpeg((i, 9, 9))))
-    summary = run_embedding(database_url, model, settings(tmp_path, choose_precision=True))
-    assert summary.embedded == 3 and model.dtype == torch.float32
-    assert summary.lines()[-1] == (
-        "precision float32 (no batch had 8 listings with images to measure bfloat16 on)"
-    )
-
-
-def test_the_model_embeds_batches_at_once_but_alone_while_it_measures_precision(
-    conn, database_url, images, tmp_path
-):
-    """Two streams of one batch each: batches overlap, except the precision trial (the first
-    batch, whose timings decide, on both streams' threads), and torch's thread count is
-    restored afterwards."""
-    model, calls = recording_model(seconds_a_batch=0.05)
-    for i in range(24):
+    model.embed_images = together
+    for i in range(20):
         add(conn, "shop.nl", f"p{i}", f"Bike {i}", images.add(f"{i}.jpg", jpeg((9 * i, 90, 9))))
     threads = torch.get_num_threads()
-    summary = run_embedding(
-        database_url,
-        model,
-        settings(tmp_path, batch_size=8, streams=2, choose_precision=True, precision_max_age=None),
-    )
-    assert summary.embedded == 24 and summary.streams == 2
+    summary = run_embedding(database_url, model, settings(tmp_path, batch_size=8, streams=2))
+    assert summary.embedded == 20 and summary.streams == 2 and not summary.failed
     assert "the model's 2 streams busy" in summary.lines()[1]
-    calls.sort()
-    # The trial: two halves of the first batch, each in float32 and in bfloat16.
-    trial, rest = calls[:4], calls[4:]
-    assert len(rest) == 2
-    trial_end = max(end for _, end, _ in trial)
-    assert all(started >= trial_end for started, _, _ in rest)
-    assert rest[1][0] < rest[0][1]  # the two later batches overlap
-    # Alone, the trial runs on both streams' threads.
-    per_stream = inference_streams(2, torch.device("cpu"))[1]
-    assert {count for _, _, count in trial} == {2 * per_stream}
-    assert {count for _, _, count in rest} == {per_stream}
+    assert threads_seen == {inference_streams(2, torch.device("cpu"))[1]}
     assert torch.get_num_threads() == threads
     with ThreadPoolExecutor(1) as fresh:  # the default for threads started later, too
         assert fresh.submit(torch.get_num_threads).result() == threads
 
 
-def recording_model(seconds_a_batch=0.0, seconds_a_listing=0.0):
-    """tiny-random, made slower (so that batches can overlap), recording for each call to
-    embed_images when it started and ended and on how many threads it ran."""
-    model = load_model("tiny-random", device="cpu")
-    calls, lock = [], threading.Lock()
-    embed_images = model.embed_images
-
-    def recorded(pixels):
-        started = time.perf_counter()
-        time.sleep(seconds_a_batch + seconds_a_listing * len(pixels))
-        vectors = embed_images(pixels)
-        with lock:
-            calls.append((started, time.perf_counter(), torch.get_num_threads()))
-        return vectors
-
-    model.embed_images = recorded
-    return model, calls
+def test_the_job_embeds_in_the_models_precision(conn, database_url, images, tmp_path):
+    """--dtype decides: bf16 autocast where the model was loaded so, and the summary says."""
+    model = load_model("tiny-random", device="cpu", dtype=torch.bfloat16)
+    for i in range(4):
+        add(conn, "shop.nl", f"p{i}", f"Bike {i}", images.add(f"{i}.jpg", jpeg((9 * i, 9, 9))))
+    summary = run_embedding(database_url, model, settings(tmp_path))
+    assert summary.embedded == 4 and summary.lines()[-1] == "precision bfloat16 autocast"
+    plain = run_embedding(database_url, load_model("tiny-random", device="cpu"), settings(tmp_path))
+    assert not any(line.startswith("precision") for line in plain.lines())
 
 
-def test_the_runs_last_batch_takes_the_streams_left_free(conn, database_url, images, tmp_path):
-    per_stream = inference_streams(2, torch.device("cpu"))[1]
-    # One short page: the last batch from the start, with both streams free.
-    model, calls = recording_model()
+def test_check_precision_measures_bf16_on_the_catalogues_own_listings(conn, database_url, images):
     for i in range(6):
-        add(conn, "shop.nl", f"a{i}", f"Bike {i}", images.add(f"a{i}.jpg", jpeg((9 * i, 9, 9))))
-    summary = run_embedding(database_url, model, settings(tmp_path, batch_size=8, streams=2))
-    assert summary.embedded == 6
-    assert [count for _, _, count in calls] == [2 * per_stream]
-    # Pages of 8, 8 and 4: the first two embed side by side and end together, and
-    # the last waits for both streams rather than run on one while the other idles.
-    model, calls = recording_model(seconds_a_listing=0.05)
-    for i in range(20):
-        add(conn, "shop.nl", f"b{i}", f"Bike {i}", images.add(f"b{i}.jpg", jpeg((9 * i, 9, 99))))
-    summary = run_embedding(database_url, model, settings(tmp_path, batch_size=8, streams=2))
-    assert summary.embedded == 20
-    calls.sort()
-    assert [count for _, _, count in calls] == [per_stream, per_stream, 2 * per_stream]
-    assert calls[2][0] >= max(calls[0][1], calls[1][1])
+        add(conn, "shop.nl", f"p{i}", f"Bike {i}", images.add(f"{i}.jpg", jpeg((40 * i, 9, 9))))
+    args = ("embed", "check-precision", "--model", "tiny-random", "--device", "cpu")
+    result = run_cli(*args, "--allow-private-hosts", env={"DATABASE_URL": database_url})
+    assert result.returncode == 0, result.stderr
+    [line] = result.stdout.strip().splitlines()
+    assert line.startswith("tiny-random: bfloat16 agreed with float32 at cosine >= "), line
+    assert "on 6 listings and ran" in line
+    assert line.endswith(("is safe and faster here", "(needs >= 0.999 and 1.2x)")), line
+    # nothing with an image to measure on: one line
+    conn.execute("update scraped_bikes set image_url = null")
+    result = run_cli(*args, env={"DATABASE_URL": database_url})
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: no listings with an image to compare on"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -827,25 +685,6 @@ def test_fetch_concurrency_bounds_the_downloads_at_once(conn, database_url, imag
     assert process.returncode == 0, err
     assert "embedded 8" in out
     assert images.most_at_once == 3  # 8 fetches of one batch, 3 at a time
-
-
-def test_cli_remeasures_precision_when_asked(conn, database_url, images):
-    conn.execute("select bikematch_register_model('tiny-random', 32, 32)")
-    conn.execute(
-        "insert into precision_choices"
-        " (model, machine, candidate, chosen, agreement, speedup, listings)"
-        " values ('tiny-random', %s, 'bfloat16', 'float32', 0.9, 1.0, 64)",
-        (JOB_MACHINE,),
-    )
-    for i in range(8):
-        add(conn, "shop.nl", f"p{i}", f"Bike {i}", images.add(f"{i}.jpg", jpeg((i * 20, 5, 5))))
-    for flag in (["--remeasure-precision"], []):
-        process = _embed_process(database_url, "--batch-size", "8", *flag)
-        out, err = process.communicate(timeout=120)
-        assert process.returncode == 0, err
-        assert ("as measured on this kind of machine" in out) == (not flag), out
-        conn.execute("update scraped_bikes set name = name || ' 2024'")
-    assert conn.execute("select listings from precision_choices").fetchall() == [(8,)]
 
 
 def test_cli_takes_the_number_of_streams(conn, database_url):

@@ -7,7 +7,6 @@ import io
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -346,7 +345,7 @@ def test_cpu_batches_reuse_freed_memory_instead_of_faulting_it_in_again():
     assert faults("tuned") < 3 * pages
 
 
-def test_precision_trial_keeps_float32_results_and_applies_its_rule(monkeypatch):
+def test_precision_check_compares_bf16_with_float32_and_applies_its_rule(monkeypatch):
     from perception_models import precision
 
     model = load_model("minilm-effnet-lite0", device="cpu")
@@ -354,54 +353,54 @@ def test_precision_trial_keeps_float32_results_and_applies_its_rule(monkeypatch)
     pixels = torch.rand(8, 3, model.image_size, model.image_size, generator=noise) * 2 - 1
     # 8 images, 10 titles: a batch's text-only listings have a title and no image
     tokens = model.tokenize([f"{title} {i}" for i, title in enumerate(TITLES * 2)])
-    full_images, full_texts = model.embed_images(pixels), model.embed_texts(tokens)
+    full_images = model.embed_images(pixels)
 
-    choice, images, texts = precision.choose_precision(model, pixels, tokens)
-    assert images.shape[0] == 8 and texts.shape[0] == 10
-    assert torch.allclose(images, full_images, atol=1e-5)  # the batch's result is float32's
-    assert torch.allclose(texts, full_texts, atol=1e-5)
-    assert choice.listings == 8 and 0.9 < choice.agreement <= 1.0001 and choice.speedup > 0
-    wins = choice.agreement >= 0.999 and choice.speedup >= 1.2
-    assert choice.dtype == model.dtype == (torch.bfloat16 if wins else torch.float32)
+    check = precision.measure_precision(model, pixels, tokens)
+    assert model.dtype == torch.float32  # left as it was
+    assert check.listings == 8 and 0.9 < check.agreement <= 1.0001 and check.speedup > 0
+    assert check.worth_it == (check.agreement >= 0.999 and check.speedup >= 1.2)
+    model.dtype = torch.bfloat16
+    low_images = model.embed_images(pixels)
+    model.dtype = torch.float32
+    assert check.agreement <= (low_images * full_images).sum(-1).min().item() + 1e-6
 
     monkeypatch.setattr(precision, "MIN_AGREEMENT", 1.01)  # nothing agrees that well
-    choice, _, _ = precision.choose_precision(model, pixels, tokens)
-    assert choice.dtype == model.dtype == torch.float32
-    assert choice.describe().startswith("precision float32 (bfloat16 agreed with float32 at")
-
+    check = precision.measure_precision(model, pixels, tokens)
+    assert not check.worth_it
+    assert check.describe().endswith(": keep --dtype float32 (needs >= 1.01 and 1.2x)")
     monkeypatch.setattr(precision, "MIN_AGREEMENT", 0.0)
     monkeypatch.setattr(precision, "MIN_SPEEDUP", 0.0)
-    choice, _, _ = precision.choose_precision(model, pixels, tokens)
-    assert choice.dtype == model.dtype == torch.bfloat16
-    assert choice.describe().startswith("precision bfloat16 autocast (")
-    low_images = model.embed_images(pixels)
-    assert choice.agreement <= (low_images * full_images).sum(-1).min().item() + 1e-6
+    check = precision.measure_precision(model, pixels, tokens)
+    assert check.worth_it and check.describe().endswith(
+        ": --dtype bfloat16 is safe and faster here"
+    )
 
 
 def test_precision_speed_is_each_precisions_faster_half():
-    """The first call in each precision pays one-off set-up; it must not decide the choice."""
-    from perception_models.precision import choose_precision
+    """The first call in each precision pays one-off set-up; it must not decide. A clock
+    that the model moves: float32 takes 40 ms a call, bf16 20 ms, each a cold 300 ms once."""
+    from perception_models.precision import measure_precision
 
     model = load_model("tiny-random", device="cpu")
-    features, seen = model._image_features, set()
+    features, seen, now = model._image_features, set(), [0.0]
 
-    def costs(pixels):  # float32 takes 40 ms a call, bf16 20 ms, and each a cold 300 ms once
-        time.sleep(0.04 if model.dtype == torch.float32 else 0.02)
+    def costs(pixels):
+        now[0] += 0.04 if model.dtype == torch.float32 else 0.02
         if model.dtype not in seen:
             seen.add(model.dtype)
-            time.sleep(0.3)
+            now[0] += 0.3
         return features(pixels)
 
     model._image_features = costs
     pixels = torch.zeros(8, 3, model.image_size, model.image_size, dtype=torch.uint8)
-    choice, _, _ = choose_precision(model, pixels, model.tokenize(["a bike"] * 8))
-    assert 1.4 < choice.speedup < 2.2, choice.describe()  # 40 / 20 ms, not 340 / 320
+    check = measure_precision(model, pixels, model.tokenize(["a bike"] * 8), clock=lambda: now[0])
+    assert check.speedup == pytest.approx(2.0), check.describe()  # 40 / 20 ms, not 340 / 320
     with pytest.raises(ValueError, match="needs at least 2 images, not 1"):
-        choose_precision(model, pixels[:1], model.tokenize(["a bike"]))
+        measure_precision(model, pixels[:1], model.tokenize(["a bike"]))
 
 
 def test_a_precision_that_cannot_run_leaves_the_model_in_float32():
-    from perception_models.precision import choose_precision
+    from perception_models.precision import measure_precision
 
     model = load_model("tiny-random", device="cpu")
     features = model._image_features
@@ -413,8 +412,8 @@ def test_a_precision_that_cannot_run_leaves_the_model_in_float32():
 
     model._image_features = float32_only
     pixels = torch.zeros(8, 3, model.image_size, model.image_size)
-    choice, images, _ = choose_precision(model, pixels, model.tokenize(["a bike"] * 8))
-    assert model.dtype == choice.dtype == torch.float32 and images.shape[0] == 8
-    assert choice.describe() == (
-        "precision float32 (bfloat16 failed: \"conv2d\" not implemented for 'BFloat16')"
+    check = measure_precision(model, pixels, model.tokenize(["a bike"] * 8))
+    assert model.dtype == torch.float32 and not check.worth_it
+    assert check.describe() == (
+        "bfloat16 cannot run here (\"conv2d\" not implemented for 'BFloat16'): keep --dtype float32"
     )

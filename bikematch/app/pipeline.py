@@ -95,6 +95,13 @@ def load_embedding_model(
     import torch
 
     from perception_models import DeviceUnavailable, ModelFiles, WeightsNotFound, load_model
+    from perception_models.allocator import keep_freed_memory
+
+    if device != "cuda":
+        # A process-wide setting, made by the job before any thread has its own malloc
+        # arena (set later, it leaves those arenas as they are): CPU batches reuse the
+        # memory freed by the one before instead of page-faulting it in again.
+        keep_freed_memory()
 
     files = ModelFiles(
         pe_core_weights=settings.pe_core_weights,
@@ -174,6 +181,8 @@ class JobOptions:
     #: None: the model's registered threshold.
     threshold: float | None = None
     device: str = "auto"
+    #: Inference precision: auto (bfloat16 on CUDA, float32 on CPU), or a dtype's name.
+    dtype: str = "auto"
     batch_size: int = 32
     embed_minutes: float | None = None
     reembed_before: datetime | None = None
@@ -218,10 +227,9 @@ def run_job(
 
         stage = "embed"
         report.stage(stage)
-        model = load_embedding_model(settings, options.model_name, options.device)
+        model = load_embedding_model(settings, options.model_name, options.device, options.dtype)
         embed_settings = EmbedSettings(
             batch_size=options.batch_size,
-            choose_precision=True,
             fetch=options.fetch or fetch_settings(settings),
             max_seconds=None if options.embed_minutes is None else options.embed_minutes * 60,
             reembed_before=options.reembed_before,

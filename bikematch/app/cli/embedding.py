@@ -10,6 +10,7 @@ from bikematch.app.cli.options import (
     allow_private_hosts_option,
     batch_size_option,
     device_option,
+    dtype_option,
     echo_lines,
     model_option,
     options,
@@ -22,21 +23,7 @@ from bikematch.app.cli.options import (
 @batch_size_option
 @click.option("--limit", type=click.IntRange(1), help="Embed at most this many listings.")
 @device_option
-@click.option(
-    "--dtype",
-    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
-    default="auto",
-    show_default=True,
-    help="Inference precision. auto: bfloat16 autocast on CUDA; on CPU, float32 unless "
-    "one batch embedded both ways shows bfloat16 agrees (cosine >= 0.999) and is faster. "
-    "The outcome is stored for this model and kind of machine and reused for 30 days.",
-)
-@click.option(
-    "--remeasure-precision",
-    is_flag=True,
-    help="With --dtype auto on CPU: measure bfloat16 against float32 again on this run "
-    "instead of using the stored outcome (e.g. after changing the model's weights).",
-)
+@dtype_option
 @click.option(
     "--workers",
     type=click.IntRange(1, 64),
@@ -98,7 +85,6 @@ def embed(
     limit,
     device,
     dtype,
-    remeasure_precision,
     workers,
     streams,
     fetch_concurrency,
@@ -137,8 +123,6 @@ def embed(
         streams=streams,
         text_only=text_only,
         image_weight=image_weight,
-        choose_precision=dtype == "auto" and not remote,
-        precision_max_age=None if remeasure_precision else EmbedSettings.precision_max_age,
         fetch=pipeline.fetch_settings(
             settings,
             allow_private_hosts=allow_private_hosts,
@@ -192,6 +176,36 @@ def embed_compare(app: App, models, sample, device, allow_private_hosts) -> None
     fetch = pipeline.fetch_settings(app.settings, allow_private_hosts=allow_private_hosts)
     try:
         lines = compare_models(url, loaded[0], loaded[1], sample, fetch)
+    except CompareError as exc:
+        raise click.ClickException(str(exc)) from exc
+    echo_lines(lines)
+
+
+@embed.command("check-precision")
+@model_option()
+@click.option("--sample", type=click.IntRange(2), default=32, show_default=True)
+@options(device_option, allow_private_hosts_option("Fetch images from private addresses."))
+@pass_app
+def embed_check_precision(app: App, model_name, sample, device, allow_private_hosts) -> None:
+    """Whether bfloat16 is safe and faster than float32 for a model on this machine.
+
+    Embeds a sample of the catalogue's listings both ways and compares the vectors
+    (every one must agree at cosine >= 0.999) and the time (at least 1.2x as fast);
+    says which --dtype to give `embed` and `run`. Agreement depends on the photos, so
+    check again when the catalogue changes much.
+
+    \b
+    Example:
+        bikematch embed check-precision --model minilm-effnet-lite0
+    """
+    from bikematch.app import pipeline
+    from embedder.compare import CompareError, check_precision
+
+    model = pipeline.load_embedding_model(app.settings, model_name, device, "float32")
+    url = app.ready_database()
+    fetch = pipeline.fetch_settings(app.settings, allow_private_hosts=allow_private_hosts)
+    try:
+        lines = check_precision(url, model, sample, fetch)
     except CompareError as exc:
         raise click.ClickException(str(exc)) from exc
     echo_lines(lines)

@@ -13,6 +13,7 @@ from bikematch.app.cli.options import (
     anchor_option,
     batch_size_option,
     device_option,
+    dtype_option,
     echo_lines,
     load_shops,
     model_option,
@@ -63,6 +64,7 @@ class _PrintedReport(JobReport):
 @model_option(help="Embedding model for the embed and cluster stages.")
 @anchor_option
 @device_option
+@dtype_option
 @batch_size_option
 @click.option(
     "--embed-minutes",
@@ -80,7 +82,15 @@ class _PrintedReport(JobReport):
 )
 @pass_app
 def run(
-    app: App, shops_file, model_name, anchor_shop, device, batch_size, embed_minutes, reembed_before
+    app: App,
+    shops_file,
+    model_name,
+    anchor_shop,
+    device,
+    dtype,
+    batch_size,
+    embed_minutes,
+    reembed_before,
 ) -> None:
     """The nightly job: scrape, embed, cluster, in order; stops at the first failed stage.
 
@@ -96,6 +106,7 @@ def run(
         model_name=model_name,
         anchor_shop=anchor_shop,
         device=device,
+        dtype=dtype,
         batch_size=batch_size,
         embed_minutes=embed_minutes,
         reembed_before=reembed_before,

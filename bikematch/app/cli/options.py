@@ -62,6 +62,17 @@ def device_option(function):
     )(function)
 
 
+def dtype_option(function):
+    return click.option(
+        "--dtype",
+        type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+        default="auto",
+        show_default=True,
+        help="Inference precision. auto: bfloat16 autocast on CUDA, float32 on CPU; "
+        "`bikematch embed check-precision` says whether bfloat16 is safe and faster on a CPU.",
+    )(function)
+
+
 def anchor_option(function):
     return click.option("--anchor", "anchor_shop", help="The shop whose listings seed clusters.")(
         function
