@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,23 @@ def conn(database_url):
     with connect(database_url, autocommit=True) as connection:
         connection.execute(f"truncate {SOURCE_TABLES} cascade")
         yield connection
+
+
+def eventually(condition, timeout: float = 60.0):
+    """Poll `condition()` until it returns something true (returned), or fail after
+    `timeout` seconds: for what another process or the server does in its own time (a
+    lock wait, a statistics flush). The only waiting the tests do; no test sleeps a
+    guessed time and then asserts."""
+    deadline = time.monotonic() + timeout
+    pause = 0.01
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {condition.__doc__ or condition}")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.2)
 
 
 def run_cli(*args: str, env=None, check: bool = False, timeout=300, cwd=None):

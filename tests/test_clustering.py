@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -27,7 +26,7 @@ from .clustering import (
     product_vector,
     set_vector,
 )
-from .conftest import run_cli
+from .conftest import eventually, run_cli
 
 P1, P2, P3, P4 = (product_vector(seed) for seed in (1, 2, 3, 4))
 
@@ -283,19 +282,20 @@ def test_a_second_build_on_one_database_waits_for_the_first(db, database_url):
     with ThreadPoolExecutor(1) as pool:
         with one_build_at_a_time(database_url, "dbt build"):  # the build already running
             second = pool.submit(run_cli, *args, env={"DATABASE_URL": database_url})
-            waiting = 0
-            for _ in range(600):
-                waiting = db.execute(
-                    "select count(*) from pg_locks"
-                    " where locktype = 'advisory' and not granted and objid = %s::bigint::oid",
-                    (0x6B1E3A7D,),
-                ).fetchone()[0]
-                if waiting or second.done():
-                    break
-                time.sleep(0.1)
-            assert waiting == 1, second.done() and second.result().stderr
-            time.sleep(1)
-            assert not second.done()
+
+            def waiting_or_done():
+                """the second build waits for the lock (or ended)"""
+                return (
+                    second.done()
+                    or db.execute(
+                        "select count(*) from pg_locks"
+                        " where locktype = 'advisory' and not granted and objid = %s::bigint::oid",
+                        (0x6B1E3A7D,),
+                    ).fetchone()[0]
+                )
+
+            eventually(waiting_or_done, timeout=120)
+            assert not second.done(), second.result().stderr  # it waits, while the lock is held
         result = second.result(timeout=300)
     assert result.returncode == 0, result.stderr
     assert "another dbt build is running on this database: bikematch dbt build on" in (

@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import subprocess
-import time
 
 import numpy as np
 import psycopg
@@ -15,7 +14,7 @@ from pgvector import HalfVector, Vector
 from bikematch.core.database import DatabaseError, connect, mask_password
 from bikematch.core.migrations import apply_migrations, discover
 
-from .conftest import BIKEMATCH, run_cli
+from .conftest import BIKEMATCH, eventually, run_cli
 from .pooler import TransactionPooler
 
 
@@ -233,12 +232,13 @@ def test_a_connection_dropped_mid_command_is_one_line_exit_2(conn, database_url,
             text=True,
         )
         waiting = "select pid from pg_stat_activity where wait_event_type = 'Lock'"
-        for _ in range(300):  # until the import waits for the lock
-            row = conn.execute(waiting).fetchone()
-            if row or command.poll() is not None:
-                break
-            time.sleep(0.1)
-        assert row, command.communicate()
+
+        def import_waits():
+            """the import waits for the lock (or ended)"""
+            return command.poll() is not None or conn.execute(waiting).fetchone()
+
+        row = eventually(import_waits)
+        assert row is not True, command.communicate()
         conn.execute("select pg_terminate_backend(%s)", row)
         _, stderr = command.communicate(timeout=60)
     assert command.returncode == 2, stderr

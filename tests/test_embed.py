@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -33,7 +32,7 @@ from embedder.job import (
 from embedder.remote import RemoteModel
 from perception_models import load_model
 
-from .conftest import BIKEMATCH, run_cli
+from .conftest import BIKEMATCH, eventually, run_cli
 from .image_server import (
     ImageServer,
     LocalServer,
@@ -701,9 +700,7 @@ def test_resume_after_a_kill(conn, database_url, images, tmp_path):
         add(conn, "shop.nl", f"p{i}", f"Bike {i}", images.add(f"{i}.jpg", jpeg((i * 20, 5, 5))))
     images.delay = 0.3
     process = _embed_process(database_url, "--batch-size", "2")
-    deadline = time.time() + 60
-    while time.time() < deadline and not vectors(conn):
-        time.sleep(0.1)
+    eventually(lambda: vectors(conn))  # some batches are stored
     process.kill()
     process.wait()
     partial = len(vectors(conn))
