@@ -6,7 +6,6 @@ import click
 
 from bikematch.app.cli.options import (
     App,
-    PastTime,
     allow_private_hosts_option,
     batch_size_option,
     device_option,
@@ -15,6 +14,7 @@ from bikematch.app.cli.options import (
     model_option,
     options,
     pass_app,
+    reembed_before_option,
 )
 
 
@@ -69,13 +69,10 @@ from bikematch.app.cli.options import (
     help="Claim no new listings after this many minutes (the batches under way finish); "
     "the rest waits for the next run.",
 )
-@click.option(
-    "--reembed-before",
-    type=PastTime(),
-    metavar="TIME",
-    help="Also embed again the listings whose vector is older than TIME (ISO 8601, UTC "
+@reembed_before_option(
+    "Also embed again the listings whose vector is older than TIME (ISO 8601, UTC "
     "unless it says otherwise, e.g. the upgrade's): after an upgrade that reads photos "
-    "differently. Rerun the same command, with the same TIME, to resume.",
+    "differently. Rerun the same command, with the same TIME, to resume."
 )
 @click.pass_context
 def embed(

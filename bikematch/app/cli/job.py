@@ -9,7 +9,6 @@ import click
 from bikematch.app.cli.clustering import dbt_progress
 from bikematch.app.cli.options import (
     App,
-    PastTime,
     anchor_option,
     batch_size_option,
     device_option,
@@ -18,6 +17,7 @@ from bikematch.app.cli.options import (
     load_shops,
     model_option,
     pass_app,
+    reembed_before_option,
     shops_option,
 )
 from bikematch.app.cli.scraping import scrape_progress
@@ -72,13 +72,10 @@ class _PrintedReport(JobReport):
     help="Embed for at most this many minutes, then cluster what is embedded; the rest "
     "of a backlog waits for the next run (a CPU runner's first nights).",
 )
-@click.option(
-    "--reembed-before",
-    type=PastTime(),
-    metavar="TIME",
-    help="Also embed again the listings whose vector is older than TIME, as `embed "
+@reembed_before_option(
+    "Also embed again the listings whose vector is older than TIME, as `embed "
     "--reembed-before` (after an upgrade that reads photos differently); with "
-    "--embed-minutes, later runs with the same TIME go on where this one stopped.",
+    "--embed-minutes, later runs with the same TIME go on where this one stopped."
 )
 @pass_app
 def run(

@@ -149,6 +149,10 @@ class PastTime(click.ParamType):
         return moment
 
 
+def reembed_before_option(help: str):
+    return click.option("--reembed-before", type=PastTime(), metavar="TIME", help=help)
+
+
 def load_shops(app: App, shops_file: str | None, only: tuple[str, ...] = ()):
     """The configured shops (all, or those named in `only`)."""
     from scrapers.params import ShopConfigError
