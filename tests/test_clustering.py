@@ -87,6 +87,22 @@ def test_shop_priority_orders_the_shops_after_the_anchor(db, database_url):
     assert ranks == {"anchor.nl": 0, "shop-c.nl": 1, "shop-b.nl": 2}
 
 
+def test_a_stricter_build_keeps_the_rows_of_listings_that_left(db, database_url):
+    """master_bikes keeps the last row of a listing that left its shop, with the score it
+    was matched at then; a later build at a stricter threshold must pass its data tests."""
+    load(db)
+    cluster(database_url)  # at 0.9
+    db.execute(
+        "update scraped_bikes set first_seen_at = now() - interval '11 days',"
+        " last_seen_at = now() - interval '10 days' where url = 'b1'"
+    )
+    cluster(database_url, match_threshold=0.999)  # raises if a data test fails
+    score = db.execute(
+        "select score from master_bikes join scraped_bikes on id = bike_id where url = 'b1'"
+    ).fetchone()[0]
+    assert 0.9 <= score < 0.999
+
+
 def test_the_matching_rules_pass_their_dbt_unit_tests(db, database_url):
     """The unit tests in dbt_project (identifier evidence on a fixed set of listings),
     which bikematch's own builds leave out."""

@@ -134,12 +134,13 @@ def model_done(line: str) -> str | None:
 # dbt's log prefix: colour codes and the time.
 _LOG_PREFIX = re.compile(r"^(?:\x1b\[[0-9;]*m)*(?:\d\d:\d\d:\d\d\s+)?")
 _COLOURS = re.compile(r"\x1b\[[0-9;]*m")
-_ERROR_HEADING = re.compile(r"^Encountered an error:$|^\w+ Error in ")
+_ERROR_HEADING = re.compile(r"^Encountered an error:$|^\w+ Error in |^Failure in (unit_)?test ")
 
 
 def _first_error(output: str) -> str:
-    """dbt's first error, with the lines that say what it is: "Encountered an error:" and
-    "Database Error in model X (path)" are followed by the error itself."""
+    """dbt's first error, with the lines that say what it is: "Encountered an error:",
+    "Database Error in model X (path)" and "Failure in test X (path)" are followed by
+    the error itself (for a data test: how many rows broke it)."""
     lines = [_COLOURS.sub("", _LOG_PREFIX.sub("", line)).strip() for line in output.splitlines()]
     lines = [line for line in lines if line]
     for index, line in enumerate(lines):
