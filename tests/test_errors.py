@@ -22,11 +22,23 @@ def files(tmp_path):
     truth.write_text("webshop_a,url_a,webshop_b,url_b\na.nl,https://a.nl/1,b.nl\n")
     binary = tmp_path / "truth.bin"
     binary.write_bytes(bytes(range(256)) * 4)
+    shops = tmp_path / "shops.yaml"
+    shops.write_text(
+        "shops:\n  - name: only.nl\n    platform: jsonld\n"
+        "    start_urls: ['https://only.nl/fietsen']\n"
+    )
     good = tmp_path / "good.csv"
     good.write_text("webshop_a,url_a,webshop_b,url_b\na.nl,https://a.nl/1,b.nl,https://b.nl/1\n")
     feed = tmp_path / "feed.csv"
     feed.write_text("url,name,price\nu1,Gazelle Ultimate C380,2499\n")
-    return {"truth": truth, "good": good, "binary": binary, "feed": feed, "dir": tmp_path}
+    return {
+        "shops": shops,
+        "truth": truth,
+        "good": good,
+        "binary": binary,
+        "feed": feed,
+        "dir": tmp_path,
+    }
 
 
 def test_each_mistake_is_one_line_and_exit_2(conn, database_url, files):
@@ -45,6 +57,9 @@ def test_each_mistake_is_one_line_and_exit_2(conn, database_url, files):
         ("cluster", "--threshold", "0"): "match threshold 0",
         ("cluster", "--anchor", "nobody.nl"): "anchor shop nobody.nl has no listings",
         ("cluster", "--bogus"): "No such option",
+        ("run", "--shops", str(files["shops"]), "--anchor", "elsewhere.nl"): (
+            "elsewhere.nl is none of the configured shops (only.nl)"
+        ),
         ("search",): "give exactly one of --image and --text",
         ("embed", "--model", "no-such-model"): "unknown model 'no-such-model'",
         ("calibrate", "--truth", str(files["good"]), "--thresholds", "0.9:0.5:0.1"): (

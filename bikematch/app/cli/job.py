@@ -98,6 +98,12 @@ def run(
     from bikematch.app.pipeline import run_job
 
     shops = load_shops(app, shops_file)
+    if anchor_shop is not None and anchor_shop not in {shop.name for shop in shops}:
+        raise click.BadParameter(
+            f"{anchor_shop} is none of the configured shops"
+            f" ({', '.join(shop.name for shop in shops)})",
+            param_hint="--anchor",
+        )
     url = app.ready_database()
     options = JobOptions(
         model_name=model_name,
