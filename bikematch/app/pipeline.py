@@ -22,7 +22,6 @@ from bikematch.core.settings import Settings
 from scrapers.params import ShopConfigError
 from scrapers.run import CrawlError
 
-STAGES = ("scrape", "embed", "cluster")
 DEFAULT_MODEL = "pe-core-l14-336"
 
 
@@ -210,7 +209,7 @@ def run_job(
     from embedder.job import EmbedSettings
 
     report = report or JobReport()
-    stage = STAGES[0]
+    stage = "scrape"
     try:
         report.stage(stage)
         crawls = scrape(

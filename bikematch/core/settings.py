@@ -111,10 +111,7 @@ class Settings:
             if raw:
                 given[spec.name] = _convert(spec, raw)
         settings = cls(**given)
-        return settings.with_changes(pgdata=settings.pgdata.expanduser().resolve())
-
-    def with_changes(self, **changes) -> Settings:
-        return replace(self, **changes)
+        return replace(settings, pgdata=settings.pgdata.expanduser().resolve())
 
 
 def _convert(spec, raw: str):
