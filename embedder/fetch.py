@@ -54,12 +54,21 @@ SIGNATURE_BYTES = 64
 
 class FetchError(Exception):
     """An image that could not be fetched; `retryable` for timeouts and server errors;
-    `retry_after`: the seconds a busy server asked us to wait (HTTP Retry-After)."""
+    `retry_after`: the seconds a busy server asked us to wait (HTTP Retry-After);
+    `permanent` where every later run would fail the same way (a refused address), so
+    that the URL is not tried again."""
 
-    def __init__(self, message: str, retryable: bool = False, retry_after: float | None = None):
+    def __init__(
+        self,
+        message: str,
+        retryable: bool = False,
+        retry_after: float | None = None,
+        permanent: bool = False,
+    ):
         super().__init__(message)
         self.retryable = retryable
         self.retry_after = retry_after
+        self.permanent = permanent
 
 
 @dataclass(frozen=True)
@@ -369,7 +378,9 @@ class ImageFetcher:
             addresses = [info[4][0] for info in infos]
         # The resolver filters again at connect time, against DNS rebinding.
         if not any(address_allowed(address) for address in addresses):
-            raise FetchError(f"refused: {hostname} is a private or reserved address")
+            raise FetchError(
+                f"refused: {hostname} is a private or reserved address", permanent=True
+            )
 
     async def _read_image(self, response: aiohttp.ClientResponse) -> bytes:
         content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()

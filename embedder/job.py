@@ -374,7 +374,8 @@ class _Job:
     def _image_failed(self, work: store.Work, stage: str, error: Exception | str):
         """The failure to record; with text-only on, also the listing to embed from its
         title meanwhile (its image is retried on later runs, up to the cap)."""
-        failure = store.Failure(work.bike_id, stage, str(error), work.source_hash)
+        permanent = getattr(error, "permanent", False)
+        failure = store.Failure(work.bike_id, stage, str(error), work.source_hash, permanent)
         return _Prepared(work, image_failure=failure) if self.settings.text_only else failure
 
     def _embed_batch(self, batch: _Batch) -> None:
@@ -424,7 +425,9 @@ class _Job:
         return embedded
 
     def _write_batch(self, conn, batch: _Batch) -> None:
-        store.write(conn, self.model.name, batch.embedded, batch.failures)
+        store.write(
+            conn, self.model.name, batch.embedded, batch.failures, self.settings.max_attempts
+        )
         conn.commit()
 
 

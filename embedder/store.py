@@ -10,6 +10,8 @@ import numpy as np
 import psycopg
 from pgvector import HalfVector, Vector
 
+from embedder import MAX_ATTEMPTS
+
 # Pending listings after `after` in id order, locked so that a second
 # embedder skips them (and waits for nothing). The lock lasts until the
 # batch's transaction commits its vectors. `after` goes to the function too,
@@ -52,6 +54,8 @@ class Failure:
     stage: str
     error: str
     source_hash: str
+    #: Every later try would fail the same way: recorded as given up at once.
+    permanent: bool = False
 
 
 def count_pending(
@@ -91,7 +95,13 @@ def still_pending(
     return {row[0] for row in rows}
 
 
-def write(conn, model: str, embedded: list[Embedded], failures: list[Failure]) -> None:
+def write(
+    conn,
+    model: str,
+    embedded: list[Embedded],
+    failures: list[Failure],
+    max_attempts: int = MAX_ATTEMPTS,
+) -> None:
     """Vectors by binary COPY (through a temporary table, then one upsert); failures counted."""
     if embedded:
         conn.execute(
@@ -143,20 +153,30 @@ def write(conn, model: str, embedded: list[Embedded], failures: list[Failure]) -
     if failures:
         conn.cursor().executemany(
             """
-            insert into embedding_failures (bike_id, model, stage, error, source_hash)
-            values (%s, %s, %s, %s, %s)
+            insert into embedding_failures (bike_id, model, stage, error, source_hash, attempts)
+            values (%s, %s, %s, %s, %s, %s)
             on conflict (bike_id, model) do update set
                 stage = excluded.stage,
                 error = excluded.error,
                 attempts = case
                     when embedding_failures.source_hash is distinct from excluded.source_hash
-                        then 1
-                    else embedding_failures.attempts + 1
+                        then excluded.attempts
+                    else greatest(embedding_failures.attempts + 1, excluded.attempts)
                 end,
                 source_hash = excluded.source_hash,
                 last_attempt_at = now()
             """,
-            [(f.bike_id, model, f.stage, f.error[:500], f.source_hash) for f in failures],
+            [
+                (
+                    f.bike_id,
+                    model,
+                    f.stage,
+                    f.error[:500],
+                    f.source_hash,
+                    max_attempts if f.permanent else 1,
+                )
+                for f in failures
+            ],
         )
 
 

@@ -651,7 +651,12 @@ def test_private_addresses_are_refused_unless_allowed(conn, database_url, images
     assert set(failed) == {"loopback", "named", "metadata"}
     for name in failed:
         assert "refused" in failed[name][1] and "private or reserved" in failed[name][1]
+        assert failed[name][2] == 5  # given up at once: every try would be refused
     assert images.requests["/img/a.jpg"] == 0 and images.requests["/img/b.jpg"] == 0
+    # so a later run does not try them again (they keep their title-only vectors)
+    conn.execute("update embedding_failures set last_attempt_at = now() - interval '1 day'")
+    assert run_embedding(database_url, tiny, strict).lines()[0].endswith("nothing pending")
+    assert {name: row[2] for name, row in failures(conn).items()} == dict.fromkeys(failed, 5)
 
 
 def _embed_process(database_url, *args):
