@@ -176,7 +176,9 @@ def test_report_and_eval_say_what_is_missing_in_one_line(conn, database_url, tmp
     status = run_cli("db", "status", env=env, check=True).stdout
     assert "clusters: built by an earlier bikematch; `bikematch cluster` rebuilds them" in status
     conn.execute("drop table master_bikes, bike_clusters, bike_offers")
-    run_cli("cluster", env=env, check=True)  # empty clusters: the listings are not there
+    # empty clusters: the listings are not there, and cluster says so
+    empty = run_cli("cluster", env=env, check=True)
+    assert "note: nothing to cluster: no listing on sale has a vector for model" in empty.stderr
     assert error("eval", "--truth", str(truth)) == (
         f"none of the 2 listings {truth} names is in the database"
         " (as webshop and url exactly as stored)"

@@ -132,8 +132,23 @@ def build_matches(url: str, dbt_vars: dict) -> None:
 
 
 def cluster_notes(conn, dbt_vars: dict) -> list[str]:
-    """What a reader of the clusters just built should know (anchor_note, currency_note)."""
-    return [note for note in (anchor_note(conn, dbt_vars), currency_note(conn)) if note]
+    """What a reader of the clusters just built should know (empty_note, anchor_note,
+    currency_note)."""
+    notes = (empty_note(conn, dbt_vars), anchor_note(conn, dbt_vars), currency_note(conn))
+    return [note for note in notes if note]
+
+
+def empty_note(conn, dbt_vars: dict) -> str | None:
+    """A note where no listing took part: none on sale has a vector for the model."""
+    if conn.execute("select to_regclass('int_listings')").fetchone()[0] is None:
+        return None
+    if conn.execute("select exists (select from int_listings)").fetchone()[0]:
+        return None
+    model = dbt_vars.get("embedding_model") or dbt_project_vars().get("embedding_model")
+    return (
+        f"note: nothing to cluster: no listing on sale has a vector for model {model}"
+        f" (`bikematch embed --model {model}` makes them)"
+    )
 
 
 def anchor_note(conn, dbt_vars: dict) -> str | None:
