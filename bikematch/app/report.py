@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from PIL import Image
 
+from bikematch.app.errors import UserError
 from bikematch.core.database import connect
 
 _QUERY = """
@@ -59,8 +60,15 @@ function sortClusters(key) {
 
 
 def write_report(url: str, out_dir: Path, image_cache: Path | None = None) -> Path:
-    """Write out_dir/index.html (and thumbnails); returns the page's path."""
-    out_dir = Path(out_dir)
+    """Write out_dir/index.html (and thumbnails); returns the page's path. A directory
+    that cannot be written is a UserError (for `report` and the demo alike)."""
+    try:
+        return _write_report(url, Path(out_dir), image_cache)
+    except OSError as exc:
+        raise UserError(f"cannot write the report to {out_dir}: {exc.strerror or exc}") from exc
+
+
+def _write_report(url: str, out_dir: Path, image_cache: Path | None) -> Path:
     thumbs = out_dir / "thumbs"
     thumbs.mkdir(parents=True, exist_ok=True)
     with connect(url) as conn:

@@ -44,13 +44,7 @@ def report(app: App, out_dir, image_cache) -> None:
     url = app.database_url()
     require_clusters(url, current=True)
     cache = Path(image_cache) if image_cache else app.settings.image_cache
-    try:
-        index = write_report(url, Path(out_dir), image_cache=cache)
-    except OSError as exc:
-        raise click.ClickException(
-            f"cannot write the report to {out_dir}: {exc.strerror or exc}"
-        ) from exc
-    click.echo(str(index))
+    click.echo(str(write_report(url, Path(out_dir), image_cache=cache)))
 
 
 @click.command()
