@@ -128,7 +128,8 @@ def build_clusters(
 def build_matches(url: str, dbt_vars: dict) -> None:
     """Only the models up to master_bikes (the matching, without the marts): what a
     sweep over thresholds rebuilds at each step."""
-    run_dbt(["run", "--select", "+master_bikes"], url, dbt_vars=dbt_vars, capture=True)
+    command = ["build", "--select", "+master_bikes", "--exclude-resource-type", "test", "unit_test"]
+    run_dbt(command, url, dbt_vars=dbt_vars, capture=True)
 
 
 def cluster_notes(conn, dbt_vars: dict) -> list[str]:
@@ -194,8 +195,8 @@ def currency_note(conn) -> str | None:
 def biggest_spreads(url: str, limit: int = 5) -> list[tuple]:
     with connect(url) as conn:
         return conn.execute(
-            "select name, shops, min_price, max_price, price_spread, cheapest_shop, currency"
-            " from bike_clusters where shops > 1"
+            "select name, shops, min_price, max_price, price_spread, cheapest_shop, currency,"
+            " cluster_id from bike_clusters where shops > 1"
             " order by price_spread desc nulls last, name limit %s",
             (limit,),
         ).fetchall()

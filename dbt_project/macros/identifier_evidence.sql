@@ -4,8 +4,9 @@
     expression; the dbt unit tests in int_models.yml pin what each says.
 -#}
 
-{#- Two listings share a rare model number, or one extends the other's with letters
-    (MC359LL vs MC359LLA), not by continuing its number (DSCTX10 vs DSCTX100V). Only
+{#- Two listings share a rare model number, or one extends the other's letters
+    (MC359LL vs MC359LLA); a code that ends in a digit is not agreed with by one
+    that goes on (DSCTX10 vs DSCTX100V, T300 vs T300X may be two products). Only
     rare codes count: one on forty listings ("1993UP") says nothing. -#}
 {% macro codes_agree(first_rare_codes, second_rare_codes) -%}
     case
@@ -19,28 +20,17 @@
                     or (
                         least(length(mine), length(theirs)) >= 5
                         and (
-                            (
-                                mine like theirs || '%'
-                                and (
-                                    theirs !~ '[0-9]$'
-                                    or substr(mine, length(theirs) + 1, 1) !~ '[0-9]'
-                                )
-                            )
-                            or (
-                                theirs like mine || '%'
-                                and (
-                                    mine !~ '[0-9]$'
-                                    or substr(theirs, length(mine) + 1, 1) !~ '[0-9]'
-                                )
-                            )
+                            (mine like theirs || '%' and theirs ~ '[A-Z]$')
+                            or (theirs like mine || '%' and mine ~ '[A-Z]$')
                         )
                     )
         )
     end
 {%- endmacro %}
 
-{#- Different model numbers of the same kind, and none of that kind shared: C380 vs
-    C7, 400WH vs 625WH (common or rare codes alike). -#}
+{#- Different model numbers of the same kind, and none of that kind shared: the same
+    letters (C380 vs C7, M8B vs M10B), or the same digits and length with other
+    letters (PX2210KW vs PX2210KS); common or rare codes alike. -#}
 {% macro codes_conflict(first_codes, first_kinds, second_codes, second_kinds) -%}
     case
         when not {{ first_kinds }} && {{ second_kinds }} then false
@@ -62,28 +52,142 @@
             )
         )
     end
+    or exists (
+        select
+        from unnest({{ first_codes }}) as mine
+        inner join unnest({{ second_codes }}) as theirs
+            on
+                length(mine) = length(theirs)
+                and mine <> theirs
+                and mine ~ '[0-9]{3}'
+                and regexp_replace(mine, '[A-Z]', '', 'g')
+                = regexp_replace(theirs, '[A-Z]', '', 'g')
+        where
+            mine <> all({{ second_codes }})
+            and theirs <> all({{ first_codes }})
+    )
 {%- endmacro %}
 
-{#- Both listings name a brand, and not the same one (brand keys: lower case, letters
-    and digits only). -#}
-{% macro brand_conflict(first_brand_key, second_brand_key) -%}
-    coalesce({{ first_brand_key }} <> {{ second_brand_key }}, false)
+{#- Both state values of an attribute (arrays of int_listing_attributes), and none
+    of one's is compatible with one of the other's: equal, or one refining the other
+    (bosch and bosch/active line). What one side omits is no conflict. -#}
+{% macro values_conflict(first_values, second_values) -%}
+    coalesce(
+        cardinality({{ first_values }}) > 0
+        and cardinality({{ second_values }}) > 0
+        and not exists (
+            select
+            from unnest({{ first_values }}) as mine
+            cross join unnest({{ second_values }}) as theirs
+            where mine = theirs or mine like theirs || '/%' or theirs like mine || '/%'
+        ),
+        false
+    )
 {%- endmacro %}
 
-{#- One price more than var('price_ratio_limit') times the other: compared as they are
-    in one currency, in euros across currencies, not at all where a rate is missing. -#}
+{#- The product-defining attributes two listings disagree on, as a comma-separated
+    list (battery_wh,frame_type), or null: different brands (of those the
+    vocabulary knows), battery capacities, frame types, model years, motors or
+    motor positions, or different model numbers of one kind (model_number,
+    codes_conflict). `first` and `second` are relations
+    with int_listings' columns. -#}
+{% macro attribute_conflicts(first, second) -%}
+    nullif(
+        concat_ws(
+            ','
+            {%- for attribute in ['brands', 'battery_whs', 'frame_types', 'model_years',
+                                  'motors', 'motor_positions'] %},
+                case
+                    when {{ values_conflict(first ~ '.' ~ attribute, second ~ '.' ~ attribute) }}
+                        then {{ sql_literal(attribute[:-1]) }}
+                end
+            {%- endfor %},
+            case
+                when {{ codes_conflict(
+                    first ~ '.model_codes', first ~ '.code_kinds',
+                    second ~ '.model_codes', second ~ '.code_kinds'
+                ) }}
+                    then 'model_number'
+            end
+        ),
+        ''
+    )
+{%- endmacro %}
+
+{#- How many of battery capacity, frame type, model year and motor both listings
+    state compatibly (values_conflict's sense of compatible). -#}
+{% macro attribute_agreements(first, second) -%}
+    (
+        {%- for attribute in ['battery_whs', 'frame_types', 'model_years', 'motors'] %}
+            case
+                when
+                    cardinality({{ first }}.{{ attribute }}) > 0
+                    and cardinality({{ second }}.{{ attribute }}) > 0
+                    and not {{ values_conflict(first ~ '.' ~ attribute, second ~ '.' ~ attribute) }}
+                    then 1
+                else 0
+            end
+            {{- ' +' if not loop.last }}
+        {%- endfor %}
+    )
+{%- endmacro %}
+
+{#- Both listings' brand fields name a brand, and not the same one, where the
+    vocabulary knows neither (brand_as_written: lower case, letters and digits). A
+    brand the vocabulary knows is an attribute (attribute_conflicts): two known
+    brands that differ keep two listings apart. -#}
+{% macro brand_conflict(first, second) -%}
+    coalesce(
+        (cardinality({{ first }}.brands) = 0 or cardinality({{ second }}.brands) = 0)
+        and {{ first }}.brand_as_written <> {{ second }}.brand_as_written,
+        false
+    )
+{%- endmacro %}
+
+{#- The first price over the second: compared as they are in one currency, in euros
+    across currencies; null where a price or a rate is missing. -#}
+{% macro price_ratio(first, second) -%}
+    case
+        when {{ first }}.currency is not distinct from {{ second }}.currency
+            then {{ first }}.price / nullif({{ second }}.price, 0)
+        else {{ first }}.price_eur / nullif({{ second }}.price_eur, 0)
+    end
+{%- endmacro %}
+
+{#- One price more than var('price_ratio_limit') times the other (price_ratio); not
+    judged where a price or rate is missing. -#}
 {% macro price_conflict(first, second) -%}
     coalesce(
-        case
-            when {{ first }}.currency is not distinct from {{ second }}.currency
-                then
-                    greatest({{ first }}.price, {{ second }}.price)
-                    > {{ var('price_ratio_limit') }} * least({{ first }}.price, {{ second }}.price)
-            else
-                greatest({{ first }}.price_eur, {{ second }}.price_eur)
-                > {{ var('price_ratio_limit') }}
-                * least({{ first }}.price_eur, {{ second }}.price_eur)
-        end,
+        abs(ln(nullif({{ price_ratio(first, second) }}, 0))) > ln({{ var('price_ratio_limit') }}),
         false
+    )
+{%- endmacro %}
+
+{#- Whether `member`, a listing already in a cluster, keeps `listing` out of it when
+    `listing` would join through `candidate` (a row of int_candidate_matches): an
+    analyst unlinked the two, or they conflict (attribute_conflicts), unless the
+    candidate is a link or an equal GTIN, or the two share a valid GTIN or a link.
+    bikematch_assign_clusters (sql/0012) checks it against every member. -#}
+{% macro joining_blocked(listing, member, candidate) -%}
+    exists (
+        select
+        from {{ ref('stg_match_links') }} as unlinked
+        where
+            unlinked.bike_id = {{ listing }}.bike_id
+            and unlinked.other_id = {{ member }}.bike_id
+            and unlinked.decision = 'unlink'
+    )
+    or (
+        {{ candidate }}.evidence = 'embedding'
+        and {{ attribute_conflicts(listing, member) }} is not null
+        and not coalesce({{ listing }}.valid_gtin = {{ member }}.valid_gtin, false)
+        and not exists (
+            select
+            from {{ ref('stg_match_links') }} as linked
+            where
+                linked.bike_id = {{ listing }}.bike_id
+                and linked.other_id = {{ member }}.bike_id
+                and linked.decision = 'link'
+        )
     )
 {%- endmacro %}

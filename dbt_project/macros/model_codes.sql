@@ -1,15 +1,24 @@
 {#-
     The model-number-like tokens of a listing's title and SKU, normalised:
     upper case, without - / . separators, at least three characters, mixing
-    letters and digits ("KDL-40V4100" -> KDL40V4100, "625Wh" -> 625WH, "C7+")
-    or all digits from five up (article numbers such as 96438). Shorter
-    numbers (sizes, years) say too little alone.
+    letters and digits ("KDL-40V4100" -> KDL40V4100, "C7+"), a letter and a
+    digit (the model line of "Grenoble C7"), or all digits from
+    five up (article numbers such as 96438). Shorter numbers (sizes, years) say
+    too little alone. In the SKU, digit groups split by spaces are one number
+    ("020 45821 07" and "020-45821-07" are both 0204582107). What ebike_vocabulary
+    reads as the battery, the model year or the frame is no model number: a
+    capacity ("625Wh"), a frame size ("53cm", "D53": a dames frame of 53 cm) or
+    a model year ("MY24").
 -#}
 {% macro model_codes(name, sku) -%}
     array(
         select distinct regexp_replace(token[1], '[-/.]', '', 'g')
         from regexp_matches(
-            upper(coalesce({{ name }}, '') || ' ' || coalesce({{ sku }}, '')),
+            upper(
+                coalesce({{ name }}, '')
+                || ' '
+                || coalesce(regexp_replace({{ sku }}, '([0-9])\s+(?=[0-9])', '\1', 'g'), '')
+            ),
             '[A-Z0-9][A-Z0-9./+-]*[A-Z0-9+]',
             'g'
         ) as token
@@ -19,7 +28,15 @@
                 and token[1] ~ '[0-9]'
                 and length(regexp_replace(token[1], '[-/.]', '', 'g')) >= 3
             )
+            or token[1] ~ '^[A-Z][0-9]$'
             or token[1] ~ '^[0-9]{5,}$'
+        except
+        select regexp_replace(token[1], '[-/.]', '', 'g')
+        from regexp_matches(
+            upper(coalesce({{ name }}, '')),
+            '\m([0-9]+K?WH|[0-9]{2,3}CM|[DH][4-6][0-9]|MY[0-9]{2})\M',
+            'g'
+        ) as token
     )
 {%- endmacro %}
 

@@ -21,6 +21,7 @@ from bikematch.app.cli.options import (
     shops_option,
 )
 from bikematch.app.cli.scraping import scrape_progress
+from bikematch.app.demo.catalogue import DEFAULT_PRODUCTS
 from bikematch.app.pipeline import JobOptions, JobReport
 
 
@@ -134,8 +135,15 @@ def run(
     show_default=True,
     help="Where to write the HTML report.",
 )
+@click.option(
+    "--products",
+    type=click.IntRange(1, 5000),
+    default=DEFAULT_PRODUCTS,
+    show_default=True,
+    help="How many products the generated catalogue holds (look-alike variants included).",
+)
 @pass_app
-def demo(app: App, port, report_dir) -> None:
+def demo(app: App, port, report_dir, products) -> None:
     """The whole job, offline, on a generated catalogue served as four local shops.
 
     Scrapes them with the real spiders, embeds with minilm-effnet-lite0 (no
@@ -151,7 +159,14 @@ def demo(app: App, port, report_dir) -> None:
 
     url = app.ready_database()
     try:
-        run_demo(app.settings, url, Path(".bikematch") / "demo", port, echo=click.echo)
+        run_demo(
+            app.settings,
+            url,
+            Path(".bikematch") / "demo",
+            port,
+            echo=click.echo,
+            products=products,
+        )
     except OSError as exc:
         if "Address already in use" in str(exc):
             raise click.ClickException(f"port {port} is in use: pass --port") from exc

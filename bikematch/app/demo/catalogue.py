@@ -1,19 +1,22 @@
 """A generated e-bike catalogue with a known truth, sold by four shops in their own words.
 
-Each product is a real-looking e-bike (brand, model, motor, battery, frame,
-year). Look-alike variants (the same model with another battery or frame)
-make matching non-trivial. Each shop sells most products, words titles its
-own way (Dutch or English, abbreviations, order), prices them a little
-differently (the UK shop in pounds), and photographs them differently: crop,
-size, background and JPEG quality. Everything is derived from a seed, so the
-truth is known.
+Each product is a real-looking e-bike: brand, model line, motor, battery, frame type
+and model year. Most model lines come in variants that differ from their base in
+exactly one of those (another battery, frame type, year or motor): different
+products at different prices, nearly alike in title and photo. Each shop sells
+most products in a frame size of its own (so its GTIN, where it has one, differs
+from another shop's), words titles its own way (Dutch or English, "500 Wh" or
+"0,5 kWh", "dames" or "D53" or "women's", brand aliases, motors abbreviated or left
+out, token order), prices them a little differently (the UK shop in pounds), and
+photographs them differently: crop, size, background and JPEG quality.
+Everything is derived from a seed, so the truth is known.
 """
 
 from __future__ import annotations
 
 import io
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from PIL import Image, ImageDraw
 
@@ -21,21 +24,39 @@ ANCHOR = "fietsvoordeelshop.nl"
 #: Pounds a euro buys, in the demo's world: the UK shop's prices are in GBP, and the
 #: demo stores this rate (source 'demo') so they compare with the others'.
 DEMO_GBP_PER_EURO = 0.86
+DEFAULT_PRODUCTS = 48
 
 BRANDS = {
-    "Gazelle": ["Ultimate C380", "Grenoble C7", "Arroyo C5", "Chamonix C7", "Avignon C380"],
+    "Gazelle": ["Ultimate C380", "Grenoble C7", "Grenoble C8", "Arroyo C5", "Chamonix C7"],
     "Batavus": ["Finez E-go Power", "Altura E-go", "Dinsdag E-go", "Razer E-go"],
-    "Sparta": ["c-Grid energy", "d-Burst", "M8b Ltd", "a-Shine"],
+    "Sparta": ["c-Grid energy", "d-Burst", "M8b Ltd", "M10b Ltd", "a-Shine"],
     "Cube": ["Kathmandu Hybrid One", "Touring Hybrid Pro", "Ella Ride Hybrid"],
     "Stromer": ["ST3 Pinion", "ST5 ABS", "ST1 Sport"],
-    "Riese & Müller": ["Load 75", "Charger4 GT", "Roadster Mixte"],
+    "Riese & Müller": ["Load 75", "Charger4 GT", "Nevo4 GT"],
     "QWIC": ["Premium i MN7", "Performance RD11", "Urban MN7"],
     "Kalkhoff": ["Endeavour 5.B", "Image 3.B", "Entice 7.B"],
 }
-MOTORS = ["Bosch Performance Line CX", "Bosch Active Line Plus", "Shimano EP801", "Bafang M420"]
+#: Other ways shops write a brand.
+BRAND_ALIASES = {"Riese & Müller": ["Riese und Muller", "R&M", "Riese & Muller"]}
+#: Each motor, and shorter ways shops write it.
+MOTORS = {
+    "Bosch Performance Line CX": ["Bosch Performance Line CX", "Bosch CX"],
+    "Bosch Active Line Plus": ["Bosch Active Line Plus", "Bosch Active Plus"],
+    "Shimano EP801": ["Shimano EP801", "Shimano Steps EP801"],
+    "Bafang M420": ["Bafang M420", "Bafang M420 middenmotor"],
+}
 BATTERIES = [400, 500, 545, 625, 750]
-FRAMES = [("heren", "men's", "H"), ("dames", "women's", "D"), ("lage instap", "step-through", "LI")]
+#: A frame type as Dutch and English titles write it, and the letter a frame size
+#: code carries ("D53": a dames frame of 53 cm).
+FRAMES = {
+    "dames": (["dames", "damesfiets"], ["women's", "ladies"], "D"),
+    "heren": (["heren", "herenfiets"], ["men's", "gents"], "H"),
+    "lage instap": (["lage instap", "moederfiets"], ["step-through", "low-step"], None),
+}
+FRAME_SIZES = [46, 49, 50, 53, 54, 57, 61]
 YEARS = [2023, 2024, 2025]
+#: Later editions of a model line, once a large catalogue has used every line.
+EDITIONS = ["Plus", "Pro", "Sport", "Tour", "Comfort"]
 COLOURS = {
     "zwart": ("black", (25, 25, 28)),
     "grijs": ("grey", (120, 124, 130)),
@@ -49,15 +70,19 @@ COLOURS = {
 @dataclass(frozen=True)
 class Product:
     key: str
+    #: The base product of this one's model line (its own key for a base): variants
+    #: share its photo, but for the frame and the battery drawn.
+    base: str
     brand: str
     model: str
     motor: str
     battery: int
-    frame: tuple[str, str, str]
+    frame: str
     year: int
     colour: str
     price: int
-    gtin: str | None
+    #: Whether shops publish GTINs for it (one per frame size).
+    has_gtin: bool
 
 
 @dataclass(frozen=True)
@@ -115,7 +140,14 @@ class Listing:
     product: Product
     title: str
     price: float
+    #: The URL's last part; it carries the product's key (the demo's truth).
     handle: str
+    #: The brand as the shop's brand field has it.
+    brand: str
+    #: The shop's own article number.
+    sku: str
+    frame_size: int
+    gtin: str | None
 
 
 @dataclass
@@ -127,87 +159,168 @@ class Catalogue:
         return [listing for listing in self.listings if listing.shop.name == name]
 
 
-def _gtin(rng: random.Random) -> str:
+def gtin(product: Product, frame_size: int) -> str:
+    """The EAN-13 of one frame size of a product (the same in every shop)."""
+    rng = random.Random(f"{product.key}-{frame_size}")
     body = "87" + "".join(str(rng.randrange(10)) for _ in range(10))
     total = sum(int(d) * (3 if i % 2 else 1) for i, d in enumerate(body))
     return body + str((10 - total % 10) % 10)
 
 
-def generate(products: int = 48, seed: int = 7) -> Catalogue:
+def _price(battery: int, motor: str, year: int, rng: random.Random) -> int:
+    """A list price: more for a bigger battery and a stronger motor, less for an
+    older model year."""
+    price = rng.randrange(2199, 5999, 50) + (battery - 400) * 3
+    price += 400 if "CX" in motor else 0
+    return int(round(price * (1 - 0.08 * (max(YEARS) - year)), -1) - 1)
+
+
+def _variant(base: Product, key: str, rng: random.Random) -> Product:
+    """Another product of the base's model line: one of its battery, frame type, year
+    or motor changed."""
+    which = rng.choice(["battery", "frame", "year", "motor"])
+    if which == "battery":
+        change = {"battery": rng.choice([b for b in BATTERIES if b != base.battery])}
+    elif which == "frame":
+        change = {"frame": rng.choice([f for f in FRAMES if f != base.frame])}
+    elif which == "year":
+        change = {"year": rng.choice([y for y in YEARS if y != base.year])}
+    else:
+        change = {"motor": rng.choice([m for m in MOTORS if m != base.motor])}
+    variant = replace(base, key=key, **change)
+    price = _price(variant.battery, variant.motor, variant.year, random.Random(key))
+    if which == "frame":
+        price = base.price  # the same bike with another frame costs the same
+    return replace(variant, price=price, has_gtin=rng.random() < 0.3)
+
+
+def generate(products: int = DEFAULT_PRODUCTS, seed: int = 7) -> Catalogue:
     rng = random.Random(seed)
     items: list[Product] = []
-    bases = [(brand, model) for brand, models in BRANDS.items() for model in models]
-    rng.shuffle(bases)
+    lines = [(brand, model) for brand, models in BRANDS.items() for model in models]
+    rng.shuffle(lines)
+    bases = 0
     while len(items) < products:
-        brand, model = bases[len(items) % len(bases)]
-        # Every base model comes in two or three look-alike variants.
-        for _ in range(rng.choice([1, 2, 2, 3])):
+        # Each model line once, then again as its Plus, Pro, ... editions.
+        brand, model = lines[bases % len(lines)]
+        edition = bases // len(lines)
+        if edition:
+            suffix = EDITIONS[(edition - 1) % len(EDITIONS)]
+            model = f"{model} {suffix}" + (f" {edition}" if edition > len(EDITIONS) else "")
+        bases += 1
+        motor, battery, year = rng.choice(list(MOTORS)), rng.choice(BATTERIES), rng.choice(YEARS)
+        key = f"p{len(items):03d}"
+        base = Product(
+            key=key,
+            base=key,
+            brand=brand,
+            model=model,
+            motor=motor,
+            battery=battery,
+            frame=rng.choice(list(FRAMES)),
+            year=year,
+            colour=rng.choice(list(COLOURS)),
+            price=_price(battery, motor, year, rng),
+            has_gtin=rng.random() < 0.3,
+        )
+        items.append(base)
+        # Most model lines come in look-alike variants.
+        for _ in range(rng.choice([0, 1, 2, 2, 3])):
             if len(items) >= products:
                 break
-            battery = rng.choice(BATTERIES)
-            frame = rng.choice(FRAMES)
-            items.append(
-                Product(
-                    key=f"p{len(items):03d}",
-                    brand=brand,
-                    model=model,
-                    motor=rng.choice(MOTORS),
-                    battery=battery,
-                    frame=frame,
-                    year=rng.choice(YEARS),
-                    colour=rng.choice(list(COLOURS)),
-                    price=rng.randrange(1899, 6499, 50) + (battery - 400) * 2,
-                    gtin=_gtin(rng) if rng.random() < 0.3 else None,
-                )
-            )
+            items.append(_variant(base, f"p{len(items):03d}", rng))
     catalogue = Catalogue(items)
     for shop in SHOPS:
         for product in items:
-            if shop.name != ANCHOR and rng.random() > shop.coverage:
-                continue
-            if shop.name == ANCHOR and rng.random() > shop.coverage:
+            if rng.random() > shop.coverage:
                 continue
             factor = shop.price_factor * rng.uniform(0.97, 1.03) * shop.per_euro
-            price = round(product.price * factor, 0) - 0.01
+            size = rng.choice(FRAME_SIZES)
+            brand = product.brand
+            if shop.name != ANCHOR and product.brand in BRAND_ALIASES:
+                brand = rng.choice([brand, *BRAND_ALIASES[brand]])
             catalogue.listings.append(
                 Listing(
-                    shop,
-                    product,
-                    title(shop, product, rng),
-                    price,
-                    f"{product.key}-{shop.platform}",
+                    shop=shop,
+                    product=product,
+                    title=title(shop, product, brand, size, rng),
+                    price=round(product.price * factor, 0) - 0.01,
+                    handle=f"{product.key}-{shop.platform}",
+                    brand=brand,
+                    sku=f"{shop.platform[:3].upper()}-{rng.randrange(10**5, 10**6)}",
+                    frame_size=size,
+                    gtin=gtin(product, size) if product.has_gtin else None,
                 )
             )
     return catalogue
 
 
-def title(shop: Shop, product: Product, rng: random.Random) -> str:
-    """The product as this shop words it."""
-    dutch, english, short = product.frame
+def title(shop: Shop, product: Product, brand: str, size: int, rng: random.Random) -> str:
+    """The product as this shop words it: each shop has its style, and leaves out or
+    abbreviates some details now and then."""
+    dutch, english, size_letter = FRAMES[product.frame]
+    motor = rng.choice(MOTORS[product.motor])
     colour_nl = product.colour
     colour_en = COLOURS[product.colour][0]
+
+    def maybe(text: str, often: float = 0.8) -> str:
+        return text if rng.random() < often else ""
+
     if shop.name == ANCHOR:
-        return (
-            f"{product.brand} {product.model} {product.battery}Wh {dutch} "
-            f"{product.year} {colour_nl}"
+        parts = [
+            brand,
+            product.model,
+            f"{product.battery}Wh",
+            dutch[0],
+            maybe(product.motor, 0.3),
+            str(product.year),
+            colour_nl,
+        ]
+    elif shop.platform == "woocommerce":
+        battery = rng.choice(
+            [f"{product.battery} Wh", f"{product.battery}Wh accu", _kwh(product.battery)]
         )
-    if shop.platform == "woocommerce":
-        return (
-            f"{product.brand.upper()} {product.model} E-bike {dutch.title()} - "
-            f"{product.motor} - {product.battery} Wh ({product.year})"
-        )
-    if shop.platform == "shopify":
-        return f"{product.brand} {product.model} {short} {product.battery}Wh {colour_nl.title()}"
-    return (
-        f"{product.brand} {product.model} {english} electric bike, {product.battery}Wh, "
-        f"{colour_en}, {product.year}"
-    )
+        parts = [
+            brand.upper(),
+            product.model,
+            "E-bike",
+            rng.choice(dutch).title(),
+            "-",
+            maybe(motor),
+            "-",
+            battery,
+            maybe(f"({product.year})"),
+        ]
+    elif shop.platform == "shopify":
+        frame = f"{size_letter}{size}" if size_letter else f"Lage instap {size}cm"
+        year = rng.choice([str(product.year), f"MY{product.year % 100}", ""])
+        parts = [brand, product.model, frame, f"{product.battery}Wh", year, colour_nl.title()]
+        if rng.random() < 0.3:
+            parts = [colour_nl.title(), *parts[:-1]]
+    else:
+        parts = [
+            brand,
+            product.model,
+            rng.choice(english),
+            "electric bike,",
+            f"{product.battery}Wh,",
+            maybe(f"{motor},", 0.5),
+            f"{colour_en},",
+            maybe(str(product.year), 0.7),
+        ]
+    return " ".join(part for part in parts if part).replace("- -", "-").strip(" -,")
+
+
+def _kwh(battery: int) -> str:
+    """625 -> '0,625 kWh'."""
+    return f"{battery / 1000:g}".replace(".", ",") + " kWh"
 
 
 def photo(listing: Listing) -> bytes:
-    """A drawing of the bike: its colour and proportions, as this shop shoots it."""
+    """A drawing of the bike: its model line's proportions, its colour, frame and
+    battery, as this shop shoots it."""
     product, shop = listing.product, listing.shop
-    rng = random.Random(product.key)  # the bike itself: the same in every shop
+    rng = random.Random(product.base)  # the model line itself: the same in every shop
     width, height = 800, 600
     image = Image.new("RGB", (width, height), shop.background)
     draw = ImageDraw.Draw(image)
@@ -219,8 +332,8 @@ def photo(listing: Listing) -> bytes:
             (cx - wheel, cy - wheel, cx + wheel, cy + wheel), outline=(30, 30, 30), width=14
         )
         draw.ellipse((cx - 18, cy - 18, cx + 18, cy + 18), fill=(90, 90, 90))
-    low = product.frame[2] == "LI"
-    top = (400, 330 if low else 220 + rng.randint(-20, 20))
+    top_height = {"heren": 220, "dames": 280, "lage instap": 330}[product.frame]
+    top = (400, top_height + rng.randint(-20, 20))
     seat, bars = (320, 200), (520, 170 + rng.randint(-15, 15))
     for start, end in ((rear, top), (top, front), (rear, seat), (seat, top), (bars, front)):
         draw.line((start, end), fill=colour, width=18 + rng.randint(0, 6))

@@ -8,7 +8,14 @@ from decimal import Decimal
 from pathlib import Path
 
 from bikematch.app.clusters import biggest_spreads, listings_per_shop
-from bikematch.app.demo.catalogue import ANCHOR, DEMO_GBP_PER_EURO, generate
+from bikematch.app.demo.catalogue import (
+    ANCHOR,
+    DEFAULT_PRODUCTS,
+    DEMO_GBP_PER_EURO,
+    SHOPS,
+    Catalogue,
+    generate,
+)
 from bikematch.app.demo.server import DemoShops
 from bikematch.app.evaluation import Scores, score
 from bikematch.app.pipeline import JobOptions, JobReport, fetch_settings, run_job
@@ -18,11 +25,13 @@ from bikematch.core.settings import Settings
 
 DEMO_MODEL = "minilm-effnet-lite0"
 DEFAULT_PORT = 8377
+#: How many of the biggest price spreads the demo checks against its truth.
+TOP_SPREADS = 20
 
 
 def truth_key(url: str) -> str | None:
     """Every demo listing URL carries its product key (p000) in the handle."""
-    match = re.search(r"/(p\d{3})-", url)
+    match = re.search(r"/(p\d{3,})-", url)
     return match.group(1) if match else None
 
 
@@ -49,8 +58,33 @@ def _demo_rate(settings: Settings, url: str) -> list[str]:
     return []
 
 
+def _forget_other_catalogues(url: str, catalogue: Catalogue) -> int:
+    """Remove the demo shops' listings that this catalogue does not hold (those of an
+    earlier demo with another --products): they would count as still on sale for a
+    day and a half, and be scored against a truth they are not in."""
+    handles = {f"{listing.handle}" for listing in catalogue.listings}
+    with connect(url) as conn:
+        rows = conn.execute(
+            "select id, url from scraped_bikes where webshop = any(%s)",
+            ([shop.name for shop in SHOPS],),
+        ).fetchall()
+        gone = [bike_id for bike_id, listing_url in rows if _handle(listing_url) not in handles]
+        conn.execute("delete from scraped_bikes where id = any(%s)", (gone,))
+    return len(gone)
+
+
+def _handle(url: str) -> str | None:
+    match = re.search(r"/(p\d{3,}-[a-z]+)", url)
+    return match.group(1) if match else None
+
+
 def run_demo(
-    settings: Settings, url: str, work_dir: Path, port: int = DEFAULT_PORT, echo=print
+    settings: Settings,
+    url: str,
+    work_dir: Path,
+    port: int = DEFAULT_PORT,
+    echo=print,
+    products: int = DEFAULT_PRODUCTS,
 ) -> Scores:
     """Serve, then run the job on the served shops; echo a summary; return the scores
     against the truth. Images are cached where the settings say, as `embed` caches them,
@@ -58,7 +92,10 @@ def run_demo(
     from scrapers.params import load_shops
 
     work_dir.mkdir(parents=True, exist_ok=True)
-    catalogue = generate()
+    catalogue = generate(products)
+    removed = _forget_other_catalogues(url, catalogue)
+    if removed:
+        echo(f"removed {removed} listings of an earlier demo catalogue")
     options = JobOptions(
         model_name=DEMO_MODEL,
         anchor_shop=ANCHOR,
@@ -77,10 +114,10 @@ def run_demo(
         result = run_job(settings, url, load_shops(config), options, _DemoReport(echo))
     lines = [*result.clustered.lines()]
     lines.append("listings per shop: " + ", ".join(f"{s} {n}" for s, n in listings_per_shop(url)))
-    spreads = biggest_spreads(url)
+    spreads = biggest_spreads(url, limit=TOP_SPREADS)
     if spreads:
         lines.append("biggest price spreads:")
-        for name, shop_count, low, high, spread, cheapest, currency in spreads:
+        for name, shop_count, low, high, spread, cheapest, currency, _ in spreads[:5]:
             lines.append(
                 f"  {name}: {currency or ''} {low}-{high} ({spread} across {shop_count} shops; "
                 f"cheapest at {cheapest})"
@@ -90,9 +127,26 @@ def run_demo(
         f"against the catalogue's truth: pairwise precision {scores.precision:.3f}, "
         f"recall {scores.recall:.3f}, F1 {scores.f1:.3f}"
     )
+    true_spreads = true_spread_count(url, [row[-1] for row in spreads])
+    lines.append(
+        f"of the {len(spreads)} biggest price spreads, {true_spreads} compare one product"
+        " (the others mix products)"
+    )
     for line in lines:
         echo(line)
     return scores
+
+
+def true_spread_count(url: str, cluster_ids: list) -> int:
+    """How many of these clusters hold listings of one product of the truth alone."""
+    with connect(url) as conn:
+        rows = conn.execute(
+            "select cluster_id, url from bike_offers where cluster_id = any(%s)", (cluster_ids,)
+        ).fetchall()
+    products: dict = {}
+    for cluster_id, listing_url in rows:
+        products.setdefault(cluster_id, set()).add(truth_key(listing_url))
+    return sum(1 for keys in products.values() if len(keys) == 1)
 
 
 def demo_scores(url: str) -> Scores:

@@ -132,16 +132,15 @@ class DemoShops:
         )
 
     def _jsonld_product(self, listing: Listing) -> str:
-        product = listing.product
         data = {
             "@context": "https://schema.org",
             "@type": "Product",
             "name": listing.title,
             "url": f"/fvs/fiets/{listing.handle}",
-            "brand": {"@type": "Brand", "name": product.brand},
-            "sku": listing.handle.upper(),
+            "brand": {"@type": "Brand", "name": listing.brand},
+            "sku": listing.sku,
             "image": self.image_url(listing),
-            **({"gtin13": product.gtin} if product.gtin else {}),
+            **({"gtin13": listing.gtin} if listing.gtin else {}),
             "offers": {
                 "@type": "Offer",
                 "price": dutch_price(listing.price),
@@ -162,7 +161,7 @@ class DemoShops:
             "id": abs(hash(listing.handle)) % 10**6,
             "name": listing.title,
             "permalink": f"{self.base}/woo/product/{listing.handle}/",
-            "sku": listing.handle,
+            "sku": listing.sku,
             "prices": {
                 "price": cents,
                 "regular_price": cents,
@@ -178,14 +177,14 @@ class DemoShops:
         return {
             "title": listing.title,
             "handle": listing.handle,
-            "vendor": listing.product.brand,
+            "vendor": listing.brand,
             "images": [{"src": self.image_url(listing)}],
             "variants": [
                 {
                     "price": f"{listing.price:.2f}",
-                    "sku": listing.handle,
+                    "sku": listing.sku,
                     "available": True,
-                    "barcode": listing.product.gtin,
+                    "barcode": listing.gtin,
                 }
             ],
         }

@@ -1,7 +1,9 @@
 -- Pairs of active listings of different shops that may be the same product:
--- nearest neighbours at or above var('match_threshold'), in both directions,
--- and pairs with the same valid GTIN whatever their similarity. Pairs whose
--- valid GTINs differ are never candidates.
+-- nearest neighbours whose score reaches var('match_threshold'), in both
+-- directions; pairs with the same valid GTIN (a GTIN names one size and colour of
+-- one product: equal ones are the same product, different ones prove nothing);
+-- and pairs an analyst linked by hand (match_links). A pair an analyst unlinked is
+-- never a candidate.
 --
 -- A pair's similarity is the cosine of the combined [image, text] embeddings
 -- the search found, except: where either listing has no image, or one its shop
@@ -10,15 +12,18 @@
 -- var('image_weight') set it is recomputed from the two halves with that
 -- weight (for calibration; the search itself used the stored combination).
 --
--- Identifiers are evidence too (var('identifier_evidence')): a shared
--- model-number token raises the pair's score, different model numbers of the
--- same kind (C380 vs C7, 400WH vs 625WH), different brands or a price gap
--- beyond var('price_ratio_limit') (in euros where the currencies differ and
--- both have a rate; not judged where one has none) lower it. A pair is a
--- candidate when its score reaches var('match_threshold'); `matched_via`
--- spells out what counted.
--- Listings sharing a rare model number are candidates too, found or not by
--- the similarity search.
+-- Conflicts decide: two listings that both state a battery capacity, frame
+-- type, model year, motor, motor position or brand (of those ebike_vocabulary
+-- knows, through its aliases) and disagree, or that carry
+-- different model numbers of one kind (Grenoble C7 vs C8), are different
+-- products whatever their similarity (`conflicts` names what they disagree on;
+-- such a pair is no candidate unless GTIN or a link says otherwise).
+-- Identifiers are evidence too (var('identifier_evidence')): a shared rare
+-- model number raises the pair's score; different brands or a price gap beyond
+-- var('price_ratio_limit') (in euros where the currencies differ and both have
+-- a rate; not judged where one has none) lower it. `matched_via` spells out what
+-- counted. Listings sharing a rare model number are candidates too, found or
+-- not by the similarity search.
 --
 -- Everything is symmetric, so each pair is judged once, as (first_id,
 -- second_id) with first_id < second_id, and written in both directions.
@@ -41,6 +46,10 @@ neighbours as (
 vectors as (
     select * from {{ ref('stg_vector_storage') }}
     where model = {{ sql_literal(var('embedding_model')) }}
+),
+
+links as (
+    select * from {{ ref('stg_match_links') }}
 ),
 
 listing_codes as (
@@ -71,22 +80,7 @@ listing_rare_codes as (
 features as (
     -- What judging a pair needs of each listing, worked out once per listing.
     select
-        listings.bike_id,
-        listings.webshop,
-        listings.url,
-        listings.shop_rank,
-        listings.is_anchor,
-        listings.valid_gtin,
-        listings.brand_key,
-        listings.price,
-        listings.currency,
-        listings.price_eur,
-        listings.text_only,
-        listings.model_codes,
-        array(
-            select {{ code_kind('code') }}
-            from unnest(listings.model_codes) as code
-        ) as code_kinds,
+        listings.*,
         listing_rare_codes.codes as rare_codes
     from listings
     left join listing_rare_codes on listings.bike_id = listing_rare_codes.bike_id
@@ -105,7 +99,8 @@ found_pairs as (
         case when bike_id < neighbour_id then neighbour_input_hash else input_hash end
             as second_hash,
         similarity as search_similarity,
-        false as same_gtin
+        false as same_gtin,
+        false as linked
     from neighbours
     {% if evidence -%}
         union all
@@ -115,7 +110,8 @@ found_pairs as (
             null::text as first_hash,
             null::text as second_hash,
             null::float8 as search_similarity,
-            false as same_gtin
+            false as same_gtin,
+            false as linked
         from listing_codes as listing
         inner join listing_codes as neighbour
             on
@@ -131,13 +127,25 @@ found_pairs as (
         null::text as first_hash,
         null::text as second_hash,
         null::float8 as search_similarity,
-        true as same_gtin
+        true as same_gtin,
+        false as linked
     from listings as listing
     inner join listings as neighbour
         on
             listing.valid_gtin = neighbour.valid_gtin
             and listing.webshop <> neighbour.webshop
             and listing.bike_id < neighbour.bike_id
+    union all
+    select
+        links.bike_id as first_id,
+        links.other_id as second_id,
+        null::text as first_hash,
+        null::text as second_hash,
+        null::float8 as search_similarity,
+        false as same_gtin,
+        true as linked
+    from links
+    where links.decision = 'link' and links.bike_id < links.other_id
 ),
 
 pairs as (
@@ -147,6 +155,7 @@ pairs as (
         found_pairs.first_id,
         found_pairs.second_id,
         bool_or(found_pairs.same_gtin) as same_gtin,
+        bool_or(found_pairs.linked) as linked,
         max(found_pairs.search_similarity) filter (
             where
             found_pairs.first_hash = first_listing.input_hash
@@ -169,7 +178,11 @@ judged as (
     select
         pairs.first_id,
         pairs.second_id,
-        case when pairs.same_gtin then 'gtin' else 'embedding' end as evidence,
+        case
+            when pairs.linked then 'link'
+            when pairs.same_gtin then 'gtin'
+            else 'embedding'
+        end as evidence,
         case
             {% if image_weight is none -%}
                 when
@@ -196,22 +209,20 @@ judged as (
         second_listing.shop_rank as second_shop_rank,
         second_listing.valid_gtin as second_valid_gtin,
         second_listing.is_anchor as second_is_anchor,
+        {{ attribute_conflicts('first_listing', 'second_listing') }} as conflicts,
         {% if evidence -%}
             {{ codes_agree('first_listing.rare_codes', 'second_listing.rare_codes') }}
                 as codes_agree,
-            {{ codes_conflict(
-                'first_listing.model_codes', 'first_listing.code_kinds',
-                'second_listing.model_codes', 'second_listing.code_kinds'
-            ) }} as codes_conflict,
-            {{ brand_conflict('first_listing.brand_key', 'second_listing.brand_key') }}
+            {{ brand_conflict('first_listing', 'second_listing') }}
                 as brand_conflict,
-            {{ price_conflict('first_listing', 'second_listing') }} as price_conflict
+            {{ price_conflict('first_listing', 'second_listing') }} as price_conflict,
         {%- else -%}
             false as codes_agree,
-            false as codes_conflict,
             false as brand_conflict,
-            false as price_conflict
+            false as price_conflict,
         {%- endif %}
+        {{ price_ratio('first_listing', 'second_listing') }} as price_ratio,
+        {{ attribute_agreements('first_listing', 'second_listing') }} as agreements
     from pairs
     inner join features as first_listing on pairs.first_id = first_listing.bike_id
     inner join features as second_listing on pairs.second_id = second_listing.bike_id
@@ -219,15 +230,19 @@ judged as (
     inner join vectors as second_vector on pairs.second_id = second_vector.bike_id
     where
         first_listing.webshop <> second_listing.webshop
-        and (
-            first_listing.valid_gtin is null
-            or second_listing.valid_gtin is null
-            or first_listing.valid_gtin = second_listing.valid_gtin
+        and not exists (
+            select
+            from links
+            where
+                links.bike_id = pairs.first_id
+                and links.other_id = pairs.second_id
+                and links.decision = 'unlink'
         )
         {% if image_weight is none -%}
             -- Only pairs that can still pass need their similarity worked out.
             and (
                 pairs.same_gtin
+                or pairs.linked
                 or pairs.search_similarity is null
                 or pairs.search_similarity >= {{ var('match_threshold') }} - {{ bonus }}
                 or first_listing.text_only
@@ -241,13 +256,23 @@ scored as (
         *,
         similarity
         + case when codes_agree then {{ bonus }} else 0 end
-        - case when codes_conflict then {{ var('code_conflict_penalty') }} else 0 end
         - case when brand_conflict then {{ var('brand_conflict_penalty') }} else 0 end
         - case when price_conflict then {{ var('price_conflict_penalty') }} else 0 end
             as score,
+        -- How well the pair fits, for choosing among a listing's candidates: the
+        -- score, plus var('agreement_fit_weight') for each product attribute both
+        -- state alike, less var('price_fit_weight') per unit of log price ratio.
+        -- Of two variants a title cannot tell apart (it leaves out the motor that
+        -- differs), the one nearer in price is the likelier; of two listings
+        -- claiming one place, the one that says more that agrees.
+        similarity
+        + {{ var('agreement_fit_weight') }} * agreements
+        + case when codes_agree then {{ bonus }} else 0 end
+        - case when brand_conflict then {{ var('brand_conflict_penalty') }} else 0 end
+        - case when price_conflict then {{ var('price_conflict_penalty') }} else 0 end
+        - {{ var('price_fit_weight') }} * coalesce(abs(ln(price_ratio)), 0) as fit,
         evidence
         || case when codes_agree then '+codes' else '' end
-        || case when codes_conflict then '-codes' else '' end
         || case when brand_conflict then '-brand' else '' end
         || case when price_conflict then '-price' else '' end
             as matched_via
@@ -257,8 +282,8 @@ scored as (
 passing as (
     select * from scored
     where
-        evidence = 'gtin'
-        or score >= {{ var('match_threshold') }}
+        evidence in ('link', 'gtin')
+        or (score >= {{ var('match_threshold') }} and conflicts is null)
 ),
 
 candidates as (
@@ -276,10 +301,11 @@ candidates as (
         second_shop_rank as neighbour_shop_rank,
         second_is_anchor as neighbour_is_anchor,
         codes_agree,
-        codes_conflict,
+        conflicts,
         brand_conflict,
         price_conflict,
         score,
+        fit,
         matched_via
     from passing
     union all
@@ -297,10 +323,11 @@ candidates as (
         first_shop_rank as neighbour_shop_rank,
         first_is_anchor as neighbour_is_anchor,
         codes_agree,
-        codes_conflict,
+        conflicts,
         brand_conflict,
         price_conflict,
         score,
+        fit,
         matched_via
     from passing
 )

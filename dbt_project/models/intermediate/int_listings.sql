@@ -10,6 +10,11 @@
 -- price_eur: the price in euros, through stg_exchange_rates, for comparing
 -- prices in different currencies; null where the currency has no rate.
 --
+-- battery_wh, frame_type, model_year, motor, motor_position: what the title says
+-- of the product (int_listing_attributes; the plural arrays are what matching
+-- compares). brands: the brand, through the vocabulary's aliases; brand_as_written:
+-- the brand field in lower case, letters and digits only.
+--
 -- shop_rank: the order master_bikes places shops in. 0 is var('anchor_shop');
 -- then the shops of var('shop_priority') in their order, then the others by name.
 -- It never depends on row order.
@@ -27,6 +32,10 @@ vectors as (
 
 rates as (
     select * from {{ ref('stg_exchange_rates') }}
+),
+
+attributes as (
+    select * from {{ ref('int_listing_attributes') }}
 ),
 
 shop_crawls as (
@@ -80,7 +89,18 @@ active_embedded as (
         listings.image_url,
         listings.availability,
         {{ model_codes('listings.name', 'listings.sku') }} as model_codes,
-        lower(regexp_replace(listings.brand, '[^[:alnum:]]', '', 'g')) as brand_key,
+        attributes.brands,
+        attributes.brand_as_written,
+        attributes.battery_whs,
+        attributes.frame_types,
+        attributes.model_years,
+        attributes.motors,
+        attributes.motor_positions,
+        attributes.battery_wh,
+        attributes.frame_type,
+        attributes.model_year,
+        attributes.motor,
+        attributes.motor_position,
         shop_ranks.shop_rank,
         vectors.model,
         vectors.input_hash,
@@ -99,6 +119,7 @@ active_embedded as (
     inner join vectors on listings.bike_id = vectors.bike_id
     inner join shop_crawls on listings.webshop = shop_crawls.webshop
     inner join shop_ranks on listings.webshop = shop_ranks.webshop
+    inner join attributes on listings.bike_id = attributes.bike_id
     left join rates on listings.currency = rates.currency
     where
         listings.last_seen_at >= shop_crawls.last_crawled_at
@@ -107,5 +128,6 @@ active_embedded as (
 
 select
     *,
-    stored_text_only or image_is_shared as text_only
+    stored_text_only or image_is_shared as text_only,
+    array(select {{ code_kind('code') }} from unnest(model_codes) as code) as code_kinds
 from active_embedded

@@ -2,7 +2,9 @@
 -- how many shops sell it, and how their prices compare, in one currency
 -- (bike_offers.comparable_price; unconverted_offers counts the priced offers
 -- whose currency had no exchange rate, which the prices leave out). The
--- cheapest offer is also given among those not marked out of stock.
+-- cheapest offer is also given among those not marked out of stock. The spread is
+-- given over all offers (price_spread) and over those whose price is not flagged
+-- as far from the others' (usual_price_spread; bike_offers.price_outlier).
 with
 
 offers as (
@@ -58,7 +60,10 @@ prices as (
         min(comparable_currency) as currency,
         count(*) filter (where price is not null and comparable_price is null)
             as unconverted_offers,
-        count(*) filter (where availability = 'OutOfStock') as out_of_stock_offers
+        count(*) filter (where availability = 'OutOfStock') as out_of_stock_offers,
+        count(*) filter (where price_outlier) as price_outliers,
+        min(comparable_price) filter (where not price_outlier) as min_usual_price,
+        max(comparable_price) filter (where not price_outlier) as max_usual_price
     from offers
     group by cluster_id
 ),
@@ -90,7 +95,13 @@ clusters as (
         round(100 * (prices.max_price - prices.min_price) / nullif(prices.min_price, 0), 1)
             as price_spread_pct,
         cheapest_available.min_available_price,
-        prices.unconverted_offers
+        prices.unconverted_offers,
+
+        ---------- numerics without the offers bike_offers flags as price outliers
+        prices.price_outliers,
+        prices.min_usual_price,
+        prices.max_usual_price,
+        prices.max_usual_price - prices.min_usual_price as usual_price_spread
     from prices
     inner join representatives on prices.cluster_id = representatives.cluster_id
     left join cheapest on prices.cluster_id = cheapest.cluster_id

@@ -1,5 +1,7 @@
--- One row per listing still on sale: its cluster, shop, price and how it ranks
--- on price within its cluster (1 = cheapest).
+-- One row per listing still on sale: its cluster, shop, what its title says of
+-- the product (battery_wh, frame_type, model_year, motor), its price, how it
+-- ranks on price within its cluster (1 = cheapest), and whether the price is far
+-- from the other offers' (price_outlier, price_outlier_reason).
 --
 -- Prices are compared in one currency: var('report_currency'), else the one
 -- most listings on sale are priced in. comparable_price is the listing's price
@@ -45,6 +47,12 @@ offers as (
         listings.availability,
         listings.valid_gtin as gtin,
 
+        ---------- what the title says of the product
+        listings.battery_wh,
+        listings.frame_type,
+        listings.model_year,
+        listings.motor,
+
         ---------- numerics
         listings.price,
         listings.currency,
@@ -53,6 +61,7 @@ offers as (
         ---------- how it matched
         master_bikes.matched_via,
         master_bikes.matched_bike_id,
+        master_bikes.score,
 
         ---------- timestamps
         master_bikes.clustered_at
@@ -105,6 +114,53 @@ ranked as (
         end as price_rank,
         count(*) over (partition by cluster_id) as listings_in_cluster
     from compared
+),
+
+against_the_others as (
+    -- The median comparable price of the other offers in the cluster.
+    select
+        ranked.*,
+        others.median_price as others_median_price,
+        others.offers as other_offers
+    from ranked
+    left join lateral (
+        select
+            percentile_cont(0.5) within group (order by other.comparable_price)::numeric(12, 2)
+                as median_price,
+            count(*) as offers
+        from compared as other
+        where
+            other.cluster_id = ranked.cluster_id
+            and other.bike_id <> ranked.bike_id
+            and other.comparable_price is not null
+    ) as others on true
+),
+
+flagged as (
+    -- A price more than var('price_outlier_ratio') times the median of the other
+    -- offers' (or less than that median divided by it) is flagged: a sale, a
+    -- typo, another currency, or an offer that is another product. In a cluster
+    -- of two, both offers are flagged: which one is off cannot be told.
+    select
+        *,
+        coalesce(
+            abs(ln(comparable_price / nullif(others_median_price, 0)))
+            > ln({{ var('price_outlier_ratio') }}),
+            false
+        ) as price_outlier
+    from against_the_others
 )
 
-select * from ranked
+select
+    *,
+    case
+        when price_outlier
+            then format(
+                '%s%% %s the median %s of the %s other offers',
+                round(100 * abs(comparable_price / others_median_price - 1)),
+                case when comparable_price > others_median_price then 'above' else 'below' end,
+                others_median_price,
+                other_offers
+            )
+    end as price_outlier_reason
+from flagged

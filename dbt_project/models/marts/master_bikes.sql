@@ -1,14 +1,15 @@
 {#-
     Which cluster (product) each listing belongs to.
 
-    The assignment is bikematch_assign_clusters() (sql/0010_cluster_assignment.sql),
-    a loop over the shops in shop_rank order: the anchor shop's listings seed
-    clusters; each later shop's listings join the cluster of their preferred
-    candidate among the listings already placed (an equal valid GTIN, then an
-    anchor listing, then the highest score), at most var('max_listings_per_shop')
-    of a shop to a cluster, over var('assignment_rounds') rounds of claims; a
-    listing left without a cluster seeds its own. A listing never joins a cluster
-    holding a different valid GTIN.
+    The assignment is bikematch_assign_clusters() (sql/0010_cluster_assignment.sql,
+    sql/0012_match_links.sql), a loop over the shops in shop_rank order: the
+    anchor shop's listings seed clusters; each later shop's listings join the
+    cluster of their preferred candidate among the listings already placed (a
+    link by hand, then an equal valid GTIN, then an anchor listing, then the
+    highest score), at most var('max_listings_per_shop') of a shop to a cluster,
+    over var('assignment_rounds') rounds of claims; a listing left without a
+    cluster seeds its own. A listing never joins a cluster where any member
+    already placed contradicts it or was unlinked from it (joining_blocked).
 
     Incremental: the assignment is recomputed from the stored candidate pairs
     (cheap), and only rows that changed are written, so a rerun with no new
@@ -35,7 +36,8 @@ assigned as (
         {{ sql_literal(ref('int_listings')) }}::regclass,
         {{ sql_literal(ref('int_candidate_matches')) }}::regclass,
         {{ var('max_listings_per_shop') }},
-        {{ var('assignment_rounds') }}
+        {{ var('assignment_rounds') }},
+        {{ sql_literal(joining_blocked('listing', 'member', 'candidate')) }}
     )
 ),
 

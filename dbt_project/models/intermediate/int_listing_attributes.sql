@@ -1,0 +1,121 @@
+-- What each stored listing's title states about the product, read through the
+-- ebike_vocabulary seed: battery capacity (Wh), frame type, model year, motor,
+-- motor position and brand. One row per listing; each attribute is an array of the
+-- values the title states (empty: the title does not say), keeping only the most
+-- specific ones: a title naming "Bosch Performance Line CX" states
+-- {bosch/performance line/cx}, not also {bosch}.
+--
+-- The brand is read from the listing's brand field, else from its title, through
+-- the vocabulary's aliases (brands); brand_as_written keeps the brand field as
+-- written (lower case, letters and digits) for brands the vocabulary does not know.
+--
+-- Every build derives these again for every stored listing, so a wording added to
+-- the seed applies to listings crawled long ago.
+
+with
+
+vocabulary as (
+    select * from {{ ref('ebike_vocabulary') }}
+),
+
+listings as (
+    select
+        bike_id,
+        lower(name) as title,
+        lower(coalesce(nullif(btrim(brand), ''), name)) as brand_text,
+        lower(regexp_replace(brand, '[^[:alnum:]]', '', 'g')) as brand_as_written
+    from {{ ref('stg_scraped_bikes') }}
+),
+
+matched as (
+    -- One pattern at a time over all listings (the vocabulary is the outer loop),
+    -- so each regular expression is compiled once.
+    select
+        found.bike_id,
+        vocabulary.attribute,
+        case
+            when vocabulary.factor is not null
+                then (
+                    round(replace(found.stated, ',', '.')::numeric * vocabulary.factor)::bigint
+                )::text
+            else found.stated
+        end as value
+    from vocabulary
+    cross join lateral (
+        -- the value, with \1, \2 standing for the pattern's groups in the match
+        select
+            listings.bike_id,
+            case
+                when strpos(vocabulary.value, '\') > 0
+                    then regexp_replace(
+                        substring(read.text from '(' || vocabulary.pattern || ')'),
+                        vocabulary.pattern,
+                        vocabulary.value
+                    )
+                else vocabulary.value
+            end as stated
+        from listings
+        cross join lateral (
+            select
+                case
+                    when vocabulary.attribute = 'brand' then listings.brand_text
+                    else listings.title
+                end as text
+        ) as read
+        where read.text ~ vocabulary.pattern
+        offset 0
+    ) as found
+),
+
+most_specific as (
+    -- A value another value of the same listing refines (bosch under
+    -- bosch/performance line) says nothing more.
+    select distinct
+        matched.bike_id,
+        matched.attribute,
+        matched.value
+    from matched
+    where not exists (
+        select
+        from matched as finer
+        where
+            finer.bike_id = matched.bike_id
+            and finer.attribute = matched.attribute
+            and finer.value like matched.value || '/%'
+    )
+),
+
+stated as (
+    select
+        bike_id,
+        array_agg(value order by value) filter (where attribute = 'battery_wh') as battery_whs,
+        array_agg(value order by value) filter (where attribute = 'frame_type') as frame_types,
+        array_agg(value order by value) filter (where attribute = 'model_year') as model_years,
+        array_agg(value order by value) filter (where attribute = 'motor') as motors,
+        array_agg(value order by value) filter (where attribute = 'motor_position')
+            as motor_positions,
+        array_agg(value order by value) filter (where attribute = 'brand') as brands
+    from most_specific
+    group by bike_id
+)
+
+select
+    listings.bike_id,
+    coalesce(stated.battery_whs, '{}') as battery_whs,
+    coalesce(stated.frame_types, '{}') as frame_types,
+    coalesce(stated.model_years, '{}') as model_years,
+    coalesce(stated.motors, '{}') as motors,
+    coalesce(stated.motor_positions, '{}') as motor_positions,
+    coalesce(stated.brands, '{}') as brands,
+    listings.brand_as_written,
+    -- For reading: the value where the title states one, all of them where it
+    -- states several.
+    case when cardinality(stated.battery_whs) = 1 then stated.battery_whs[1]::integer end
+        as battery_wh,
+    array_to_string(stated.frame_types, ' / ') as frame_type,
+    case when cardinality(stated.model_years) = 1 then stated.model_years[1]::integer end
+        as model_year,
+    array_to_string(stated.motors, ' / ') as motor,
+    array_to_string(stated.motor_positions, ' / ') as motor_position
+from listings
+left join stated on listings.bike_id = stated.bike_id
