@@ -25,6 +25,18 @@ def near(base: np.ndarray, noise: float, seed: int) -> np.ndarray:
     return base + noise * np.linalg.norm(base) / np.sqrt(base.size) * rng.normal(size=base.size)
 
 
+def at_cosine(base: np.ndarray, cosine: float, seed: int) -> np.ndarray:
+    """A vector whose image and text halves each sit at `cosine` to base's."""
+    rng = np.random.default_rng(seed)
+    halves = []
+    for half in (base[:HALF_DIMS], base[HALF_DIMS:]):
+        unit = half / np.linalg.norm(half)
+        other = rng.normal(size=HALF_DIMS)
+        other -= (other @ unit) * unit
+        halves.append(cosine * unit + np.sqrt(1 - cosine**2) * other / np.linalg.norm(other))
+    return np.concatenate(halves)
+
+
 def concatenate(vector: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     image = vector[:HALF_DIMS] / np.linalg.norm(vector[:HALF_DIMS])
     text = vector[HALF_DIMS:] / np.linalg.norm(vector[HALF_DIMS:])
@@ -43,17 +55,19 @@ def add_listing(
     model=MODEL,
     text_only=False,
     image_url=None,
+    brand=None,
+    sku=None,
 ):
     """Insert a listing and its vectors (text_only: no image half); returns its id."""
     conn.execute("select bikematch_register_model(%s, %s, %s)", (model, HALF_DIMS, HALF_DIMS))
     bike_id = conn.execute(
         """
-        insert into scraped_bikes (webshop, url, name, gtin, price, currency, image_url)
-        values (%s, %s, %s, %s, %s, 'EUR', %s)
+        insert into scraped_bikes (webshop, url, name, gtin, price, currency, image_url, brand, sku)
+        values (%s, %s, %s, %s, %s, 'EUR', %s, %s, %s)
         on conflict (webshop, url) do update set last_seen_at = now()
         returning id
         """,
-        (shop, url, name or f"{shop} {url}", gtin, price, image_url),
+        (shop, url, name or f"{shop} {url}", gtin, price, image_url, brand, sku),
     ).fetchone()[0]
     set_vector(conn, bike_id, vector, model=model, text_only=text_only)
     return bike_id

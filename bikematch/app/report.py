@@ -18,12 +18,14 @@ _QUERY = """
 select
     clusters.cluster_id, clusters.name, clusters.shops, clusters.listings,
     clusters.min_price, clusters.max_price, clusters.price_spread, clusters.price_spread_pct,
-    clusters.cheapest_shop, clusters.currency,
+    clusters.cheapest_shop, clusters.currency, clusters.usual_price_spread,
     offers.webshop, offers.name, offers.url, offers.image_url, offers.price, offers.currency,
     offers.similarity, offers.matched_via, offers.price_rank,
-    offers.comparable_price, offers.comparable_currency, offers.availability
+    offers.comparable_price, offers.comparable_currency, offers.availability,
+    offers.score, matched.webshop, offers.price_outlier_reason
 from bike_clusters as clusters
 inner join bike_offers as offers on clusters.cluster_id = offers.cluster_id
+left join scraped_bikes as matched on offers.matched_bike_id = matched.id
 order by clusters.shops desc, clusters.price_spread desc nulls last, clusters.name,
     offers.price_rank nulls last, offers.webshop
 """
@@ -40,7 +42,7 @@ section.cluster h2 { font-size: 16px; margin: 0 0 4px; }
 .offer { width: 200px; border: 1px solid #eee; border-radius: 6px; padding: 8px; }
 .offer img { width: 184px; height: 138px; object-fit: contain; background: #f4f4f4; }
 .offer .shop { font-weight: 600; } .offer .price { font-size: 15px; }
-.offer .stock { color: #b00020; }
+.offer .stock, .offer .outlier { color: #b00020; }
 .offer.cheapest { border-color: #2e7d32; box-shadow: 0 0 0 1px #2e7d32; }
 .how { color: #777; font-size: 12px; }
 """
@@ -76,8 +78,8 @@ def _write_report(url: str, out_dir: Path, image_cache: Path | None) -> Path:
     clusters: dict = defaultdict(list)
     facts: dict = {}
     for row in rows:
-        facts[row[0]] = row[1:10]
-        clusters[row[0]].append(row[10:])
+        facts[row[0]] = row[1:11]
+        clusters[row[0]].append(row[11:])
     multi = [cid for cid in facts if facts[cid][1] > 1]
     single = [cid for cid in facts if facts[cid][1] <= 1]
     sections = [_cluster_html(cid, facts[cid], clusters[cid], thumbs, image_cache) for cid in multi]
@@ -109,11 +111,14 @@ def _write_report(url: str, out_dir: Path, image_cache: Path | None) -> Path:
 
 
 def _cluster_html(cluster_id, facts, offers, thumbs: Path, image_cache) -> str:
-    name, shops, listings, low, high, spread, spread_pct, cheapest, currency = facts
+    name, shops, listings, low, high, spread, spread_pct, cheapest, currency, usual = facts
     cards = "".join(
         _offer_html(offer, thumbs, image_cache, cheapest=offer[8] == 1) for offer in offers
     )
     spread_text = f"{currency or ''} {spread}" if spread is not None else "n/a"
+    if any(offer[14] for offer in offers):
+        usual_text = f"{currency or ''} {usual}" if usual is not None else "n/a"
+        spread_text += f"; {usual_text} without the flagged prices"
     return f"""
 <section class="cluster" data-spread="{float(spread or 0)}" data-size="{listings}"
   data-cluster="{cluster_id}">
@@ -127,10 +132,8 @@ def _cluster_html(cluster_id, facts, offers, thumbs: Path, image_cache) -> str:
 
 def _offer_html(offer, thumbs: Path, image_cache, cheapest: bool) -> str:
     shop, title, url, image_url, price, currency, similarity, matched_via, _rank = offer[:9]
-    comparable_price, comparable_currency, availability = offer[9:]
-    how = escape(matched_via)
-    if similarity is not None:
-        how += f" · similarity {similarity:.3f}"
+    comparable_price, comparable_currency, availability, score, matched_shop, outlier = offer[9:]
+    how = escape(_why(matched_via, similarity, score, matched_shop))
     source = _thumbnail(image_url, thumbs, image_cache) if _web_link(image_url) else ""
     image = (
         f'<img src="{escape(source)}" alt="{escape(title)}" onload="this.dataset.loaded=1">'
@@ -151,8 +154,30 @@ def _offer_html(offer, thumbs: Path, image_cache, cheapest: bool) -> str:
   <div class="title"><a href="{escape(_web_link(url))}">{escape(title)}</a></div>
   <div class="price">{escape(price_text)}</div>
   {'<div class="stock">out of stock</div>' if availability == "OutOfStock" else ""}
+  {f'<div class="outlier">price flagged: {escape(outlier)}</div>' if outlier else ""}
   <div class="how">{how}</div>
 </div>"""
+
+
+def _why(matched_via: str, similarity, score, matched_shop) -> str:
+    """Why the offer is in its cluster, in a few words."""
+    if matched_via == "anchor":
+        return "anchor shop's listing: seeds the product"
+    if matched_via == "seed":
+        return "seeds the product (no anchor listing matched)"
+    kind = matched_via.split("+")[0].split("-")[0]  # embedding+codes-price: embedding
+    reasons = {
+        "gtin": f"same GTIN as {matched_shop}'s listing",
+        "link": f"linked by hand to {matched_shop}'s listing",
+    }
+    text = reasons.get(kind) or f"matched {matched_shop}'s listing"
+    if score is not None:
+        text += f" · score {score:.3f}"
+    if similarity is not None:
+        text += f" (similarity {similarity:.3f})"
+    if matched_via != kind:
+        text += f" · {matched_via}"
+    return text
 
 
 def _web_link(url: str | None) -> str:

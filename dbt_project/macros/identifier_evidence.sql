@@ -88,8 +88,9 @@
 {#- The product-defining attributes two listings disagree on, as a comma-separated
     list (battery_wh,frame_type), or null: different brands (of those the
     vocabulary knows), battery capacities, frame types, model years, motors or
-    motor positions, or different model numbers of one kind (model_number,
-    codes_conflict). `first` and `second` are relations
+    motor positions, or different model numbers of one kind in their titles
+    (model_number, codes_conflict; a shop's own article number in its SKU field
+    proves nothing). `first` and `second` are relations
     with int_listings' columns. -#}
 {% macro attribute_conflicts(first, second) -%}
     nullif(
@@ -104,8 +105,8 @@
             {%- endfor %},
             case
                 when {{ codes_conflict(
-                    first ~ '.model_codes', first ~ '.code_kinds',
-                    second ~ '.model_codes', second ~ '.code_kinds'
+                    first ~ '.title_codes', first ~ '.title_code_kinds',
+                    second ~ '.title_codes', second ~ '.title_code_kinds'
                 ) }}
                     then 'model_number'
             end
@@ -148,7 +149,9 @@
     across currencies; null where a price or a rate is missing. -#}
 {% macro price_ratio(first, second) -%}
     case
-        when {{ first }}.currency is not distinct from {{ second }}.currency
+        when
+            {{ first }}.currency = {{ second }}.currency
+            or ({{ first }}.currency is null and {{ second }}.currency is null)
             then {{ first }}.price / nullif({{ second }}.price, 0)
         else {{ first }}.price_eur / nullif({{ second }}.price_eur, 0)
     end
@@ -190,4 +193,15 @@
                 and linked.decision = 'link'
         )
     )
+{%- endmacro %}
+
+{#- A pair's score: its similarity with the identifier evidence applied (a shared
+    rare model number raises it; different brands the vocabulary does not know and
+    a price gap beyond var('price_ratio_limit') lower it). -#}
+{% macro pair_score(similarity, codes_agree, brand_conflict, price_conflict) -%}
+    {%- set bonus = var('code_agree_bonus') if var('identifier_evidence') else 0 -%}
+    {{ similarity }}
+    + case when {{ codes_agree }} then {{ bonus }} else 0 end
+    - case when {{ brand_conflict }} then {{ var('brand_conflict_penalty') }} else 0 end
+    - case when {{ price_conflict }} then {{ var('price_conflict_penalty') }} else 0 end
 {%- endmacro %}

@@ -1,18 +1,19 @@
 {#-
     The model-number-like tokens of a listing's title and SKU, normalised:
     upper case, without - / . separators, at least three characters, mixing
-    letters and digits ("KDL-40V4100" -> KDL40V4100, "C7+"), a letter and a
-    digit (the model line of "Grenoble C7"), or all digits from
+    letters and digits ("KDL-40V4100" -> KDL40V4100, "C7+"), or all digits from
     five up (article numbers such as 96438). Shorter numbers (sizes, years) say
     too little alone. In the SKU, digit groups split by spaces are one number
     ("020 45821 07" and "020-45821-07" are both 0204582107). What ebike_vocabulary
     reads as the battery, the model year or the frame is no model number: a
     capacity ("625Wh"), a frame size ("53cm", "D53": a dames frame of 53 cm) or
-    a model year ("MY24").
+    a model year ("MY24"). With short_codes, also a letter and a digit either way
+    (the model line of "Grenoble C7", "Image 3.B"): too common to agree on, but
+    C7 and C8 are two models.
 -#}
-{% macro model_codes(name, sku) -%}
+{% macro model_codes(name, sku, short_codes=false) -%}
     array(
-        select distinct regexp_replace(token[1], '[-/.]', '', 'g')
+        select distinct token.code
         from regexp_matches(
             upper(
                 coalesce({{ name }}, '')
@@ -21,15 +22,16 @@
             ),
             '[A-Z0-9][A-Z0-9./+-]*[A-Z0-9+]',
             'g'
+        ) as written (token)
+        cross join lateral (
+            select regexp_replace(written.token[1], '[-/.]', '', 'g') as code
         ) as token
         where
-            (
-                token[1] ~ '[A-Z]'
-                and token[1] ~ '[0-9]'
-                and length(regexp_replace(token[1], '[-/.]', '', 'g')) >= 3
-            )
-            or token[1] ~ '^[A-Z][0-9]$'
-            or token[1] ~ '^[0-9]{5,}$'
+            (token.code ~ '[A-Z]' and token.code ~ '[0-9]' and length(token.code) >= 3)
+            {%- if short_codes %}
+                or token.code ~ '^([A-Z][0-9]|[0-9][A-Z])$'
+            {%- endif %}
+            or token.code ~ '^[0-9]{5,}$'
         except
         select regexp_replace(token[1], '[-/.]', '', 'g')
         from regexp_matches(

@@ -1,7 +1,8 @@
 """The `bikematch` command line: each command a few lines over the application modules.
 
 The commands live by group: `database` (db), `scraping` (scrape, extract, import),
-`embedding` (embed), `clustering` (cluster, rates, eval, calibrate), `job` (run, demo)
+`embedding` (embed), `clustering` (cluster, rates, eval, calibrate), `matches` (explain,
+link, unlink, links), `job` (run, demo)
 and `results` (report, search). Every problem the user can fix ends as one line on
 stderr, `error: ...`, and exit code 2.
 """
@@ -74,9 +75,17 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 
 
 def _register() -> None:
-    from bikematch.app.cli import clustering, database, embedding, job, results, scraping
+    from bikematch.app.cli import (
+        clustering,
+        database,
+        embedding,
+        job,
+        matches,
+        results,
+        scraping,
+    )
 
-    for module in (database, scraping, embedding, clustering, job, results):
+    for module in (database, scraping, embedding, clustering, matches, job, results):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -254,10 +254,7 @@ judged as (
 scored as (
     select
         *,
-        similarity
-        + case when codes_agree then {{ bonus }} else 0 end
-        - case when brand_conflict then {{ var('brand_conflict_penalty') }} else 0 end
-        - case when price_conflict then {{ var('price_conflict_penalty') }} else 0 end
+        {{ pair_score('similarity', 'codes_agree', 'brand_conflict', 'price_conflict') }}
             as score,
         -- How well the pair fits, for choosing among a listing's candidates: the
         -- score, plus var('agreement_fit_weight') for each product attribute both
@@ -265,11 +262,8 @@ scored as (
         -- Of two variants a title cannot tell apart (it leaves out the motor that
         -- differs), the one nearer in price is the likelier; of two listings
         -- claiming one place, the one that says more that agrees.
-        similarity
+        {{ pair_score('similarity', 'codes_agree', 'brand_conflict', 'price_conflict') }}
         + {{ var('agreement_fit_weight') }} * agreements
-        + case when codes_agree then {{ bonus }} else 0 end
-        - case when brand_conflict then {{ var('brand_conflict_penalty') }} else 0 end
-        - case when price_conflict then {{ var('price_conflict_penalty') }} else 0 end
         - {{ var('price_fit_weight') }} * coalesce(abs(ln(price_ratio)), 0) as fit,
         evidence
         || case when codes_agree then '+codes' else '' end

@@ -27,12 +27,29 @@ listings as (
     from {{ ref('stg_scraped_bikes') }}
 ),
 
+texts as (
+    -- What each attribute is read from: the brand from brand_text, the rest from
+    -- the title.
+    select
+        bike_id,
+        true as for_brand,
+        brand_text as text
+    from listings
+    union all
+    select
+        bike_id,
+        false as for_brand,
+        title as text
+    from listings
+),
+
 matched as (
     -- One pattern at a time over all listings (the vocabulary is the outer loop),
     -- so each regular expression is compiled once.
     select
         found.bike_id,
         vocabulary.attribute,
+        found.words,
         case
             when vocabulary.factor is not null
                 then (
@@ -44,26 +61,27 @@ matched as (
     cross join lateral (
         -- the value, with \1, \2 standing for the pattern's groups in the match
         select
-            listings.bike_id,
+            texts.bike_id,
+            upper(
+                regexp_replace(
+                    substring(texts.text from '(' || vocabulary.pattern || ')'), '[-/. ]', '', 'g'
+                )
+            ) as words,
             case
                 when strpos(vocabulary.value, '\') > 0
                     then regexp_replace(
-                        substring(read.text from '(' || vocabulary.pattern || ')'),
+                        substring(texts.text from '(' || vocabulary.pattern || ')'),
                         vocabulary.pattern,
                         vocabulary.value
                     )
                 else vocabulary.value
             end as stated
-        from listings
-        cross join lateral (
-            select
-                case
-                    when vocabulary.attribute = 'brand' then listings.brand_text
-                    else listings.title
-                end as text
-        ) as read
-        where read.text ~ vocabulary.pattern
-        offset 0
+        from texts
+        where
+            texts.for_brand = (vocabulary.attribute = 'brand')
+            and texts.text ~ vocabulary.pattern
+        -- a fence: the vocabulary stays the outer loop
+        offset 0  -- noqa: AM09
     ) as found
 ),
 
@@ -97,6 +115,17 @@ stated as (
         array_agg(value order by value) filter (where attribute = 'brand') as brands
     from most_specific
     group by bike_id
+),
+
+read_words as (
+    -- The words the vocabulary read, upper case without separators ("BAFANGM420"):
+    -- int_listings takes no model number from them.
+    select
+        bike_id,
+        array_agg(distinct words) as attribute_words
+    from matched
+    where attribute <> 'brand'
+    group by bike_id
 )
 
 select
@@ -116,6 +145,8 @@ select
     case when cardinality(stated.model_years) = 1 then stated.model_years[1]::integer end
         as model_year,
     array_to_string(stated.motors, ' / ') as motor,
-    array_to_string(stated.motor_positions, ' / ') as motor_position
+    array_to_string(stated.motor_positions, ' / ') as motor_position,
+    coalesce(read_words.attribute_words, '{}') as attribute_words
 from listings
 left join stated on listings.bike_id = stated.bike_id
+left join read_words on listings.bike_id = read_words.bike_id

@@ -88,7 +88,22 @@ active_embedded as (
         round(listings.price / rates.per_euro, 2) as price_eur,
         listings.image_url,
         listings.availability,
-        {{ model_codes('listings.name', 'listings.sku') }} as model_codes,
+        -- model_codes (title and SKU) agree; title_codes (the title's alone,
+        -- short ones too) conflict: a shop's own article number is no evidence
+        -- that two listings differ. A motor's or battery's number ("Bafang M420", "Steps EP801")
+        -- says what the bike has, not which bike it is: the vocabulary reads it.
+        {%- for column, sku, short in [
+            ('model_codes', 'listings.sku', false), ('title_codes', 'null', true)
+        ] %}
+            array(
+                select code
+                from unnest({{ model_codes('listings.name', sku, short) }}) as code
+                where not exists (
+                    select from unnest(attributes.attribute_words) as words
+                    where strpos(words, code) > 0
+                )
+            ) as {{ column }},
+        {%- endfor %}
         attributes.brands,
         attributes.brand_as_written,
         attributes.battery_whs,
@@ -129,5 +144,5 @@ active_embedded as (
 select
     *,
     stored_text_only or image_is_shared as text_only,
-    array(select {{ code_kind('code') }} from unnest(model_codes) as code) as code_kinds
+    array(select {{ code_kind('code') }} from unnest(title_codes) as code) as title_code_kinds
 from active_embedded

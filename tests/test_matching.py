@@ -1,0 +1,345 @@
+"""Matching an analyst can trust: product attributes read from titles, conflicts that
+keep variants apart, price outliers, and corrections by hand (explain, link, unlink).
+
+Real Postgres, real dbt builds, hand-made vectors (tests/clustering.py)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from psycopg import sql
+
+from bikematch.app.dbt import run_dbt
+
+from .clustering import (
+    add_listing,
+    at_cosine,
+    cluster,
+    cluster_sets,
+    drop_dbt_tables,
+    near,
+    product_vector,
+    set_vector,
+)
+from .conftest import run_cli
+
+ATTRIBUTE_COLUMNS = {
+    "battery_wh": "battery_whs",
+    "frame_type": "frame_types",
+    "model_year": "model_years",
+    "motor": "motors",
+    "motor_position": "motor_positions",
+    "brand": "brands",
+}
+
+# (title, brand field, attribute, the values the listing states)
+WORDINGS = [
+    ("Testbike 500Wh", None, "battery_wh", ["500"]),
+    ("Testbike 500 Wh", None, "battery_wh", ["500"]),
+    ("Testbike met 500wh accu", None, "battery_wh", ["500"]),
+    ("Testbike PowerTube i625", None, "battery_wh", ["625"]),
+    ("Testbike 0,5 kWh", None, "battery_wh", ["500"]),
+    ("Testbike 0.625 kWh", None, "battery_wh", ["625"]),
+    ("Testbike PowerPack 400", None, "battery_wh", ["400"]),
+    ("Testbike dames", None, "frame_type", ["dames"]),
+    ("Testbike Damesfiets", None, "frame_type", ["dames"]),
+    ("Testbike heren", None, "frame_type", ["heren"]),
+    ("Testbike lage instap", None, "frame_type", ["lage instap"]),
+    ("Testbike moederfiets", None, "frame_type", ["lage instap"]),
+    ("Testbike ladies", None, "frame_type", ["dames"]),
+    ("Testbike women's", None, "frame_type", ["dames"]),
+    ("Testbike gents", None, "frame_type", ["heren"]),
+    ("Testbike men's", None, "frame_type", ["heren"]),
+    ("Testbike step-through", None, "frame_type", ["lage instap"]),
+    ("Testbike low-step", None, "frame_type", ["lage instap"]),
+    ("Testbike crossbar", None, "frame_type", ["heren"]),
+    ("Testbike Damen", None, "frame_type", ["dames"]),
+    ("Testbike Herren", None, "frame_type", ["heren"]),
+    ("Testbike Tiefeinsteiger", None, "frame_type", ["lage instap"]),
+    ("Testbike Trapez", None, "frame_type", ["trapeze"]),
+    ("Testbike Wave", None, "frame_type", ["lage instap"]),
+    ("Testbike unisex", None, "frame_type", ["unisex"]),
+    ("Testbike D53", None, "frame_type", ["dames"]),
+    ("Testbike H 57", None, "frame_type", ["heren"]),
+    ("Testbike dames/heren", None, "frame_type", ["dames", "heren"]),
+    ("Testbike 2024", None, "model_year", ["2024"]),
+    ("Testbike (2024)", None, "model_year", ["2024"]),
+    ("Testbike MY24", None, "model_year", ["2024"]),
+    ("Testbike modeljaar 2024", None, "model_year", ["2024"]),
+    ("Testbike Bosch Performance Line CX", None, "motor", ["bosch/performance line/cx"]),
+    ("Testbike Bosch CX", None, "motor", ["bosch/performance line/cx"]),
+    ("Testbike Bosch Active Line Plus", None, "motor", ["bosch/active line/plus"]),
+    ("Testbike Bosch Cargo Line", None, "motor", ["bosch/cargo line"]),
+    ("Testbike Bosch", None, "motor", ["bosch"]),
+    ("Testbike Shimano EP8", None, "motor", ["shimano/ep8"]),
+    ("Testbike Shimano EP801", None, "motor", ["shimano/ep801"]),
+    ("Testbike Shimano Steps E6100", None, "motor", ["shimano/e6100"]),
+    ("Testbike Bafang M420", None, "motor", ["bafang/m420"]),
+    ("Testbike Yamaha PW-X3", None, "motor", ["yamaha/pw-x3"]),
+    ("Testbike middenmotor", None, "motor_position", ["mid"]),
+    ("Testbike voorwielmotor", None, "motor_position", ["front"]),
+    ("Testbike achterwielmotor", None, "motor_position", ["rear"]),
+    ("Testbike Bosch CX", None, "motor_position", ["mid"]),
+    ("Load 75", "Riese & Müller", "brand", ["riese & müller"]),
+    ("Load 75", "Riese und Muller", "brand", ["riese & müller"]),
+    ("Load 75", "R&M", "brand", ["riese & müller"]),
+    ("R&M Load 75", None, "brand", ["riese & müller"]),
+    ("Testbike", "Gazelle", "brand", ["gazelle"]),
+    ("Testbike", "Unknownbrand", "brand", []),
+    # what a title does not say, it does not state
+    ("Testbike 28 inch 7 versnellingen", None, "battery_wh", []),
+    ("Testbike 28 inch 7 versnellingen", None, "model_year", []),
+    ("Testbike 28 inch 7 versnellingen", None, "frame_type", []),
+]
+
+
+@pytest.fixture
+def db(conn):
+    drop_dbt_tables(conn)
+    yield conn
+    drop_dbt_tables(conn)
+
+
+def test_the_vocabulary_reads_each_wording(db, database_url):
+    for number, (title, brand, _, _) in enumerate(WORDINGS):
+        add_listing(db, "shop.nl", f"w{number}", product_vector(number), name=title, brand=brand)
+    run_dbt(
+        ["build", "--select", "+int_listing_attributes", "--exclude-resource-type", "test"],
+        database_url,
+        capture=True,
+    )
+    wrong = []
+    for number, (title, brand, attribute, expected) in enumerate(WORDINGS):
+        column = ATTRIBUTE_COLUMNS[attribute]
+        stated = db.execute(
+            sql.SQL(
+                "select {} from int_listing_attributes"
+                " join scraped_bikes on scraped_bikes.id = int_listing_attributes.bike_id"
+                " where url = %s"
+            ).format(sql.Identifier(column)),
+            (f"w{number}",),
+        ).fetchone()[0]
+        if sorted(stated) != sorted(expected):
+            wrong.append(f"{title!r} (brand {brand!r}): {attribute} {stated}, not {expected}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_what_the_title_says_is_readable_in_the_marts(db, database_url):
+    add_listing(
+        db, "anchor.nl", "a1", product_vector(1), name="Gazelle Grenoble C7 500 Wh dames (2024)"
+    )
+    cluster(database_url)
+    row = db.execute(
+        "select battery_wh, frame_type, model_year, motor from bike_offers where url = 'a1'"
+    ).fetchone()
+    assert row == (500, "dames", 2024, None)
+
+
+def test_a_listing_that_contradicts_a_member_of_the_cluster_stays_out(db, database_url):
+    """c1 is a heren bike; b1 leaves its frame out and so matches both a1 (dames) and c1.
+    c1 would join a1's cluster through b1, but a1 contradicts it: it stays out."""
+    p1 = product_vector(1)
+    rows = [
+        ("anchor.nl", "a1", near(p1, 0.03, 11), "Gazelle Grenoble C7 500Wh dames 2024"),
+        ("shop-b.nl", "b1", near(p1, 0.03, 21), "Gazelle Grenoble C7 500Wh 2024"),
+        ("shop-c.nl", "c1", near(p1, 0.03, 31), "Gazelle Grenoble C7 500Wh heren 2024"),
+    ]
+    for shop, url, vector, name in rows:
+        add_listing(db, shop, url, vector, name=name)
+    cluster(database_url)
+    assert cluster_sets(db) == {frozenset({"a1", "b1"}), frozenset({"c1"})}
+    # b1 and c1 are a candidate pair (what one omits is no conflict)...
+    candidates = db.execute(
+        "select count(*) from int_candidate_matches as c"
+        " join scraped_bikes as l on l.id = c.bike_id"
+        " join scraped_bikes as n on n.id = c.neighbour_id"
+        " where l.url = 'c1' and n.url = 'b1'"
+    ).fetchone()[0]
+    assert candidates == 1
+
+
+def test_variants_never_merge_whatever_their_similarity(db, database_url):
+    p1 = product_vector(1)
+    names = {
+        "a1": "Sparta M8b Ltd 500Wh dames Bosch Active Line Plus 2024",
+        "b1": "Sparta M8b Ltd 625Wh dames Bosch Active Line Plus 2024",  # battery
+        "c1": "Sparta M8b Ltd 500Wh heren Bosch Active Line Plus 2024",  # frame
+        "d1": "Sparta M8b Ltd 500Wh dames Bosch Active Line Plus 2025",  # year
+        "e1": "Sparta M8b Ltd 500Wh dames Bosch Performance Line CX 2024",  # motor
+        "f1": "Sparta M10b Ltd 500Wh dames Bosch Active Line Plus 2024",  # model line
+        "g1": "Sparta M8b Ltd 0,5 kWh Damesfiets Bosch Active Plus MY24",  # the same bike
+    }
+    for number, (url, name) in enumerate(names.items()):
+        shop = "anchor.nl" if url == "a1" else f"shop-{url[0]}.nl"
+        add_listing(db, shop, url, near(p1, 0.02, number), name=name)
+    cluster(database_url)
+    sets = cluster_sets(db)
+    assert frozenset({"a1", "g1"}) in sets
+    assert {frozenset({url}) for url in ("b1", "c1", "d1", "e1", "f1")} <= sets
+
+
+def test_model_numbers_written_apart_agree_and_letters_make_another_model(db, database_url):
+    """020-45821-07 in one shop's SKU and 020 45821 07 in another's are one article
+    number: it lifts the pair over the threshold. PX2210KW and PX2210KS (one letter
+    apart) are two models however alike they look; T300 and T300X may be two, so
+    the longer one does not agree."""
+    p1, p2, p3 = product_vector(91), product_vector(92), product_vector(93)
+    rows = [
+        ("anchor.nl", "a1", p1, "Kettingkast", "020-45821-07"),
+        ("shop-b.nl", "b1", at_cosine(p1, 0.8, 1), "Kettingkast zwart", "020 45821 07"),
+        ("anchor.nl", "a2", p2, "Casio PX2210KW", None),
+        ("shop-b.nl", "b2", near(p2, 0.01, 2), "Casio PX2210KS", None),
+        ("anchor.nl", "a3", p3, "Lamp T300", None),
+        ("shop-b.nl", "b3", at_cosine(p3, 0.8, 3), "Lamp T300X", None),
+    ]
+    for shop, url, vector, name, sku in rows:
+        add_listing(db, shop, url, vector, name=name, sku=sku)
+    cluster(database_url)
+    assert cluster_sets(db) == {
+        frozenset({"a1", "b1"}),
+        frozenset({"a2"}),
+        frozenset({"b2"}),
+        frozenset({"a3"}),
+        frozenset({"b3"}),
+    }
+
+
+def test_an_offer_priced_far_from_the_others_is_flagged(db, database_url):
+    p1, p2 = product_vector(1), product_vector(2)
+    rows = [
+        ("anchor.nl", "a1", near(p1, 0.02, 1), 1000),
+        ("shop-b.nl", "b1", near(p1, 0.02, 2), 1050),
+        ("shop-c.nl", "c1", near(p1, 0.02, 3), 1600),  # 55% above the others' 1025
+        ("anchor.nl", "a2", near(p2, 0.02, 4), 1000),
+        ("shop-b.nl", "b2", near(p2, 0.02, 5), 1500),  # two offers: which is off?
+        ("anchor.nl", "a3", product_vector(3), 900),  # alone: nothing to compare with
+    ]
+    for shop, url, vector, price in rows:
+        add_listing(db, shop, url, vector, price=price)
+    cluster(database_url)
+    flags = {
+        url: (outlier, reason)
+        for url, outlier, reason in db.execute(
+            "select url, price_outlier, price_outlier_reason from bike_offers"
+        ).fetchall()
+    }
+    assert flags["c1"] == (True, "56% above the median 1025.00 of the 2 other offers")
+    assert not flags["a1"][0] and not flags["b1"][0]
+    assert flags["a2"][0] and flags["b2"][0]
+    assert flags["a3"] == (False, None)
+    spreads = db.execute(
+        "select price_spread, usual_price_spread, price_outliers from bike_clusters"
+        " join bike_offers using (cluster_id) where url = 'a1'"
+    ).fetchone()
+    assert spreads == (600, 50, 1)
+
+
+def _ids(db, *urls):
+    return [
+        db.execute("select id::text from scraped_bikes where url = %s", (url,)).fetchone()[0]
+        for url in urls
+    ]
+
+
+def test_links_and_unlinks_hold_through_reruns_new_listings_and_reembedding(db, database_url):
+    from bikematch.app.links import set_decision
+
+    p1, p2, p3 = product_vector(1), product_vector(2), product_vector(3)
+    rows = [
+        ("anchor.nl", "a1", near(p1, 0.02, 1)),
+        ("shop-b.nl", "b1", near(p1, 0.02, 2)),
+        ("shop-c.nl", "c1", near(p1, 0.02, 3)),
+        ("anchor.nl", "a2", near(p2, 0.02, 4)),
+        ("shop-c.nl", "c3", near(p3, 0.02, 5)),  # looks like nothing else
+    ]
+    for shop, url, vector in rows:
+        add_listing(db, shop, url, vector)
+    cluster(database_url)
+    assert frozenset({"a1", "b1", "c1"}) in cluster_sets(db)
+
+    env = {"DATABASE_URL": database_url}
+    unlinked = run_cli("unlink", "a1", "b1", "--note", "b1 is the 2023 model", env=env)
+    assert unlinked.returncode == 0, unlinked.stderr
+    assert "different products" in unlinked.stdout
+    a2, c3 = _ids(db, "a2", "c3")
+    linked = run_cli("link", a2, c3, env=env)  # ids work as well as URLs
+    assert linked.returncode == 0, linked.stderr
+    listed = run_cli("links", env=env)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("unlink") and "b1 is the 2023 model" in lines[0]
+    assert lines[1].startswith("link")
+
+    def holds():
+        sets = cluster_sets(db)
+        assert not any({"a1", "b1"} <= group for group in sets), sets
+        assert any({"a2", "c3"} <= group for group in sets), sets
+
+    cluster(database_url)
+    holds()
+    cluster(database_url)  # a rerun
+    holds()
+    add_listing(db, "shop-d.nl", "d1", near(p1, 0.02, 6))  # a new listing
+    add_listing(db, "shop-d.nl", "d3", near(p3, 0.001, 7))  # c3's twin, for its place
+    cluster(database_url)
+    holds()
+    (c3_id,) = _ids(db, "c3")
+    set_vector(db, c3_id, product_vector(33))  # re-embedded
+    cluster(database_url)
+    holds()
+
+    # A link replaces an unlink; --forget removes the decision.
+    set_decision(database_url, "a1", "b1", "link", None)
+    cluster(database_url)
+    assert frozenset({"a1", "b1", "c1", "d1"}) in cluster_sets(db)
+    forgot = run_cli("link", "--forget", "a2", "c3", env=env)
+    assert forgot.returncode == 0 and "removed" in forgot.stdout
+    cluster(database_url)
+    assert not any({"a2", "c3"} <= group for group in cluster_sets(db))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("link", "a1", "nowhere"), "error: no stored listing has the id or URL 'nowhere'"),
+        (("link", "a1", "a1"), "error: both name the same listing"),
+        (("link", "a1", "a2"), "error: both listings are from anchor.nl"),
+    ],
+)
+def test_link_mistakes_are_one_line_errors(db, database_url, args, message):
+    add_listing(db, "anchor.nl", "a1", product_vector(1))
+    add_listing(db, "anchor.nl", "a2", product_vector(2))
+    result = run_cli(*args, env={"DATABASE_URL": database_url})
+    assert result.returncode == 2
+    assert result.stderr.startswith(message) and len(result.stderr.splitlines()) == 1
+
+
+def test_explain_says_how_a_pair_is_judged(db, database_url):
+    p1 = product_vector(1)
+    rows = [
+        ("anchor.nl", "a1", near(p1, 0.02, 1), "Gazelle Grenoble C7 500Wh dames 2024"),
+        ("shop-b.nl", "b1", near(p1, 0.02, 2), "Gazelle Grenoble C7 500 Wh Dames"),
+        ("shop-c.nl", "c1", near(p1, 0.02, 3), "Gazelle Grenoble C7 400Wh dames 2024"),
+    ]
+    for shop, url, vector, name in rows:
+        add_listing(db, shop, url, vector, name=name)
+    cluster(database_url)
+    env = {"DATABASE_URL": database_url}
+    args = ("--model", "test-model")
+
+    same = run_cli("explain", "a1", "b1", *args, env=env)
+    assert same.returncode == 0, same.stderr
+    out = same.stdout
+    assert "A: Gazelle Grenoble C7 500Wh dames 2024 (anchor.nl, a1)" in out
+    assert re.search(r"similarity \(test-model\): image 1\.000, text 1\.000, combined 1\.000", out)
+    assert "battery (Wh): A 500, B 500" in out
+    assert "model year: A 2024, B -" in out
+    assert "a match (rule: score at or above the threshold)" in out
+    assert "clusters: both in product" in out
+
+    apart = run_cli("explain", "a1", "c1", *args, env=env)
+    assert apart.returncode == 0, apart.stderr
+    assert "they disagree on battery_wh" in apart.stdout
+    assert "different products (rule: two listings that both state battery_wh" in apart.stdout
+    assert "clusters: A in product" in apart.stdout
