@@ -32,9 +32,12 @@ class CrawlSummary:
     #: Connections to the database that were dropped and replaced during the crawl.
     reconnects: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+    #: Why the crawl stopped before it had seen the whole shop, one phrase each
+    #: (a limit of the shop's config, with what it left out); empty when it did not.
+    stopped_early: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_stats(cls, shop: str, stats: dict) -> CrawlSummary:
+    def from_stats(cls, shop: str, stats: dict, config: Shop | None = None) -> CrawlSummary:
         dropped = {
             key.rsplit("/", 1)[-1]: value
             for key, value in stats.items()
@@ -57,7 +60,23 @@ class CrawlSummary:
             bad_sitemaps=stats.get("bikematch/bad_sitemap", 0),
             reconnects=stats.get("bikematch/reconnects", 0),
             dropped=dropped,
+            stopped_early=_stopped_early(stats, config),
         )
+
+
+def _stopped_early(stats: dict, config: Shop | None) -> list[str]:
+    """The limits that stopped a crawl before it saw the whole shop."""
+    reasons = []
+    if stats.get("finish_reason") == "closespider_pagecount":
+        limit = f" ({config.max_pages})" if config else ""
+        scheduled = stats.get("scheduler/enqueued", 0) - stats.get("scheduler/dequeued", 0)
+        left = f", {scheduled} pages left unvisited" if scheduled > 0 else ""
+        reasons.append(f"reached max_pages{limit}{left}")
+    ignored = stats.get("depth/request_ignored_count", 0)
+    if ignored:
+        limit = f" ({config.max_depth})" if config else ""
+        reasons.append(f"max_depth{limit} left {ignored} links unfollowed")
+    return reasons
 
 
 class CrawlError(RuntimeError):
@@ -132,6 +151,8 @@ def run_shops(
     if failures:
         raise CrawlError("; ".join(failures))
     return [
-        CrawlSummary.from_stats(shop.name, crawler.stats.get_stats() if crawler.stats else {})
+        CrawlSummary.from_stats(
+            shop.name, crawler.stats.get_stats() if crawler.stats else {}, shop
+        )
         for shop, crawler in crawlers
     ]

@@ -15,8 +15,8 @@ import pytest
 from .conftest import run_cli
 
 # Floors under the demo's own precision/recall, so a regression fails CI.
-PRECISION_FLOOR = 0.88  # measured 0.921 at the default threshold (docs/quality.md)
-RECALL_FLOOR = 0.85  # measured 0.946
+PRECISION_FLOOR = 0.98  # measured 1.000 at the default threshold (docs/quality.md)
+RECALL_FLOOR = 0.95  # measured 0.973
 
 
 def _free_port() -> int:
@@ -68,6 +68,9 @@ def test_demo_prints_its_summary_and_scores(demo):
     assert match, out
     precision, recall = float(match.group(1)), float(match.group(2))
     assert precision >= PRECISION_FLOOR and recall >= RECALL_FLOOR, out
+    # Every one of the biggest price spreads compares one product, not variants.
+    spreads = re.search(r"of the (\d+) biggest price spreads, (\d+) compare one product", out)
+    assert spreads and spreads.group(1) == spreads.group(2) == "20", out
 
 
 def test_the_uk_shops_pounds_compare_with_the_others_euros(demo, database_url):
@@ -259,6 +262,9 @@ def test_report_links_only_to_web_pages_and_escapes_what_shops_wrote(tmp_path):
         Decimal("2499.00"),
         "EUR",
         "InStock",
+        0.97,
+        "shop-a.nl",
+        None,
     )
     card = _offer_html(offer, tmp_path, None, cheapest=True)
     assert "javascript:" not in card.lower() and "<script>" not in card and "<b>" not in card
@@ -269,8 +275,12 @@ def test_report_links_only_to_web_pages_and_escapes_what_shops_wrote(tmp_path):
     assert 'src="https://shop.nl/b.jpg"' in card
     assert '<div class="price">EUR 2499.00</div>' in card
     assert "out of stock" not in card
-    gone = _offer_html((*safe[:-1], "OutOfStock"), tmp_path, None, cheapest=False)
+    assert "matched shop-a.nl&#x27;s listing · score 0.970 (similarity 0.970)" in card
+    gone = _offer_html((*safe[:11], "OutOfStock", *safe[12:]), tmp_path, None, cheapest=False)
     assert '<div class="stock">out of stock</div>' in gone
+    flagged = (*safe[:14], "56% above the median 1025.00 of the 2 other offers")
+    card = _offer_html(flagged, tmp_path, None, cheapest=False)
+    assert "price flagged: 56% above the median 1025.00 of the 2 other offers" in card
 
 
 def test_report_shows_a_price_in_another_currency_as_compared(tmp_path):
@@ -279,7 +289,10 @@ def test_report_shows_a_price_in_another_currency_as_compared(tmp_path):
     def price_of(price, currency, comparable_price) -> str:
         offer = ("shop.co.uk", "Bike", "https://shop.co.uk/b", None, price, currency)
         card = _offer_html(
-            (*offer, 0.97, "embedding", 1, comparable_price, "EUR", None), tmp_path, None, False
+            (*offer, 0.97, "embedding", 1, comparable_price, "EUR", None, 0.97, "shop.nl", None),
+            tmp_path,
+            None,
+            False,
         )
         return card.split('<div class="price">')[1].split("</div>")[0]
 

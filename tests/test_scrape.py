@@ -268,3 +268,56 @@ def test_listings_the_database_is_gone_for_are_counted_and_the_crawl_goes_on(
     assert conn.execute("select count(*) from scraped_bikes").fetchone()[0] == 3
     assert stats["bikematch/stored"] == 3
     assert stats["bikematch/dropped/database_error"] == 3
+
+
+def test_a_shop_paginated_over_forty_pages_is_stored_whole(conn, database_url, tmp_path):
+    """One listing per page: each shop paginates over about 40 pages, far past max_depth
+    (4). Following pagination costs no depth, so every listing is stored; a shop that
+    hits max_pages says so in its summary line."""
+    from bikematch.app.demo import server
+    from bikematch.app.demo.catalogue import generate
+
+    catalogue = generate(48)
+    old_page_size, server.PAGE_SIZE = server.PAGE_SIZE, 1
+    try:
+        with server.DemoShops(catalogue, port=0) as shops:
+            config = tmp_path / "shops.yaml"
+            config.write_text(shops.shops_yaml())
+            result = run_cli("scrape", "--shops", str(config), env={"DATABASE_URL": database_url})
+            assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+            assert "stopped early" not in result.stdout + result.stderr
+            stored = dict(
+                conn.execute("select webshop, count(*) from scraped_bikes group by webshop")
+            )
+            expected = Counter(listing.shop.name for listing in catalogue.listings)
+            assert stored == dict(expected)
+            assert min(expected.values()) >= 24  # pages, with one listing each
+
+            limited = config.read_text().replace(
+                "    delay: 0\n", "    delay: 0\n    max_pages: 10\n", 1
+            )
+            config.write_text(limited)
+            result = run_cli("scrape", "--shops", str(config), env={"DATABASE_URL": database_url})
+    finally:
+        server.PAGE_SIZE = old_page_size
+    out = result.stdout + result.stderr
+    assert "fietsvoordeelshop.nl: stopped early: reached max_pages (10)" in out, out
+
+
+def test_each_limit_that_stops_a_crawl_is_named():
+    from scrapers.params import Shop
+    from scrapers.run import CrawlSummary
+
+    shop = Shop(name="a.nl", platform="jsonld", start_urls=["https://a.nl/"], max_depth=3)
+    stats = {
+        "finish_reason": "closespider_pagecount",
+        "scheduler/enqueued": 120,
+        "scheduler/dequeued": 100,
+        "depth/request_ignored_count": 7,
+    }
+    summary = CrawlSummary.from_stats("a.nl", stats, shop)
+    assert summary.stopped_early == [
+        "reached max_pages (5000), 20 pages left unvisited",
+        "max_depth (3) left 7 links unfollowed",
+    ]
+    assert CrawlSummary.from_stats("a.nl", {"finish_reason": "finished"}, shop).stopped_early == []

@@ -280,6 +280,8 @@ def crawl_table(crawls) -> list[str]:
         for row in (header, *rows)
     ]
     for c in crawls:
+        for reason in c.stopped_early:
+            lines.append(f"{c.shop}: stopped early: {reason}; the shop may have more listings")
         if c.bad_sitemaps:
             lines.append(f"{c.shop}: {c.bad_sitemaps} sitemap(s) could not be read (see the log)")
         if c.reconnects:

@@ -88,7 +88,8 @@
 {#- The product-defining attributes two listings disagree on, as a comma-separated
     list (battery_wh,frame_type), or null: different brands (of those the
     vocabulary knows), battery capacities, frame types, model years, motors or
-    motor positions, or different model numbers of one kind in their titles
+    motor positions, a price gap where one title says less (price,
+    omission_price_gap), or different model numbers of one kind in their titles
     (model_number, codes_conflict; a shop's own article number in its SKU field
     proves nothing). `first` and `second` are relations
     with int_listings' columns. -#}
@@ -104,6 +105,9 @@
                 end
             {%- endfor %},
             case
+                when {{ omission_price_gap(first, second) }} then 'price'
+            end,
+            case
                 when {{ codes_conflict(
                     first ~ '.title_codes', first ~ '.title_code_kinds',
                     second ~ '.title_codes', second ~ '.title_code_kinds'
@@ -112,6 +116,25 @@
             end
         ),
         ''
+    )
+{%- endmacro %}
+
+{#- One title leaves out a battery, frame type, model year or motor the other
+    states, and the prices are more than var('price_outlier_ratio') apart: the
+    variant that differs in what the title leaves out is likelier than a price
+    that far off. -#}
+{% macro omission_price_gap(first, second) -%}
+    coalesce(
+        (
+            {%- for attribute in ['battery_whs', 'frame_types', 'model_years', 'motors'] %}
+                (cardinality({{ first }}.{{ attribute }}) > 0)
+                <> (cardinality({{ second }}.{{ attribute }}) > 0)
+                {{- ' or' if not loop.last }}
+            {%- endfor %}
+        )
+        and abs(ln(nullif({{ price_ratio(first, second) }}, 0)))
+        > ln({{ var('price_outlier_ratio') }}),
+        false
     )
 {%- endmacro %}
 

@@ -151,8 +151,21 @@ class JsonLdSpider(ShopSpider):
         yield from self.follow_links(response)
 
     def follow_links(self, response):
-        for link in self.links.extract_links(response):
-            yield scrapy.Request(link.url, callback=self.parse_page)
+        # The next page of a listing (rel="next") is the same depth as this one: a
+        # shop listing its bikes over 40 pages is crawled whole whatever max_depth
+        # says (the page limit and the seen-URL filter still stop a loop).
+        following = {
+            absolute_url(href, response.url)
+            for href in response.css(
+                "a[rel~=next]::attr(href), link[rel~=next]::attr(href)"
+            ).getall()
+        }
+        following = {url for url in following if url and self.links.matches(url)}
+        links = [link.url for link in self.links.extract_links(response)]
+        for url in links:
+            yield scrapy.Request(url, callback=self.parse_page, meta=_pagination(url in following))
+        for url in sorted(following - set(links)):
+            yield scrapy.Request(url, callback=self.parse_page, meta=_pagination(True))
 
 
 class CssSpider(JsonLdSpider):
@@ -170,7 +183,7 @@ class CssSpider(JsonLdSpider):
         yield from self.follow_links(response)
         next_page = _select(response, selectors.next_page)
         if next_page:
-            yield response.follow(next_page, callback=self.parse_page)
+            yield response.follow(next_page, callback=self.parse_page, meta=_pagination(True))
 
     def read_page(self, response: TextResponse, name: str) -> ProductPage:
         """The configured selectors win; the generic reader fills what they leave."""
@@ -198,6 +211,12 @@ class CssSpider(JsonLdSpider):
         return page
 
 
+def _pagination(is_next_page: bool) -> dict:
+    """Request meta for a listing's next page: Scrapy's depth starts again from 0, so
+    pagination never counts against max_depth."""
+    return {"depth_reset": True} if is_next_page else {}
+
+
 def _select(response: TextResponse, selector: str | None) -> str | None:
     if not selector:
         return None
@@ -220,7 +239,9 @@ class ShopifySpider(ShopSpider):
 
     def page_request(self, page: int) -> scrapy.Request:
         url = f"{self.shop.base_url}/products.json?limit={self.page_size}&page={page}"
-        return scrapy.Request(url, callback=self.parse_products, cb_kwargs={"page": page})
+        return scrapy.Request(
+            url, callback=self.parse_products, cb_kwargs={"page": page}, meta=_pagination(True)
+        )
 
     def parse_products(self, response, page: int):
         data = self.load_json(response)
@@ -279,7 +300,9 @@ class WooCommerceSpider(ShopSpider):
             f"{self.shop.base_url}/wp-json/wc/store/v1/products"
             f"?per_page={self.page_size}&page={page}"
         )
-        return scrapy.Request(url, callback=self.parse_products, cb_kwargs={"page": page})
+        return scrapy.Request(
+            url, callback=self.parse_products, cb_kwargs={"page": page}, meta=_pagination(True)
+        )
 
     def parse_products(self, response, page: int):
         products = self.load_json(response)
