@@ -151,8 +151,6 @@ def run_shops(
     if failures:
         raise CrawlError("; ".join(failures))
     return [
-        CrawlSummary.from_stats(
-            shop.name, crawler.stats.get_stats() if crawler.stats else {}, shop
-        )
+        CrawlSummary.from_stats(shop.name, crawler.stats.get_stats() if crawler.stats else {}, shop)
         for shop, crawler in crawlers
     ]

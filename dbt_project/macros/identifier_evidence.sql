@@ -30,41 +30,52 @@
 
 {#- Different model numbers of the same kind, and none of that kind shared: the same
     letters (C380 vs C7, M8B vs M10B), or the same digits and length with other
-    letters (PX2210KW vs PX2210KS); common or rare codes alike. -#}
-{% macro codes_conflict(first_codes, first_kinds, second_codes, second_kinds) -%}
-    case
-        when not {{ first_kinds }} && {{ second_kinds }} then false
-        when
-            {{ first_codes }} @> {{ second_codes }}
-            and {{ second_codes }} @> {{ first_codes }}
-            then false
-        else exists (
+    letters (PX2210KW vs PX2210KS); common or rare codes alike. `first` and `second`
+    are relations with int_listings' conflict_codes (title and SKU), their
+    conflict_code_kinds, and title_codes. Two numbers that are both only in SKU
+    fields are not compared: shops number their articles each their own way; a
+    number a title carries is the product's. -#}
+{% macro codes_conflict(first, second) -%}
+    {%- set first_codes = first ~ '.conflict_codes' -%}
+    {%- set second_codes = second ~ '.conflict_codes' -%}
+    {%- set in_a_title -%}
+        (mine.code = any({{ first }}.title_codes) or theirs.code = any({{ second }}.title_codes))
+    {%- endset -%}
+    (
+        {{ first }}.conflict_code_kinds && {{ second }}.conflict_code_kinds
+        and exists (
             select
-            from unnest({{ first_codes }}, {{ first_kinds }}) as mine (code, kind)
-            inner join unnest({{ second_codes }}, {{ second_kinds }}) as theirs (code, kind)
-                on mine.kind = theirs.kind and mine.code <> theirs.code
-            where mine.kind <> all(
-                array(
-                    select shared.kind
-                    from unnest({{ first_codes }}, {{ first_kinds }}) as shared (code, kind)
-                    where shared.code = any({{ second_codes }})
-                )
+            from unnest({{ first_codes }}, {{ first }}.conflict_code_kinds) as mine (code, kind)
+            inner join unnest({{ second_codes }}, {{ second }}.conflict_code_kinds) as theirs (
+                code, kind
             )
+                on mine.kind = theirs.kind and mine.code <> theirs.code
+            where
+                {{ in_a_title }}
+                and mine.kind <> all(
+                    array(
+                        select shared.kind
+                        from unnest({{ first_codes }}, {{ first }}.conflict_code_kinds)
+                            as shared (code, kind)
+                        where shared.code = any({{ second_codes }})
+                    )
+                )
         )
-    end
+    )
     or exists (
         select
-        from unnest({{ first_codes }}) as mine
-        inner join unnest({{ second_codes }}) as theirs
+        from unnest({{ first_codes }}) as mine (code)
+        inner join unnest({{ second_codes }}) as theirs (code)
             on
-                length(mine) = length(theirs)
-                and mine <> theirs
-                and mine ~ '[0-9]{3}'
-                and regexp_replace(mine, '[A-Z]', '', 'g')
-                = regexp_replace(theirs, '[A-Z]', '', 'g')
+                length(mine.code) = length(theirs.code)
+                and mine.code <> theirs.code
+                and mine.code ~ '[0-9]{3}'
+                and regexp_replace(mine.code, '[A-Z]', '', 'g')
+                = regexp_replace(theirs.code, '[A-Z]', '', 'g')
         where
-            mine <> all({{ second_codes }})
-            and theirs <> all({{ first_codes }})
+            {{ in_a_title }}
+            and mine.code <> all({{ second_codes }})
+            and theirs.code <> all({{ first_codes }})
     )
 {%- endmacro %}
 
@@ -89,9 +100,8 @@
     list (battery_wh,frame_type), or null: different brands (of those the
     vocabulary knows), battery capacities, frame types, model years, motors or
     motor positions, a price gap where one title says less (price,
-    omission_price_gap), or different model numbers of one kind in their titles
-    (model_number, codes_conflict; a shop's own article number in its SKU field
-    proves nothing). `first` and `second` are relations
+    omission_price_gap), or different model numbers of one kind (model_number,
+    codes_conflict). `first` and `second` are relations
     with int_listings' columns. -#}
 {% macro attribute_conflicts(first, second) -%}
     nullif(
@@ -108,10 +118,7 @@
                 when {{ omission_price_gap(first, second) }} then 'price'
             end,
             case
-                when {{ codes_conflict(
-                    first ~ '.title_codes', first ~ '.title_code_kinds',
-                    second ~ '.title_codes', second ~ '.title_code_kinds'
-                ) }}
+                when {{ codes_conflict(first, second) }}
                     then 'model_number'
             end
         ),

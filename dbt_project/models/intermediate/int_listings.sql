@@ -88,10 +88,11 @@ active_embedded as (
         round(listings.price / rates.per_euro, 2) as price_eur,
         listings.image_url,
         listings.availability,
-        -- model_codes (title and SKU) agree; title_codes (the title's alone,
-        -- short ones too) conflict: a shop's own article number is no evidence
-        -- that two listings differ. A motor's or battery's number ("Bafang M420", "Steps EP801")
-        -- says what the bike has, not which bike it is: the vocabulary reads it.
+        -- model_codes (title and SKU) agree; title_codes are the title's alone,
+        -- short ones (C7) too, which are too common to agree on but do conflict
+        -- (conflict_codes: both; codes_conflict). A motor's or battery's number
+        -- ("Bafang M420", "Steps EP801") says what the bike has, not which bike
+        -- it is: the vocabulary reads it.
         {%- for column, sku, short in [
             ('model_codes', 'listings.sku', false), ('title_codes', 'null', true)
         ] %}
@@ -144,5 +145,12 @@ active_embedded as (
 select
     *,
     stored_text_only or image_is_shared as text_only,
-    array(select {{ code_kind('code') }} from unnest(title_codes) as code) as title_code_kinds
+    array(
+        select distinct code from unnest(model_codes || title_codes) as code order by code
+    ) as conflict_codes,
+    array(
+        select {{ code_kind('codes.code') }}
+        from (select distinct code from unnest(model_codes || title_codes) as code) as codes
+        order by codes.code
+    ) as conflict_code_kinds
 from active_embedded
