@@ -94,6 +94,12 @@ WORDINGS = [
 ]
 
 
+def add_named(db, rows) -> None:
+    """Listings from (shop, url, vector, title) rows."""
+    for shop, url, vector, name in rows:
+        add_listing(db, shop, url, vector, name=name)
+
+
 @pytest.fixture
 def db(conn):
     drop_dbt_tables(conn)
@@ -145,8 +151,7 @@ def test_a_listing_that_contradicts_a_member_of_the_cluster_stays_out(db, databa
         ("shop-b.nl", "b1", near(p1, 0.03, 21), "Gazelle Grenoble C7 500Wh 2024"),
         ("shop-c.nl", "c1", near(p1, 0.03, 31), "Gazelle Grenoble C7 500Wh heren 2024"),
     ]
-    for shop, url, vector, name in rows:
-        add_listing(db, shop, url, vector, name=name)
+    add_named(db, rows)
     cluster(database_url)
     assert cluster_sets(db) == {frozenset({"a1", "b1"}), frozenset({"c1"})}
     # b1 and c1 are a candidate pair (what one omits is no conflict)...
@@ -322,8 +327,7 @@ def test_explain_says_how_a_pair_is_judged(db, database_url):
         ("shop-b.nl", "b1", near(p1, 0.02, 2), "Gazelle Grenoble C7 500 Wh Dames"),
         ("shop-c.nl", "c1", near(p1, 0.02, 3), "Gazelle Grenoble C7 400Wh dames 2024"),
     ]
-    for shop, url, vector, name in rows:
-        add_listing(db, shop, url, vector, name=name)
+    add_named(db, rows)
     cluster(database_url)
     env = {"DATABASE_URL": database_url}
     args = ("--model", "test-model")

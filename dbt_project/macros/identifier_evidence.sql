@@ -202,26 +202,24 @@
     candidate is a link or an equal GTIN, or the two share a valid GTIN or a link.
     bikematch_assign_clusters (sql/0012) checks it against every member. -#}
 {% macro joining_blocked(listing, member, candidate) -%}
-    exists (
-        select
-        from {{ ref('stg_match_links') }} as unlinked
-        where
-            unlinked.bike_id = {{ listing }}.bike_id
-            and unlinked.other_id = {{ member }}.bike_id
-            and unlinked.decision = 'unlink'
-    )
+    {{ decided_by_hand(listing, member, 'unlink') }}
     or (
         {{ candidate }}.evidence = 'embedding'
         and {{ attribute_conflicts(listing, member) }} is not null
         and not coalesce({{ listing }}.valid_gtin = {{ member }}.valid_gtin, false)
-        and not exists (
-            select
-            from {{ ref('stg_match_links') }} as linked
-            where
-                linked.bike_id = {{ listing }}.bike_id
-                and linked.other_id = {{ member }}.bike_id
-                and linked.decision = 'link'
-        )
+        and not {{ decided_by_hand(listing, member, 'link') }}
+    )
+{%- endmacro %}
+
+{#- Whether an analyst stored `decision` (link or unlink) on the two listings. -#}
+{% macro decided_by_hand(first, second, decision) -%}
+    exists (
+        select
+        from {{ ref('stg_match_links') }} as decided
+        where
+            decided.bike_id = {{ first }}.bike_id
+            and decided.other_id = {{ second }}.bike_id
+            and decided.decision = {{ sql_literal(decision) }}
     )
 {%- endmacro %}
 
