@@ -10,8 +10,8 @@ _LISTING_HELP = "A and B: listings, each by its URL (as stored) or its id."
 
 
 @click.command()
-@click.argument("first")
-@click.argument("second")
+@click.argument("first", metavar="A")
+@click.argument("second", metavar="B")
 @model_option(
     help="The embedding model whose vectors to compare [default: the one the clusters "
     "were built with].",
@@ -36,9 +36,14 @@ def explain(app: App, first, second, model_name) -> None:
 
 
 def _decision_command(decision: str, summary: str):
-    @click.command(name=decision, help=summary, epilog=_LISTING_HELP)
-    @click.argument("first")
-    @click.argument("second")
+    example = (
+        f"\n\n\b\nExample:\n    bikematch {decision} https://shop-a.nl/p/c7-dames"
+        f' https://shop-b.nl/c7 --note "checked by hand"'
+    )
+
+    @click.command(name=decision, help=summary + example, epilog=_LISTING_HELP)
+    @click.argument("first", metavar="A")
+    @click.argument("second", metavar="B")
     @click.option("--note", help="Why (kept with the decision, shown by `bikematch links`).")
     @click.option("--forget", is_flag=True, help="Remove the decision stored on the pair.")
     @pass_app
@@ -73,7 +78,12 @@ unlink = _decision_command(
 @click.command()
 @pass_app
 def links(app: App) -> None:
-    """List the decisions stored with `bikematch link` and `bikematch unlink`."""
+    """List the decisions stored with `bikematch link` and `bikematch unlink`.
+
+    \b
+    Example:
+        bikematch links
+    """
     from bikematch.app.links import list_links
 
     stored = list_links(app.ready_database())

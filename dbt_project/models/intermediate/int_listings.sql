@@ -146,7 +146,9 @@ select
     *,
     stored_text_only or image_is_shared as text_only,
     array(
-        select distinct code from unnest(model_codes || title_codes) as code order by code
+        select distinct code
+        from unnest(model_codes || title_codes) as code
+        order by code
     ) as conflict_codes,
     array(
         select {{ code_kind('codes.code') }}
