@@ -56,10 +56,17 @@ def find_listing(conn, ref: str) -> Listing:
     return Listing(*row[0])
 
 
-def _pair(conn, first: str, second: str) -> tuple[Listing, Listing]:
+def _two(conn, first: str, second: str) -> tuple[Listing, Listing]:
+    """The two listings a user means, in the order given."""
     a, b = find_listing(conn, first), find_listing(conn, second)
     if a.bike_id == b.bike_id:
         raise UserError("both name the same listing: give two different listings")
+    return a, b
+
+
+def _pair(conn, first: str, second: str) -> tuple[Listing, Listing]:
+    """The two listings as match_links stores them: the smaller id first."""
+    a, b = _two(conn, first, second)
     return (a, b) if a.bike_id < b.bike_id else (b, a)
 
 
@@ -226,9 +233,7 @@ def explain(url: str, first: str, second: str, model_name: str | None = None) ->
     project's rules have it."""
     require_clusters(url)
     with connect(url) as conn:
-        a, b = find_listing(conn, first), find_listing(conn, second)
-        if a.bike_id == b.bike_id:
-            raise UserError("both name the same listing: give two different listings")
+        a, b = _two(conn, first, second)
         if model_name is None:
             row = conn.execute(
                 "select model from master_bikes where bike_id = %s", (a.bike_id,)

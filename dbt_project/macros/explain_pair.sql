@@ -13,28 +13,13 @@ listings as (
     select * from {{ ref('int_listings') }}
 ),
 
-code_counts as (
-    select code, count(*) as listings
-    from listings
-    cross join unnest(listings.model_codes) as code
-    group by code
-),
-
 pair as (
     select
         first_listing.bike_id as first_id,
         second_listing.bike_id as second_id,
         first_listing.webshop = second_listing.webshop as same_shop,
-        array(
-            select code from unnest(first_listing.model_codes) as code
-            inner join code_counts using (code)
-            where code_counts.listings <= {{ var('code_block_max_listings') }}
-        ) as first_rare_codes,
-        array(
-            select code from unnest(second_listing.model_codes) as code
-            inner join code_counts using (code)
-            where code_counts.listings <= {{ var('code_block_max_listings') }}
-        ) as second_rare_codes,
+        first_listing.rare_codes as first_rare_codes,
+        second_listing.rare_codes as second_rare_codes,
         1 - (first_vector.image_embedding <=> second_vector.image_embedding) as image_similarity,
         1 - (first_vector.text_embedding <=> second_vector.text_embedding) as text_similarity,
         1 - (first_vector.embedding <=> second_vector.embedding) as combined_similarity,
@@ -45,10 +30,10 @@ pair as (
         {{ price_conflict('first_listing', 'second_listing') }} as price_conflict,
         {{ price_ratio('first_listing', 'second_listing') }} as price_ratio,
         coalesce(first_listing.valid_gtin = second_listing.valid_gtin, false) as same_gtin,
-        (
-            select links.decision from {{ ref('stg_match_links') }} as links
-            where links.bike_id = first_listing.bike_id and links.other_id = second_listing.bike_id
-        ) as decision_by_hand,
+        case
+            when {{ decided_by_hand('first_listing', 'second_listing', 'link') }} then 'link'
+            when {{ decided_by_hand('first_listing', 'second_listing', 'unlink') }} then 'unlink'
+        end as decision_by_hand,
         (
             select candidates.matched_via from {{ ref('int_candidate_matches') }} as candidates
             where

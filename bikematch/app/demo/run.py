@@ -31,8 +31,8 @@ TOP_SPREADS = 20
 
 def truth_key(url: str) -> str | None:
     """Every demo listing URL carries its product key (p000) in the handle."""
-    match = re.search(r"/(p\d{3,})-", url)
-    return match.group(1) if match else None
+    handle = _handle(url)
+    return handle.split("-")[0] if handle else None
 
 
 class _DemoReport(JobReport):
@@ -74,6 +74,7 @@ def _forget_other_catalogues(url: str, catalogue: Catalogue) -> int:
 
 
 def _handle(url: str) -> str | None:
+    """The listing's handle in a demo URL: its product key and platform (p000-shopify)."""
     match = re.search(r"/(p\d{3,}-[a-z]+)", url)
     return match.group(1) if match else None
 

@@ -52,38 +52,13 @@ links as (
     select * from {{ ref('stg_match_links') }}
 ),
 
-listing_codes as (
-    select
-        bike_id,
-        webshop,
-        unnest(model_codes) as code
-    from listings
-),
-
-rare_codes as (
-    -- A model number few listings carry identifies; a common one ("USB3") does not.
-    select code
-    from listing_codes
-    group by code
-    having count(*) <= {{ var('code_block_max_listings') }}
-),
-
 listing_rare_codes as (
     select
-        listing_codes.bike_id,
-        array_agg(listing_codes.code) as codes
-    from listing_codes
-    where listing_codes.code in (select rare_codes.code from rare_codes)
-    group by listing_codes.bike_id
-),
-
-features as (
-    -- What judging a pair needs of each listing, worked out once per listing.
-    select
-        listings.*,
-        listing_rare_codes.codes as rare_codes
+        listings.bike_id,
+        listings.webshop,
+        code
     from listings
-    left join listing_rare_codes on listings.bike_id = listing_rare_codes.bike_id
+    cross join unnest(listings.rare_codes) as code
 ),
 
 found_pairs as (
@@ -112,13 +87,12 @@ found_pairs as (
             null::float8 as search_similarity,
             false as same_gtin,
             false as linked
-        from listing_codes as listing
-        inner join listing_codes as neighbour
+        from listing_rare_codes as listing
+        inner join listing_rare_codes as neighbour
             on
                 listing.code = neighbour.code
                 and listing.webshop <> neighbour.webshop
                 and listing.bike_id < neighbour.bike_id
-        where listing.code in (select rare_codes.code from rare_codes)
     {%- endif %}
     union all
     select
@@ -224,20 +198,13 @@ judged as (
         {{ price_ratio('first_listing', 'second_listing') }} as price_ratio,
         {{ attribute_agreements('first_listing', 'second_listing') }} as agreements
     from pairs
-    inner join features as first_listing on pairs.first_id = first_listing.bike_id
-    inner join features as second_listing on pairs.second_id = second_listing.bike_id
+    inner join listings as first_listing on pairs.first_id = first_listing.bike_id
+    inner join listings as second_listing on pairs.second_id = second_listing.bike_id
     inner join vectors as first_vector on pairs.first_id = first_vector.bike_id
     inner join vectors as second_vector on pairs.second_id = second_vector.bike_id
     where
         first_listing.webshop <> second_listing.webshop
-        and not exists (
-            select
-            from links
-            where
-                links.bike_id = pairs.first_id
-                and links.other_id = pairs.second_id
-                and links.decision = 'unlink'
-        )
+        and not {{ decided_by_hand('first_listing', 'second_listing', 'unlink') }}
         {% if image_weight is none -%}
             -- Only pairs that can still pass need their similarity worked out.
             and (
@@ -256,15 +223,6 @@ scored as (
         *,
         {{ pair_score('similarity', 'codes_agree', 'brand_conflict', 'price_conflict') }}
             as score,
-        -- How well the pair fits, for choosing among a listing's candidates: the
-        -- score, plus var('agreement_fit_weight') for each product attribute both
-        -- state alike, less var('price_fit_weight') per unit of log price ratio.
-        -- Of two variants a title cannot tell apart (it leaves out the motor that
-        -- differs), the one nearer in price is the likelier; of two listings
-        -- claiming one place, the one that says more that agrees.
-        {{ pair_score('similarity', 'codes_agree', 'brand_conflict', 'price_conflict') }}
-        + {{ var('agreement_fit_weight') }} * agreements
-        - {{ var('price_fit_weight') }} * coalesce(abs(ln(price_ratio)), 0) as fit,
         evidence
         || case when codes_agree then '+codes' else '' end
         || case when brand_conflict then '-brand' else '' end
@@ -274,7 +232,18 @@ scored as (
 ),
 
 passing as (
-    select * from scored
+    select
+        *,
+        -- How well the pair fits, for choosing among a listing's candidates: the
+        -- score, plus var('agreement_fit_weight') for each product attribute both
+        -- state alike, less var('price_fit_weight') per unit of log price ratio.
+        -- Of two variants a title cannot tell apart (it leaves out the motor that
+        -- differs), the one nearer in price is the likelier; of two listings
+        -- claiming one place, the one that says more that agrees.
+        score
+        + {{ var('agreement_fit_weight') }} * agreements
+        - {{ var('price_fit_weight') }} * coalesce(abs(ln(price_ratio)), 0) as fit
+    from scored
     where
         evidence in ('link', 'gtin')
         or (score >= {{ var('match_threshold') }} and conflicts is null)

@@ -12,7 +12,8 @@
 --
 -- battery_wh, frame_type, model_year, motor, motor_position: what the title says
 -- of the product (int_listing_attributes; the plural arrays are what matching
--- compares). brands: the brand, through the vocabulary's aliases; brand_as_written:
+-- compares). rare_codes: the model_codes at most var('code_block_max_listings')
+-- listings carry. brands: the brand, through the vocabulary's aliases; brand_as_written:
 -- the brand field in lower case, letters and digits only.
 --
 -- shop_rank: the order master_bikes places shops in. 0 is var('anchor_shop');
@@ -140,19 +141,46 @@ active_embedded as (
     where
         listings.last_seen_at >= shop_crawls.last_crawled_at
         - make_interval(hours => {{ var('listing_grace_hours') }})
+),
+
+code_counts as (
+    -- A model number few listings carry identifies; a common one ("USB3") does not.
+    select
+        codes.code,
+        count(*) as listings
+    from active_embedded
+    cross join unnest(active_embedded.model_codes) as codes (code)
+    group by codes.code
+),
+
+rare as (
+    select
+        active_embedded.bike_id,
+        array_agg(codes.code order by codes.code) as rare_codes
+    from active_embedded
+    cross join unnest(active_embedded.model_codes) as codes (code)
+    inner join code_counts on codes.code = code_counts.code
+    where code_counts.listings <= {{ var('code_block_max_listings') }}
+    group by active_embedded.bike_id
 )
 
 select
-    *,
-    stored_text_only or image_is_shared as text_only,
+    active_embedded.*,
+    active_embedded.stored_text_only or active_embedded.image_is_shared as text_only,
+    coalesce(rare.rare_codes, '{}') as rare_codes,
     array(
-        select distinct code
-        from unnest(model_codes || title_codes) as code
-        order by code
+        select distinct codes.code
+        from unnest(active_embedded.model_codes || active_embedded.title_codes) as codes (code)
+        order by codes.code
     ) as conflict_codes,
     array(
         select {{ code_kind('codes.code') }}
-        from (select distinct code from unnest(model_codes || title_codes) as code) as codes
+        from (
+            select distinct all_codes.code
+            from unnest(active_embedded.model_codes || active_embedded.title_codes)
+                as all_codes (code)
+        ) as codes
         order by codes.code
     ) as conflict_code_kinds
 from active_embedded
+left join rare on active_embedded.bike_id = rare.bike_id
