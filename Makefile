@@ -5,14 +5,16 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint chromium constraints clean
 
 # torch is pinned and installed before the project: an unpinned torch would pull
 # several GB of CUDA wheels. torchvision is never installed (see docs/development.md).
-$(VENV)/.installed: pyproject.toml package.json
+# constraints.txt pins every other dependency to the versions last tested together
+# (refresh it with `make constraints`), so a release upstream cannot break a setup.
+$(VENV)/.installed: pyproject.toml constraints.txt package.json
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
 	# Reference implementations for the PE-Core equality test only. Both declare
 	# torchvision, which does not load with the CPU torch, so they go in without
 	# their declared dependencies (the test supplies a stand-in; see tests/reference).
@@ -32,8 +34,25 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/sqlfluff lint --templater raw sql
 
-test: lint
+# The report test renders the HTML report in Chromium: installed here where
+# possible (as root with apt), else make stops at once with the command to run.
+chromium:
+	@sh .ci/chromium
+
+test: chromium lint
 	$(BIN)/pytest
+
+# Resolve the dependencies afresh in a scratch environment and record what pip
+# chose (pip freeze); review the diff, run make test, commit constraints.txt.
+constraints:
+	rm -rf .constraints-venv
+	$(PYTHON) -m venv .constraints-venv
+	.constraints-venv/bin/pip install --quiet torch==2.13.0
+	.constraints-venv/bin/pip install --quiet -e ".[dev]"
+	.constraints-venv/bin/pip install --quiet --no-deps timm==1.0.31 open-clip-torch==3.3.0
+	{ echo "# Every dependency at the version last tested together; refresh: make constraints"; \
+	  .constraints-venv/bin/pip freeze --exclude-editable | sed 's/+[a-z0-9.]*$$//'; } > constraints.txt
+	rm -rf .constraints-venv
 
 clean:
 	rm -rf $(VENV) .bikematch

@@ -67,11 +67,22 @@ class CrawlSummary:
 def _stopped_early(stats: dict, config: Shop | None) -> list[str]:
     """The limits that stopped a crawl before it saw the whole shop."""
     reasons = []
-    if stats.get("finish_reason") == "closespider_pagecount":
+    finish = stats.get("finish_reason", "")
+    scheduled = stats.get("scheduler/enqueued", 0) - stats.get("scheduler/dequeued", 0)
+    left = f", {scheduled} pages left unvisited" if scheduled > 0 else ""
+    if finish == "closespider_pagecount":
         limit = f" ({config.max_pages})" if config else ""
-        scheduled = stats.get("scheduler/enqueued", 0) - stats.get("scheduler/dequeued", 0)
-        left = f", {scheduled} pages left unvisited" if scheduled > 0 else ""
         reasons.append(f"reached max_pages{limit}{left}")
+    elif finish == "closespider_timeout":
+        reasons.append(f"reached the scrape time budget{left}")
+    elif finish.startswith("closespider_"):
+        reasons.append(f"closed by {finish}{left}")
+    forbidden = stats.get("robotstxt/forbidden", 0)
+    if forbidden:
+        reasons.append(f"robots.txt disallowed {forbidden} pages")
+    given_up = stats.get("retry/max_reached", 0)
+    if given_up:
+        reasons.append(f"{given_up} pages failed after every retry (429/5xx or no answer)")
     ignored = stats.get("depth/request_ignored_count", 0)
     if ignored:
         limit = f" ({config.max_depth})" if config else ""

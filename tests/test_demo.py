@@ -195,7 +195,9 @@ def _chromium() -> str:
     for name in ("chromium", "chromium-browser", "google-chrome"):
         if shutil.which(name):
             return shutil.which(name)
-    pytest.fail("Chromium is not installed: .ci/run installs Debian's chromium package")
+    pytest.fail(
+        "Chromium is not installed: make test installs it as root; else: apt-get install chromium"
+    )
 
 
 def _render(page: Path, out: Path, query: str = "") -> str:

@@ -321,3 +321,54 @@ def test_each_limit_that_stops_a_crawl_is_named():
         "max_depth (3) left 7 links unfollowed",
     ]
     assert CrawlSummary.from_stats("a.nl", {"finish_reason": "finished"}, shop).stopped_early == []
+    budget = {
+        "finish_reason": "closespider_timeout",
+        "scheduler/enqueued": 9,
+        "scheduler/dequeued": 4,
+        "robotstxt/forbidden": 3,
+        "retry/max_reached": 2,
+    }
+    assert CrawlSummary.from_stats("a.nl", budget, shop).stopped_early == [
+        "reached the scrape time budget, 5 pages left unvisited",
+        "robots.txt disallowed 3 pages",
+        "2 pages failed after every retry (429/5xx or no answer)",
+    ]
+
+
+def test_a_scrape_budget_stops_the_crawls_and_says_so(database_url, tmp_path):
+    """run --scrape-minutes: a shop whose pages never answer is stopped at the budget,
+    its summary line says so, and the job fails only because nothing was stored."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Stalling(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            # Answers after the budget (1.2 s from the spider's start, which is before
+            # this request) has closed the crawl; Scrapy lets a request in flight end.
+            time.sleep(5)
+            self.send_response(404)
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Stalling)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        config = tmp_path / "shops.yaml"
+        config.write_text(
+            "shops:\n  - name: slow.nl\n    platform: jsonld\n"
+            f"    start_urls: ['http://127.0.0.1:{server.server_port}/fietsen']\n"
+            "    delay: 0\n"
+        )
+        result = run_cli(
+            "run", "--shops", str(config), "--scrape-minutes", "0.02",
+            env={"DATABASE_URL": database_url},
+        )  # fmt: skip
+    finally:
+        server.shutdown()
+    out = result.stdout + result.stderr
+    assert "slow.nl: stopped early: reached the scrape time budget" in out, out
+    assert "no listing was stored" in out and result.returncode != 0, out

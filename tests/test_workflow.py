@@ -46,6 +46,30 @@ def test_nightly_workflow_runs_the_job_from_secrets():
     assert "torch==2.13.0" in text and "actions/cache" in text
 
 
+def test_nightly_workflow_is_safe_and_bounded():
+    """Read-only token, the database secret only where the database is used, a committed
+    shops.yaml required, budgets inside the job's timeout, pinned dependencies."""
+    import yaml
+
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    assert workflow["permissions"] == {"contents": "read"}
+    (job,) = workflow["jobs"].values()
+    assert "DATABASE_URL" not in job.get("env", {})
+    with_secret = [step for step in job["steps"] if "DATABASE_URL" in step.get("env", {})]
+    assert {step["name"] for step in with_secret} == {"Scrape, embed, cluster", "Report"}
+    assert all("bikematch" in step["run"] for step in with_secret)
+    check = next(step for step in job["steps"] if "shops.yaml" in step.get("name", ""))
+    assert "shops.example.yaml" in check["run"] and "exit 1" in check["run"]
+    assert (ROOT / "shops.example.yaml").is_file()
+    command = next(step["run"] for step in with_secret if "bikematch run" in step["run"])
+    scrape = float(re.search(r"--scrape-minutes (\S+)", command).group(1))
+    embed = float(re.search(r"--embed-minutes (\S+)", command).group(1))
+    assert scrape + embed <= job["timeout-minutes"] - 60  # an hour for the rest
+    installs = "\n".join(step.get("run", "") for step in job["steps"])
+    assert "-c constraints.txt" in installs and (ROOT / "constraints.txt").is_file()
+    assert "GITHUB_STEP_SUMMARY" in installs
+
+
 def test_every_option_the_workflow_gives_bikematch_exists():
     """actionlint cannot see into run: lines; a renamed option would fail only at night."""
     from .conftest import run_cli

@@ -183,6 +183,8 @@ class JobOptions:
     #: Inference precision: auto (bfloat16 on CUDA, float32 on CPU), or a dtype's name.
     dtype: str = "auto"
     batch_size: int = 32
+    #: Scrapy's CLOSESPIDER_TIMEOUT for every shop: the crawls stop and the job goes on.
+    scrape_minutes: float | None = None
     embed_minutes: float | None = None
     reembed_before: datetime | None = None
     verbose: bool = False
@@ -217,7 +219,7 @@ def run_job(
             url,
             shops,
             verbose=options.verbose,
-            overrides=options.scrape_overrides,
+            overrides=_scrape_budget(options) | options.scrape_overrides,
             progress=report.scrape_progress,
         )
         report.scraped(crawls)
@@ -247,6 +249,12 @@ def run_job(
     except (DatabaseError, UserError, CrawlError, ShopConfigError) as exc:
         raise StageFailed(stage, str(exc)) from exc
     return JobResult(crawls, embedded, clustered)
+
+
+def _scrape_budget(options: JobOptions) -> dict:
+    if options.scrape_minutes is None:
+        return {}
+    return {"CLOSESPIDER_TIMEOUT": options.scrape_minutes * 60}
 
 
 def crawl_table(crawls) -> list[str]:

@@ -68,6 +68,12 @@ class _PrintedReport(JobReport):
 @dtype_option
 @batch_size_option
 @click.option(
+    "--scrape-minutes",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Stop scraping after this many minutes and go on with what was stored; each "
+    "shop's summary line says it stopped early (a slow shop cannot starve clustering).",
+)
+@click.option(
     "--embed-minutes",
     type=click.FloatRange(min=0, min_open=True),
     help="Embed for at most this many minutes, then cluster what is embedded; the rest "
@@ -87,6 +93,7 @@ def run(
     device,
     dtype,
     batch_size,
+    scrape_minutes,
     embed_minutes,
     reembed_before,
 ) -> None:
@@ -112,6 +119,7 @@ def run(
         device=device,
         dtype=dtype,
         batch_size=batch_size,
+        scrape_minutes=scrape_minutes,
         embed_minutes=embed_minutes,
         reembed_before=reembed_before,
         verbose=app.verbose,
