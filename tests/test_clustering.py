@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from concurrent.futures import ThreadPoolExecutor
 
@@ -266,7 +267,7 @@ def test_candidate_search_uses_the_hnsw_index(db, database_url):
     assert "Gather" in plan and "int_vector_neighbours__search" in plan, plan
 
 
-def test_cli_cluster_and_plain_dbt_build(db, database_url):
+def test_cli_cluster_and_plain_dbt_build(db, database_url, tmp_path):
     load(db)
     env = {"DATABASE_URL": database_url}
     run_cli(
@@ -290,6 +291,22 @@ def test_cli_cluster_and_plain_dbt_build(db, database_url):
         dbt_vars={"embedding_model": MODEL, "anchor_shop": "anchor.nl"},
         capture=True,
     )
+    # dbt's docs build, and every column an analyst sees in a mart is described
+    target = tmp_path / "target"
+    run_dbt(["docs", "generate", "--target-path", str(target)], database_url, capture=True)
+    catalog = json.loads((target / "catalog.json").read_text())["nodes"]
+    manifest = json.loads((target / "manifest.json").read_text())["nodes"]
+    marts = [k for k, node in manifest.items() if k.startswith("model.") and "marts" in node["fqn"]]
+    assert len(marts) == 4, marts
+    for key in marts:
+        built = set(catalog[key]["columns"])
+        described = {
+            name
+            for name, column in manifest[key]["columns"].items()
+            if column.get("description", "").strip()
+        }
+        assert built - described == set(), f"{key}: columns without a description"
+        assert described - built == set(), f"{key}: descriptions of columns it lacks"
 
 
 def test_a_second_build_on_one_database_waits_for_the_first(db, database_url):
