@@ -2,10 +2,16 @@
 same interface.
 
 Contract: POST the endpoint with JSON `{"model": NAME, "texts": [...]}` or
-`{"model": NAME, "images": [base64 JPEG, ...]}`; the answer is
+`{"model": NAME, "images": [base64 image file, ...]}`; the answer is
 `{"embeddings": [[float, ...], ...]}` in the same order. An Authorization
 header is sent when a token is set. Requests are batched, time out, and are
 retried with backoff on timeouts, 429 and 5xx.
+
+Images go as lossless PNGs of the pixels the embedder decoded, so a backend that
+decodes and preprocesses them as the local model does (`bikematch serve`) stores the
+vectors local embedding would. Where the backend says its model's input size (`GET
+/health` answers `image_size`, as `bikematch serve` does), JPEGs are decoded at the
+reduced scale the local model would decode them at, which keeps the uploads small.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import io
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import torch
@@ -52,13 +59,18 @@ class RemoteModel(EmbeddingModel):
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
+        self.image_size = self._input_size()
         # Ask once for the dimensions, with a probe of each kind.
         self.text_dims = len(self._post({"texts": ["probe"]})[0])
         probe = Image.new("RGB", (8, 8), (128, 128, 128))
         self.image_dims = len(self._post({"images": [self._encode(probe)]})[0])
 
     def preprocess(self, image: Image.Image) -> str:
-        return self._encode(to_rgb(image))
+        pixels = to_rgb(image)
+        if pixels.info:  # no profile or orientation left to apply twice
+            pixels = pixels.copy()
+            pixels.info.clear()
+        return self._encode(pixels)
 
     def collate(self, images: list) -> list:
         return images
@@ -75,8 +87,18 @@ class RemoteModel(EmbeddingModel):
     @staticmethod
     def _encode(image: Image.Image) -> str:
         buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=92)
+        image.save(buffer, format="PNG", compress_level=1)
         return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+    def _input_size(self) -> int:
+        """The backend model's input size from its /health, or 0 where it does not say."""
+        health = urllib.parse.urljoin(self.endpoint, "/health")
+        try:
+            with urllib.request.urlopen(health, timeout=self.timeout) as response:
+                size = json.loads(response.read()).get("image_size", 0)
+        except (OSError, ValueError, AttributeError):  # no /health: another backend
+            return 0
+        return size if isinstance(size, int) and size > 0 else 0
 
     def _batched(self, kind: str, items: list) -> torch.Tensor:
         vectors = []

@@ -61,6 +61,9 @@ def test_each_mistake_is_one_line_and_exit_2(conn, database_url, files):
             "elsewhere.nl is none of the configured shops (only.nl)"
         ),
         ("search",): "give exactly one of --image and --text",
+        ("embed", "--model", "tiny-random", "--remote", "http://127.0.0.1:9"): (
+            "the embedding service does not answer: http://127.0.0.1:9"
+        ),
         ("embed", "--model", "no-such-model"): "unknown model 'no-such-model'",
         ("calibrate", "--truth", str(files["good"]), "--thresholds", "0.9:0.5:0.1"): (
             "START <= STOP"

@@ -86,11 +86,14 @@ def load_embedding_model(
     (`remote`: its URL). Raises UserError for an unknown name, missing weights or a
     device this machine lacks."""
     if remote:
-        from embedder.remote import RemoteModel
+        from embedder.remote import RemoteError, RemoteModel
 
-        return RemoteModel(
-            remote, name=name, token=settings.remote_token, timeout=settings.remote_timeout
-        )
+        try:
+            return RemoteModel(
+                remote, name=name, token=settings.remote_token, timeout=settings.remote_timeout
+            )
+        except RemoteError as exc:
+            raise UserError(f"the embedding service does not answer: {exc}") from exc
     import torch
 
     from perception_models import DeviceUnavailable, ModelFiles, WeightsNotFound, load_model

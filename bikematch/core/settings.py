@@ -75,6 +75,10 @@ class Settings:
     remote_timeout: float = _setting(
         "BIKEMATCH_REMOTE_TIMEOUT", "seconds a hosted embedding backend may take a batch", 60.0
     )
+    serve_token: str | None = _setting(
+        "BIKEMATCH_SERVE_TOKEN",
+        "bearer token `serve` requires on every request but /health",
+    )
     rates_url: str = _setting(
         "BIKEMATCH_RATES_URL",
         "where `rates` and `run` read exchange rates (the ECB's eurofxref XML format)",

@@ -2,8 +2,8 @@
 
 The commands live by group: `database` (db), `scraping` (scrape, extract, import),
 `embedding` (embed), `clustering` (cluster, rates, eval, calibrate), `matches` (explain,
-link, unlink, links), `job` (run, demo)
-and `results` (report, search). Every problem the user can fix ends as one line on
+link, unlink, links), `job` (run, demo),
+`results` (report, search) and `serving` (serve). Every problem the user can fix ends as one line on
 stderr, `error: ...`, and exit code 2.
 """
 
@@ -83,9 +83,10 @@ def _register() -> None:
         matches,
         results,
         scraping,
+        serving,
     )
 
-    for module in (database, scraping, embedding, clustering, matches, job, results):
+    for module in (database, scraping, embedding, clustering, matches, job, results, serving):
         for command in module.COMMANDS:
             cli.add_command(command)
 
