@@ -310,3 +310,30 @@ def test_db_status_of_a_database_without_the_schema_says_what_to_run(conn, datab
     assert f"migrations: 1 applied, {len(discover()) - 1} pending (0002_" in out
     assert "run `bikematch db init`" in out
     conn.execute("drop database bare")
+
+
+def test_price_history_records_changes_not_a_currency_filled_in(conn):
+    """A row when the price or a stated currency changes; none when a currency that was
+    missing is filled in (an import's --currency, a shop that adds it) at the same price."""
+    from datetime import UTC, datetime, timedelta
+    from decimal import Decimal
+
+    from bikematch.core.listings import Listing, store_listings
+
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+
+    def seen(day: int, price, currency):
+        listing = Listing(webshop="a.nl", url="u1", name="Gazelle", price=price, currency=currency)
+        return store_listings(conn, [listing], seen_at=start + timedelta(days=day))
+
+    seen(0, Decimal("2499.00"), None)
+    assert seen(1, Decimal("2499.00"), "EUR").price_changes == 0  # filled in
+    assert seen(2, Decimal("2299.00"), "EUR").price_changes == 1
+    assert seen(3, Decimal("2299.00"), "GBP").price_changes == 1  # another currency
+    assert seen(4, Decimal("2299.00"), None).price_changes == 0  # dropped again
+    rows = conn.execute("select price, currency from price_history order by seen_at").fetchall()
+    assert rows == [
+        (Decimal("2499.00"), None),
+        (Decimal("2299.00"), "EUR"),
+        (Decimal("2299.00"), "GBP"),
+    ]

@@ -271,6 +271,12 @@ def test_unreadable_price_raises_with_reason(text):
         parse_price(text)
 
 
+@pytest.mark.parametrize("value", ["-5", "€ -100,00", "−€ 5", "0", "€ 0,00", 0, -12.5])
+def test_a_price_of_zero_or_below_is_no_price(value):
+    with pytest.raises(PriceError, match="negative|out of range"):
+        parse_price(value)
+
+
 def test_gtins_titles_and_images():
     assert valid_gtin("8712345678906") == "8712345678906"
     assert valid_gtin("8712345678907") is None  # wrong check digit
@@ -292,6 +298,10 @@ def test_gtins_titles_and_images():
     assert only_value([None, ""]) is None
     # JSON-LD's "\u0000" and other control characters: Postgres refuses NUL in text
     assert clean_text("Gazelle\x00 Ultimate\x07 C380\x85HMB\x9f") == "Gazelle Ultimate C380 HMB"
+    # hostile text: bidirectional overrides and zero-width characters are invisible
+    assert clean_text("\u202eGazelle\u202c Ulti\u200bmate\u2066 C380\u2069\ufeff\u00ad") == (
+        "Gazelle Ultimate C380"
+    )
     assert largest_from_srcset("a.jpg 300w, b.jpg 1200w, c.jpg 800w") == "b.jpg"
     assert largest_from_srcset("a.jpg 1x, b.jpg 2x") == "b.jpg"
 

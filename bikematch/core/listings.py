@@ -2,7 +2,7 @@
 
 A batch is written in one statement: rows are upserted on (webshop, url),
 `last_seen_at` moves forward, and a row goes to `price_history` only when a
-listing's price (or currency) differs from its latest history row.
+listing's price, or a currency both rows state, differs from its latest history row.
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ history as (
         upserted.price is not null
         and (
             previous.price is distinct from upserted.price
-            or previous.currency is distinct from upserted.currency
+            -- a currency filled in (or dropped) at the same price is no change
+            or previous.currency <> upserted.currency
         )
     on conflict do nothing
     returning bike_id

@@ -42,6 +42,13 @@ _WHITESPACE = re.compile(r"\s+")
 #: Control characters (C0, DEL, C1) left once whitespace is collapsed: Postgres refuses
 #: NUL in text, and none of them belongs in a title.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: Invisible characters that change how text is shown or matched, not what it says:
+#: bidirectional controls (U+202E shows a title backwards), zero-width spaces and
+#: joiners, the word joiner, the byte-order mark and the soft hyphen.
+_INVISIBLE = re.compile("[\u00ad\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
+#: A minus just before the text's first number ("-5", "€ -100,00", "−€ 5"); not the
+#: Dutch "€ 1.999,-" (no number follows it) nor a range "1.999-2.499".
+_NEGATIVE = re.compile(r"^[^\d]*[-−]\s*(?:[^\d\s]{1,3}\s*)?\d")
 _MAX_PRICE = Decimal("9999999999.99")  # numeric(12, 2)
 
 
@@ -75,6 +82,8 @@ def parse_price(value, currency_hint: str | None = None) -> tuple[Decimal | None
         amount = Decimal(str(value))
     else:
         text = _WHITESPACE.sub(" ", str(value)).strip()
+        if _NEGATIVE.match(text):
+            raise PriceError(f"a negative price: {text[:60]!r}")
         prices = []
         for part in _RANGE.split(text):
             pieces = [
@@ -95,19 +104,21 @@ def parse_price(value, currency_hint: str | None = None) -> tuple[Decimal | None
         amount = amount.quantize(Decimal("0.01"))
     except InvalidOperation as exc:
         raise PriceError(f"not a price: {value!r}") from exc
-    if amount < 0 or amount > _MAX_PRICE:
+    if amount <= 0 or amount > _MAX_PRICE:
+        # 0 is a placeholder ("price on request"), never what a bike costs
         raise PriceError(f"price out of range: {amount}")
     return amount, currency
 
 
 def clean_text(text) -> str | None:
-    """Tags stripped, entities decoded, whitespace collapsed, control characters
-    dropped; None when empty."""
+    """Tags stripped, entities decoded, whitespace collapsed, control, bidirectional
+    and zero-width characters dropped; None when empty."""
     if text is None:
         return None
     if isinstance(text, list):
         text = " ".join(str(part) for part in text if part)
-    collapsed = _WHITESPACE.sub(" ", replace_entities(remove_tags(str(text))))
+    visible = _INVISIBLE.sub("", replace_entities(remove_tags(str(text))))
+    collapsed = _WHITESPACE.sub(" ", visible)
     cleaned = _CONTROL.sub("", collapsed).strip()
     return cleaned or None
 
