@@ -1,8 +1,11 @@
 """Read the main product of one product page, from any site.
 
 Sources are tried in order of trust: JSON-LD, then microdata/RDFa (through
-extruct), then OpenGraph/meta tags, then visible-page heuristics; each later
-source only fills fields the earlier ones left empty. When the markup holds
+extruct), then the shop platform's own product data (`platforms`), then
+OpenGraph/meta tags, then labelled values the page shows (`labels`: "Artikelnummer:
+...", a spec table's "Merk" row), then visible-page heuristics (heading, price,
+image, stock text, the breadcrumb's brand); each later source only fills fields
+the earlier ones left empty. When the markup holds
 several products (related items, a carousel, variants), the main one is the
 product whose URL is the page's, whose name matches the page heading, that
 has an offer, and that is not nested under a "related" property.
@@ -31,7 +34,8 @@ from bikematch.core.normalise import (
     parse_price,
     valid_gtin,
 )
-from scrapers import heuristics
+from scrapers import heuristics, labels
+from scrapers.platforms import platform_fields
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +103,10 @@ def read_product_page(html: str | bytes, url: str) -> ProductPage:
     page_urls = {_url_key(url)} | ({_url_key(absolute_url(canonical, url))} if canonical else set())
     heading = heuristics.visible_title(page)
     result = ProductPage()
+    documents = _json_ld_documents(page)
 
     for source, products in (
-        ("json-ld", _json_ld_products(page)),
+        ("json-ld", _products(documents)),
         ("microdata", _extruct_products(html, url, "microdata")),
         ("rdfa", _extruct_products(html, url, "rdfa")),
     ):
@@ -112,17 +117,33 @@ def read_product_page(html: str | bytes, url: str) -> ProductPage:
     og_type = (_meta(page, "og:type") or "").lower()
     result.is_product = result.is_product or og_type in ("product", "og:product", "product.item")
 
+    result.fill("platform", **platform_fields(page, html))
     _fill_from_meta(result, page, url, heading)
+    labelled = labels.labelled_values(page)
+    result.fill(
+        "label",
+        sku=labelled.get("sku") or labelled.get("mpn"),
+        gtin=valid_gtin(labelled.get("gtin")),
+        brand=labelled.get("brand"),
+    )
 
     if result.name is None:
         result.fill("heuristic", name=heading)
-    if result.price is None:
+    if result.price is None or result.currency is None:
         amount, currency, error = heuristics.visible_price(page)
-        result.fill("heuristic", price=amount, currency=currency)
-        if amount is None and error and result.price_error is None:
-            result.price_error = error
+        if result.price is None:
+            result.fill("heuristic", price=amount, currency=currency)
+            if amount is None and error and result.price_error is None:
+                result.price_error = error
+        elif amount == result.price:  # the price shown is the one found: its currency
+            result.fill("heuristic", currency=currency)
     if result.image_url is None:
         result.fill("heuristic", image_url=absolute_url(heuristics.main_image(page), url))
+    if result.availability is None:
+        result.fill("heuristic", availability=labels.visible_availability(page))
+    if result.brand is None:
+        crumbs = labels.breadcrumb_brand(page, result.name, _breadcrumbs(documents))
+        result.fill("breadcrumb", brand=crumbs)
     if result.price is not None and result.price_error:
         result.price_error = None
     return result
@@ -131,8 +152,8 @@ def read_product_page(html: str | bytes, url: str) -> ProductPage:
 # ---------------------------------------------------------------- JSON-LD
 
 
-def _json_ld_products(page: Selector) -> list[tuple[dict, bool, int]]:
-    """(node, nested under a 'not main' property, document order) for each product."""
+def _json_ld_documents(page: Selector) -> list:
+    """The page's JSON-LD documents, with their @id references inlined."""
     documents = []
     for script in page.xpath("//script[contains(@type, 'ld+json')]/text()").getall():
         text = script.strip().removeprefix("<!--").removesuffix("-->").strip()
@@ -145,9 +166,47 @@ def _json_ld_products(page: Selector) -> list[tuple[dict, bool, int]]:
                 documents.append(jstyleson.loads(_quote_zero_padded(text), strict=False))
             except ValueError:
                 log.debug("skipping a JSON-LD block that is not JSON")
+    return _inline_references(documents)
+
+
+def _products(documents) -> list[tuple[dict, bool, int]]:
+    """(node, nested under a 'not main' property, document order) for each product."""
     products: list[tuple[dict, bool, int]] = []
-    _walk(_inline_references(documents), False, products)
+    _walk(documents, False, products)
     return products
+
+
+def _breadcrumbs(documents) -> list[str]:
+    """The names of the first BreadcrumbList's entries, in position order."""
+    lists: list[dict] = []
+
+    def find(node) -> None:
+        if isinstance(node, list):
+            for item in node:
+                find(item)
+        elif isinstance(node, dict):
+            if "breadcrumblist" in _types(node):
+                lists.append(node)
+            for value in node.values():
+                if isinstance(value, dict | list):
+                    find(value)
+
+    find(documents)
+    if not lists:
+        return []
+    entries = [e for e in _as_list(_prop(lists[0], "itemListElement")) if isinstance(e, dict)]
+
+    def position(entry: dict) -> float:
+        try:
+            return float(_first_text(_prop(entry, "position")) or 0)
+        except ValueError:
+            return 0.0
+
+    names = [
+        _first_text(_prop(entry, "name")) or _name_of(_prop(entry, "item"))
+        for entry in sorted(entries, key=position)
+    ]
+    return [clean_text(name) for name in names if name]
 
 
 # A JSON string (skipped as a whole), or a number written with leading zeros.

@@ -27,183 +27,17 @@ def page(name: str) -> str:
     return (PAGES / name).read_text(encoding="utf-8")
 
 
-EXPECTED = {
-    # Several products in the markup: the page's own (its URL), not the related
-    # item, the breadcrumb or the "also viewed" product in a second block.
-    "jsonld_graph_related.html": (
-        "https://www.fietsvoordeelshop.nl/gazelle-ultimate-c380-hmb-heren?utm_source=x",
-        {
-            "name": "Gazelle Ultimate C380 HMB & 500Wh heren",
-            "price": "2999.00",
-            "currency": "EUR",
-            "image_url": "https://cdn.fvs.nl/img/ultimate-1600.jpg",
-            "brand": "Gazelle",
-            "gtin": "8712345678906",
-            "sku": "GZ-UC380-57",
-            "availability": "InStock",
-        },
-    ),
-    # A ProductGroup: the lowest variant price (an AggregateOffer's lowPrice); the one
-    # GTIN its variants give (the other has none); no SKU (each size has its own).
-    "jsonld_productgroup.html": (
-        "https://shop.example/batavus-finez",
-        {
-            "name": "Batavus Finez E-go Power Exclusive 625Wh",
-            "price": "3299.00",
-            "currency": "EUR",
-            "image_url": "https://shop.example/media/finez.webp",
-            "brand": "Batavus",
-            "gtin": "8712345678906",
-            "sku": None,
-            "availability": "InStock",  # one variant is
-        },
-    ),
-    # Sale price over list price; an HTML comment and a trailing comma in the
-    # JSON-LD; a GTIN with a wrong check digit is dropped; mpn stands in for sku.
-    "jsonld_price_specification.html": (
-        "https://shop.example/cube-kathmandu",
-        {
-            "name": "Cube Kathmandu Hybrid One 750 Trapeze",
-            "price": "2799.00",
-            "currency": "EUR",
-            "image_url": None,
-            "brand": "Cube",
-            "gtin": None,
-            "sku": "CUBE-KHO750",
-            "availability": "InStock",
-        },
-    ),
-    # Shopify's Dawn theme (before 2023): GTIN and SKU on the offer, the barcode written
-    # as a JSON number with a leading zero (which no JSON parser reads); digits after
-    # colons inside strings stay as they are.
-    "jsonld_shopify_dawn.html": (
-        "https://fietsenwinkelzuid.nl/products/gazelle-grenoble-c5-hmb-elite",
-        {
-            "name": "Gazelle Grenoble C5 HMB Elite",
-            "price": "2499.00",
-            "currency": "EUR",
-            "image_url": "https://fietsenwinkelzuid.nl/cdn/shop/files/grenoble-c5.jpg?v=1699&width=1946",
-            "brand": "Gazelle",
-            "gtin": "087123456785",
-            "sku": "GZ-GRN-C5-57",
-            "availability": "InStock",
-        },
-    ),
-    # The same theme with a frame size per offer, each with its own GTIN and SKU: the
-    # page is several sizes, none of whose codes stands for the listing.
-    "jsonld_shopify_sizes.html": (
-        "https://fietsenwinkelzuid.nl/products/sparta-c-grid-energy-m7b?variant=2",
-        {
-            "name": "Sparta c-Grid Energy M7b",
-            "price": "2299.00",
-            "currency": "EUR",
-            "image_url": "https://fietsenwinkelzuid.nl/cdn/shop/files/c-grid.jpg?v=1702",
-            "brand": "Sparta",
-            "gtin": None,
-            "sku": None,
-            "availability": "InStock",
-        },
-    ),
-    "microdata.html": (
-        "https://bikeshop.example/sparta-c-grid",
-        {
-            "name": "Sparta c-Grid energy M8b 500Wh",
-            "price": "2199.00",
-            "currency": "EUR",
-            "image_url": "https://bikeshop.example/images/sparta-cgrid.jpg",
-            "brand": "Sparta",
-            "gtin": "5901234123457",
-            "sku": "SP-CGRID-M8B",
-            "availability": "OutOfStock",
-        },
-    ),
-    "rdfa.html": (
-        "https://stromer.example/st3",
-        {
-            "name": "Stromer ST3 Pinion Sport 983Wh",
-            "price": "7490.00",
-            "currency": "CHF",
-            "image_url": "https://stromer.example/st3.jpg",
-            "brand": "Stromer",
-            "gtin": None,
-            "sku": "ST3-PIN-SP",
-            "availability": "InStock",
-        },
-    ),
-    # Broken JSON-LD; OpenGraph product tags carry the page.
-    "opengraph.html": (
-        "https://qwic.example/premium-i",
-        {
-            "name": "Qwic Premium i MN7 500Wh & Nexus 7",
-            "price": "2649.00",
-            "currency": "EUR",
-            "image_url": "https://cdn.qwic.example/premium-i.jpg",
-            "brand": "Qwic",
-            "gtin": None,
-            "sku": "QW-PI-MN7",
-            "availability": "InStock",
-        },
-    ),
-    # OpenGraph's title without the shop's name (og:site_name) after it.
-    "opengraph_site_name.html": (
-        "https://fietsenwinkelzuid.nl/qwic-premium-i",
-        {
-            "name": "Qwic Premium i MN7 Belt",
-            "price": "2649.00",
-            "currency": "EUR",
-            "image_url": "https://fietsenwinkelzuid.nl/media/qwic-premium-i.jpg",
-            "brand": None,
-            "gtin": None,
-            "sku": None,
-            "availability": None,
-        },
-    ),
-    # No structured data, and the photo loaded lazily: a placeholder in src, its real
-    # address in data-src, the large one in data-large_image (WooCommerce's gallery).
-    # The theme's logo is an h1 too.
-    "heuristics_lazy.html": (
-        "https://fietsenwinkeloost.nl/sparta-m10-ltd",
-        {
-            "name": "Sparta M10 Ltd",
-            "price": "3299.00",
-            "currency": "EUR",
-            "image_url": "https://fietsenwinkeloost.nl/media/sparta-m10-1200.jpg",
-            "brand": None,
-            "gtin": None,
-            "sku": None,
-            "availability": None,
-        },
-    ),
-    # A <picture>: the largest candidate of its sources, not the <img> fallback.
-    "heuristics_picture.html": (
-        "https://bikes.example.co.uk/cube-kathmandu-slx",
-        {
-            "name": "Cube Kathmandu Hybrid SLX 750",
-            "price": "2999.00",
-            "currency": "GBP",
-            "image_url": "https://bikes.example.co.uk/img/kathmandu-1600.avif",
-            "brand": None,
-            "gtin": None,
-            "sku": None,
-            "availability": None,
-        },
-    ),
-    # No structured data: heading, the current (not struck-through) price,
-    # the largest srcset candidate of the product area.
-    "heuristics.html": (
-        "https://cargobikes.co.uk/load-75",
-        {
-            "name": "Riese & Müller Load 75 Vario",
-            "price": "7499.00",
-            "currency": "GBP",
-            "image_url": "https://cargobikes.co.uk/img/load75-2000.jpg",
-            "brand": None,
-            "gtin": None,
-            "sku": None,
-            "availability": None,
-        },
-    ),
-}
+def labelled_pages() -> dict[str, tuple[str, dict]]:
+    """{page: (its URL, the fields it holds)}: each saved page with its expectations in
+    the JSON file beside it (`note` says what the page tests)."""
+    pages = {}
+    for expectation in sorted(PAGES.glob("*.json")):
+        data = json.loads(expectation.read_text(encoding="utf-8"))
+        pages[expectation.with_suffix(".html").name] = (data["url"], data["expected"])
+    return pages
+
+
+EXPECTED = labelled_pages()
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -275,6 +109,56 @@ def test_unreadable_price_raises_with_reason(text):
 def test_a_price_of_zero_or_below_is_no_price(value):
     with pytest.raises(PriceError, match="negative|out of range"):
         parse_price(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "state"),
+    [
+        ("http://schema.org/InStock", "InStock"),
+        ("https://schema.org/OutOfStock", "OutOfStock"),
+        ("schema:InStock", "InStock"),
+        ("In Stock", "InStock"),
+        ("in_stock", "InStock"),
+        ("instock", "InStock"),
+        ("sold-out", "OutOfStock"),
+        ("https://schema.org/PreOrder", "InStock"),
+        ("LimitedAvailability", "InStock"),
+        ("https://schema.org/BackOrder", "OutOfStock"),
+        (True, "InStock"),
+        ("NewCondition", None),
+        ("", None),
+    ],
+)
+def test_availability_in_any_spelling(value, state):
+    from bikematch.core.normalise import availability
+
+    assert availability(value) == state
+
+
+def test_stock_text_and_labels_in_three_languages():
+    from parsel import Selector
+
+    from scrapers.labels import breadcrumb_brand, labelled_values, stock_phrase
+
+    assert stock_phrase("Niet op voorraad") == "OutOfStock"
+    assert stock_phrase("Op voorraad, morgen in huis") == "InStock"
+    assert stock_phrase("Ausverkauft") == "OutOfStock" and stock_phrase("Lieferbar") == "InStock"
+    assert stock_phrase("Available on backorder") == "OutOfStock"
+    assert stock_phrase("Gratis verzending") is None
+    page = Selector(
+        text="<ul><li>Art.nr.: AB-12</li><li>Marke: <b>Cube</b></li></ul>"
+        "<table><tr><th>EAN-code</th><td>8712345678906</td></tr></table>"
+        "<dl><dt>MPN</dt><dd>F123</dd></dl>"
+        "<nav class='breadcrumbs'><a>Home</a><a>Cube</a><a>Cube Kathmandu</a></nav>"
+    )
+    assert labelled_values(page) == {
+        "sku": "AB-12",
+        "brand": "Cube",
+        "gtin": "8712345678906",
+        "mpn": "F123",
+    }
+    assert breadcrumb_brand(page, "Cube Kathmandu Hybrid SLT") == "Cube"
+    assert breadcrumb_brand(page, "Gazelle Ultimate") is None
 
 
 def test_gtins_titles_and_images():

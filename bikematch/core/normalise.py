@@ -171,30 +171,32 @@ def largest_from_srcset(srcset: str) -> str | None:
 
 
 _AVAILABILITY = {
+    # schema.org's ItemAvailability values, and how shops spell them
     "instock": "InStock",
-    "in_stock": "InStock",
-    "in stock": "InStock",
     "onlineonly": "InStock",
     "limitedavailability": "InStock",
     "instoreonly": "InStock",
     "preorder": "InStock",
     "presale": "InStock",
+    "madetoorder": "InStock",
+    "available": "InStock",
     "outofstock": "OutOfStock",
-    "out_of_stock": "OutOfStock",
-    "out of stock": "OutOfStock",
     "soldout": "OutOfStock",
     "discontinued": "OutOfStock",
     "backorder": "OutOfStock",
+    "unavailable": "OutOfStock",
     "true": "InStock",
     "false": "OutOfStock",
 }
 
 
 def availability(value) -> str | None:
-    """ "InStock", "OutOfStock" or None from schema.org URLs, codes or booleans."""
+    """ "InStock", "OutOfStock" or None from schema.org's values in any spelling, codes
+    or booleans (orderable counts as in stock: pre-order, limited; backorder does not)."""
     if value is None:
         return None
     if isinstance(value, bool):
         return "InStock" if value else "OutOfStock"
-    key = str(value).strip().rsplit("/", 1)[-1].lower()
-    return _AVAILABILITY.get(key)
+    # "http://schema.org/InStock", "schema:InStock", "In Stock", "in_stock", "pre-order"
+    word = re.split(r"[/:#]", str(value).strip())[-1]
+    return _AVAILABILITY.get(re.sub(r"[\s_-]+", "", word).lower())

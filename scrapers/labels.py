@@ -1,0 +1,200 @@
+"""What a product page says in words: labelled values, stock text, breadcrumbs.
+
+Shops without structured data for a field still show it to the buyer: a spec table
+row "Merk | Gazelle", "Artikelnummer: 4561-22", "EAN 8712345678906", a stock line
+"Op voorraad", a sold-out button, a breadcrumb "Home > E-bikes > Gazelle". Each
+function takes a parsed page (a parsel Selector) and reads one kind of them, in
+Dutch, English and German.
+"""
+
+from __future__ import annotations
+
+import re
+
+from parsel import Selector
+
+from bikematch.core.normalise import clean_text
+
+#: Field -> the labels shops give it (lower case, without a trailing colon).
+LABELS = {
+    "sku": (
+        "artikelnummer", "artikelnr", "art.nr", "art. nr", "art.-nr", "artikel-nr",
+        "artikelcode", "artikel code", "productcode", "product code", "productnummer",
+        "produktnummer", "bestelnummer", "bestellnummer", "sku", "item number", "item no",
+        "item #", "article number", "ref", "referentie", "reference", "code",
+    ),
+    "mpn": (
+        "mpn", "fabrikantcode", "fabrikantnummer", "herstellernummer",
+        "hersteller-artikelnummer", "manufacturer part number", "part number", "typenummer",
+    ),
+    "gtin": ("ean", "ean-code", "ean code", "ean13", "gtin", "gtin13", "barcode", "upc"),
+    "brand": ("merk", "marke", "brand", "hersteller", "fabrikant", "manufacturer"),
+}  # fmt: skip
+_FIELD_OF = {label: name for name, labels in LABELS.items() for label in labels}
+_LABEL_TEXT = re.compile(r"^\s*([^:|]{1,40}?)\s*[:|]\s*(.{1,80}?)\s*$")
+
+#: Stock phrases, the negative ones first ("niet op voorraad" holds "op voorraad"). As
+#: for schema.org's BackOrder, "available on backorder" is not in stock.
+_STOCK = (
+    ("OutOfStock", (
+        "niet op voorraad", "niet leverbaar", "niet meer leverbaar", "uitverkocht",
+        "tijdelijk uitverkocht", "niet beschikbaar", "out of stock", "sold out",
+        "soldout", "currently unavailable", "not available", "unavailable",
+        "nicht lieferbar", "nicht auf lager", "nicht verfügbar", "ausverkauft",
+        "vergriffen", "nicht vorrätig", "backorder", "nabestelling", "epuisé", "épuisé",
+        "rupture de stock",
+    )),
+    ("InStock", (
+        "op voorraad", "direct leverbaar", "leverbaar", "beschikbaar", "in stock",
+        "available", "ships in", "auf lager", "sofort lieferbar", "lieferbar",
+        "verfügbar", "vorrätig", "versandfertig", "pre-order", "preorder", "pre order",
+        "vooruitbestellen", "vorbestellen", "vorbestellbar", "en stock", "disponible",
+    )),
+)  # fmt: skip
+#: Where themes write stock: class or id words.
+_STOCK_AREA = (
+    "[class*=stock], [id*=stock], [class*=Stock], [class*=availability], "
+    "[id*=availability], [class*=Availability], [class*=voorraad], [class*=delivery], "
+    "[class*=levertijd], [class*=leverbaar], [class*=beschikbaar], [class*=liefer], "
+    "[class*=verfuegbar], [class*=inventory]"
+)
+#: Phrases that say stock even in an element not marked as the stock line (the bare
+#: "available", "verfügbar" or "ships in" say too little there).
+_PLAIN_STOCK = re.compile(
+    r"^(?:niet op voorraad|op voorraad|uitverkocht|niet leverbaar|direct leverbaar|"
+    r"out of stock|sold out|in stock|nicht lieferbar|sofort lieferbar|lieferbar|"
+    r"auf lager|nicht auf lager|ausverkauft|nicht vorrätig|vorrätig)(?!\w)",
+    re.IGNORECASE,
+)
+_CART_BUTTON = (
+    "button[name=add-to-cart], button[name=add], button[type=submit][class*=cart], "
+    "button[class*=add-to-cart], button[class*=addtocart], button[id*=add-to-cart], "
+    "button[class*=product-form__submit], button[class*=btn-buy], "
+    "button[id*=product-addtocart], input[type=submit][class*=cart]"
+)
+
+
+def labelled_values(page: Selector) -> dict[str, str]:
+    """{field: value} for the labelled values the page shows (sku, mpn, gtin, brand):
+    spec tables (th/td), definition lists (dt/dd), "Label: value" lines, and a label
+    element beside its value. The first of each field counts."""
+    found: dict[str, str] = {}
+
+    def add(label: str | None, value: str | None) -> None:
+        label = (clean_text(label) or "").lower().rstrip(":.# ").strip()
+        field = _FIELD_OF.get(label)
+        value = clean_text(value)
+        if field and value and field not in found and len(value) <= 80:
+            found[field] = value.lstrip(": ").strip()
+
+    for row in page.css("tr"):
+        cells = row.xpath("./th | ./td")
+        if len(cells) == 2:
+            add(_text(cells[0]), _text(cells[1]))
+    for term in page.css("dt"):
+        add(_text(term), _text(term.xpath("following-sibling::dd[1]")))
+    # "Artikelnummer: 4561-22" in one element, or a label element and its value
+    for element in page.xpath(
+        "//body//*[self::li or self::p or self::span or self::div or self::small"
+        " or self::strong or self::b or self::label]"
+        "[not(ancestor::script) and not(ancestor::style)]"
+    ):
+        own = clean_text(" ".join(element.xpath("./text()").getall()))
+        if own and own.endswith(":") and len(own) <= 40:
+            # "Artikelnummer: <span>4561-22</span>" (the value inside), else the label
+            # element and its value beside it
+            whole = _text(element) or ""
+            inside = whole[len(own) :].strip() if whole.startswith(own) else ""
+            value = (
+                inside
+                or _text(element.xpath("following-sibling::*[1]"))
+                or clean_text(" ".join(element.xpath("following-sibling::text()[1]").getall()))
+            )
+            add(own, value)
+            continue
+        text = _text(element)
+        if text and len(text) <= 120 and ":" in text and not element.xpath("./*[self::li]"):
+            match = _LABEL_TEXT.match(text)
+            if match:
+                add(match.group(1), match.group(2))
+    return found
+
+
+def visible_availability(page: Selector) -> str | None:
+    """InStock or OutOfStock from the page's stock text, else from its add-to-cart
+    button (disabled or saying "sold out": out of stock); None where it says neither."""
+    for element in page.css(_STOCK_AREA):
+        if element.root.tag in ("script", "style", "body", "html", "form"):
+            continue
+        state = stock_phrase(_text(element))
+        if state:
+            return state
+    for element in page.xpath(
+        "//body//*[self::p or self::span or self::div or self::li or self::strong]"
+        "[not(*[self::p or self::div or self::li])]"
+        "[not(ancestor::nav or ancestor::header or ancestor::footer or ancestor::script)]"
+    ):
+        text = _text(element)
+        if text and len(text) <= 60 and _PLAIN_STOCK.match(text):
+            return stock_phrase(text)
+    for button in page.css(_CART_BUTTON):
+        text = _text(button) or button.attrib.get("value", "")
+        state = stock_phrase(text)
+        if state:
+            return state
+        if "disabled" in button.attrib or button.attrib.get("aria-disabled") == "true":
+            return "OutOfStock"
+    return None
+
+
+def stock_phrase(text: str | None) -> str | None:
+    """The stock state a short text says ("Op voorraad", "Sold out"), else None."""
+    if not text or len(text) > 200:
+        return None
+    lowered = text.lower()
+    for state, phrases in _STOCK:
+        for phrase in phrases:
+            if re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", lowered):
+                return state
+    return None
+
+
+#: Breadcrumb entries that are never a brand.
+_NOT_BRAND = {"home", "start", "startseite", "homepage", "shop", "winkel", "webshop"}
+
+
+def breadcrumb_brand(page: Selector, name: str | None, crumbs: list[str] = ()) -> str | None:
+    """The brand a breadcrumb gives: an entry (not the first, not the product itself)
+    that the product's name starts with ("Home > E-bikes > Gazelle > Gazelle Ultimate
+    C380" -> Gazelle). `crumbs`: entries structured data gave; else the page's
+    breadcrumb trail."""
+    if not name:
+        return None
+    entries = list(crumbs) or [
+        clean_text(" ".join(item.css("::text").getall()))
+        for item in page.css(
+            "nav[aria-label*=readcrumb] li, nav[aria-label*=readcrumb] a, [class*=readcrumb] li,"
+            " [class*=readcrumb] a, [class*=Breadcrumb] li, [class*=Breadcrumb] a"
+        )
+    ]
+    entries = [entry for entry in entries if entry]
+    lowered = name.lower()
+    for entry in entries[1:]:
+        candidate = entry.strip(" >/»›").strip()
+        key = candidate.lower()
+        if (
+            candidate
+            and key not in _NOT_BRAND
+            and key != lowered
+            and len(candidate) < len(name)
+            and re.match(rf"{re.escape(key)}(?!\w)", lowered)
+        ):
+            return candidate
+    return None
+
+
+def _text(element) -> str | None:
+    if not element:
+        return None
+    parts = element.xpath(".//text()[not(ancestor::script) and not(ancestor::style)]").getall()
+    return clean_text(" ".join(parts))
