@@ -246,8 +246,8 @@ def shopify_products(state: ShopState, page: int) -> dict:
                 "vendor": bike.brand,
                 "images": [{"src": f"https://cdn.shopify.example{image('shopify', bike, 1024)}"}],
                 "variants": [
-                    {
-                        "price": f"{price + 100:.2f}",
+                    {  # the cheaper size is sold out: the listing's price is the other's
+                        "price": f"{price - 100:.2f}",
                         "sku": f"{bike.key}-57",
                         "available": False,
                         "barcode": None,
@@ -394,6 +394,9 @@ class ShopServer:
                     return self.send(200, pages_sitemap(self.base()), "application/xml")
                 if path == "/sitemaps/broken.xml":  # moved, and the shop answers with a page
                     return self.send(200, "<html><body>Oeps! Niet gevonden</body></html>")
+                if path == "/shopify/meta.json":  # the shop's own currency
+                    body = json.dumps({"name": "Shopify shop", "currency": "EUR"})
+                    return self.send(200, body, "application/json")
                 if path == "/shopify/products.json":
                     return self.send(
                         200, json.dumps(shopify_products(state, page)), "application/json"
@@ -454,7 +457,6 @@ shops:
   - name: shopify-shop.nl
     platform: shopify
     start_urls: ["{self.base}/shopify"]
-    currency: EUR
     delay: 0
   - name: woo-shop.nl
     platform: woocommerce

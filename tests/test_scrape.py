@@ -76,8 +76,9 @@ def test_scrapes_every_platform(conn, database_url, shops):
         "EUR",
     )
     assert rows[("jsonld-shop.nl", "op-aanvraag")][3] is None  # unreadable price kept as NULL
-    # shopify: lowest variant price, first image, the one barcode its variants give (the
-    # other has none), no SKU (each size has its own)
+    # shopify: the lowest price of the variants on sale (the cheaper size is sold out),
+    # the shop's currency from its /meta.json (the config names none), first image, the
+    # one barcode its variants give (the other has none), no SKU (each size has its own)
     shopify = rows[("shopify-shop.nl", "ultimate-shopify")]
     assert shopify[3:5] == (Decimal("2999.00"), "EUR")
     assert shopify[7:10] == ("8712345678906", None, "InStock")

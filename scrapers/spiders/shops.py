@@ -22,6 +22,7 @@ from bikematch.core.normalise import (
     absolute_url,
     availability,
     clean_text,
+    currency_code,
     only_value,
     parse_price,
     valid_gtin,
@@ -229,12 +230,30 @@ def _select(response: TextResponse, selector: str | None) -> str | None:
 
 
 class ShopifySpider(ShopSpider):
-    """Shopify's public catalogue: /products.json?page=N, 250 products per page."""
+    """Shopify's public catalogue: /products.json?page=N, 250 products per page; the
+    shop's currency from its /meta.json (products.json carries none), else the
+    config's."""
 
     name = "shopify"
     page_size = 250
+    shop_currency: str | None = None
 
     async def start(self):
+        yield scrapy.Request(
+            f"{self.shop.base_url}/meta.json",
+            callback=self.parse_meta,
+            errback=self.no_meta,
+            dont_filter=True,
+        )
+
+    def parse_meta(self, response):
+        data = self.load_json(response)
+        code = data.get("currency") if isinstance(data, dict) else None
+        self.shop_currency = currency_code(code) if isinstance(code, str) else None
+        yield self.page_request(1)
+
+    def no_meta(self, failure):
+        self.logger.info("no /meta.json (%s): prices in the config's currency", failure.value)
         yield self.page_request(1)
 
     def page_request(self, page: int) -> scrapy.Request:
@@ -254,11 +273,13 @@ class ShopifySpider(ShopSpider):
         yield self.page_request(page + 1)
 
     def product_listing(self, product: dict, api_url: str) -> Listing:
-        """One row per product: its first image, its lowest variant price, and the GTIN
-        and SKU its variants share, if they share one."""
+        """One row per product: its first image, the lowest price of its variants on sale
+        (of all, where none is), in stock when any variant is, and the GTIN and SKU its
+        variants share, if they share one."""
         variants = [v for v in product.get("variants") or [] if isinstance(v, dict)]
+        on_sale = [v for v in variants if v.get("available") is True]
         priced, error = [], None
-        for variant in variants:
+        for variant in on_sale or variants:
             try:
                 amount, _ = parse_price(variant.get("price"))
             except PriceError as exc:
@@ -272,6 +293,7 @@ class ShopifySpider(ShopSpider):
         page = ProductPage(
             name=clean_text(product.get("title")),
             price=amount,
+            currency=self.shop_currency if amount is not None else None,
             image_url=absolute_url(images[0].get("src"), api_url) if images else None,
             brand=clean_text(product.get("vendor")),
             # the variants' own, where they share one (only_value), not the cheapest's
