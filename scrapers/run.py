@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
+import psycopg
 from scrapy import signals
 from scrapy.crawler import Crawler, CrawlerProcess
 from scrapy.settings import Settings
 from twisted.internet import task
 
+from bikematch.core.database import DatabaseError, connect
 from bikematch.core.settings import DEFAULT_CONTACT
 from scrapers.params import Shop
 from scrapers.spiders.shops import CssSpider, JsonLdSpider, ShopifySpider, WooCommerceSpider
@@ -158,10 +161,33 @@ def run_shops(
 
         for _, crawler in crawlers:
             crawler.signals.connect(start_reporting, signal=signals.engine_started)
+    started = datetime.now(UTC)
     process.start()
     if failures:
         raise CrawlError("; ".join(failures))
-    return [
+    summaries = [
         CrawlSummary.from_stats(shop.name, crawler.stats.get_stats() if crawler.stats else {}, shop)
         for shop, crawler in crawlers
     ]
+    record_crawls(database_url, summaries, started)
+    return summaries
+
+
+def record_crawls(database_url: str, summaries: list[CrawlSummary], started: datetime) -> None:
+    """A `crawls` row per shop: what `db status` says of each shop's last complete crawl.
+    A database gone by now costs the record only (the listings are stored)."""
+    finished = datetime.now(UTC)
+    try:
+        with connect(database_url) as conn:
+            with conn.cursor() as cursor:
+                cursor.executemany(
+                    "insert into crawls (webshop, started_at, finished_at, pages, stored,"
+                    " complete, stopped_early) values (%s, %s, %s, %s, %s, %s, %s)",
+                    [
+                        (c.shop, started, finished, c.pages, c.stored, not c.stopped_early,
+                         c.stopped_early)
+                        for c in summaries
+                    ],
+                )  # fmt: skip
+    except (DatabaseError, psycopg.Error) as exc:
+        log.warning("could not record the crawls: %s", exc)

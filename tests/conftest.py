@@ -22,7 +22,9 @@ BIN = Path(sys.executable).parent
 BIKEMATCH = str(BIN / "bikematch")
 
 # Tables Python writes, in an order TRUNCATE ... CASCADE is happy with.
-SOURCE_TABLES = "scraped_bikes, price_history, vector_storage, embedding_failures, exchange_rates"
+SOURCE_TABLES = (
+    "scraped_bikes, price_history, vector_storage, embedding_failures, exchange_rates, crawls"
+)
 
 
 @pytest.fixture(scope="session")

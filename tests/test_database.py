@@ -284,10 +284,23 @@ def test_db_status_says_what_the_database_holds(conn, database_url):
         " bikematch_embedding_source(name, image_url) from scraped_bikes where id = %s",
         (ids[2],),
     )
+    # a.nl: crawled whole, then stopped early by a limit; b.de never crawled (imported)
+    conn.execute(
+        "insert into crawls (webshop, started_at, finished_at, pages, stored, complete,"
+        " stopped_early) values"
+        " ('a.nl', '2026-12-01 02:00Z', '2026-12-01 02:40Z', 90, 2, true, '{}'),"
+        " ('a.nl', '2026-12-02 02:00Z', '2026-12-02 02:30Z', 60, 1, false,"
+        " '{\"reached max_pages (60)\"}')"
+    )
     out = run_cli("db", "status", env={"DATABASE_URL": database_url}, check=True).stdout
     lines = out.splitlines()
     assert f"migrations: {len(discover())} applied, none pending" in lines
     assert "listings: 4 in 2 shops" in lines
+    a_shop = next(line for line in lines if line.startswith("  a.nl: 2, last seen 20"))
+    assert a_shop.endswith(
+        ", last complete crawl 2026-12-01 02:40 UTC"
+        " (the crawl of 2026-12-02 02:30 UTC stopped early)"
+    ), a_shop
     assert any(line.startswith("  b.de: 2, last seen 20") for line in lines), out
     # b2 has no vector yet; b1's image failed for good
     assert any(line.startswith("  test-model: 2, 1 pending, 1 failed 5 times") for line in lines), (

@@ -303,6 +303,13 @@ def test_a_shop_paginated_over_forty_pages_is_stored_whole(conn, database_url, t
         server.PAGE_SIZE = old_page_size
     out = result.stdout + result.stderr
     assert "fietsvoordeelshop.nl: stopped early: reached max_pages (10)" in out, out
+    # each crawl is recorded: complete the first time, stopped early the second
+    recorded = conn.execute(
+        "select complete, stopped_early from crawls where webshop = 'fietsvoordeelshop.nl'"
+        " order by finished_at"
+    ).fetchall()
+    assert [complete for complete, _ in recorded] == [True, False]
+    assert recorded[1][1][0].startswith("reached max_pages (10)")
 
 
 def test_each_limit_that_stops_a_crawl_is_named():

@@ -53,9 +53,25 @@ def _listings(conn) -> list[str]:
         "select webshop, count(*), max(last_seen_at) from scraped_bikes"
         " group by webshop order by webshop"
     ).fetchall()
+    crawled = {}
+    if conn.execute("select to_regclass('crawls')").fetchone()[0] is not None:
+        crawled = {
+            shop: (complete, last)
+            for shop, complete, last in conn.execute(
+                "select webshop, max(finished_at) filter (where complete), max(finished_at)"
+                " from crawls group by webshop"
+            )
+        }
     total = sum(count for _, count, _ in shops)
     lines = [f"listings: {total} in {len(shops)} shops"]
-    lines += [f"  {shop}: {count}, last seen {_when(seen)}" for shop, count, seen in shops]
+    for shop, count, seen in shops:
+        line = f"  {shop}: {count}, last seen {_when(seen)}"
+        if shop in crawled:
+            complete, last = crawled[shop]
+            line += f", last complete crawl {_when(complete)}"
+            if complete is None or last > complete:
+                line += f" (the crawl of {_when(last)} stopped early)"
+        lines.append(line)
     return lines
 
 
