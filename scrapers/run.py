@@ -117,11 +117,15 @@ def run_shops(
     contact: str = DEFAULT_CONTACT,
     overrides: dict | None = None,
     progress=None,
+    dry_run: int | None = None,
+    on_item=None,
 ) -> list[CrawlSummary]:
     """Crawl the shops concurrently into the database at `database_url`; return one
     summary per shop, in the given order. `contact` goes into the User-Agent.
 
-    `progress(shop, pages, items)` is called every few seconds while crawling.
+    `progress(shop, pages, items)` is called every few seconds while crawling. With
+    `dry_run` (a number of listings) nothing is stored: each shop stops after that many
+    listings and `on_item(shop, listing)` gets each one.
     Raises CrawlError if any shop's crawl failed to run.
     """
     # Our settings module itself, not scrapy.cfg's: bikematch runs from any directory.
@@ -131,12 +135,22 @@ def run_shops(
     settings.set("USER_AGENT", f"bikematch/0.1 (+{contact})", priority="cmdline")
     for key, value in (overrides or {}).items():
         settings.set(key, value, priority="cmdline")
+    if dry_run:  # nothing stored: the items go to on_item, and the crawl stops after them
+        settings.set("ITEM_PIPELINES", {}, priority="cmdline")
+        settings.set("CLOSESPIDER_ITEMCOUNT", dry_run, priority="cmdline")
     process = CrawlerProcess(settings)
     crawlers: list[tuple[Shop, Crawler]] = []
     failures: list[str] = []
     for shop in shops:
         crawler = process.create_crawler(shop_spider(shop))
         crawlers.append((shop, crawler))
+        if on_item is not None:
+
+            def scraped(item, name=shop.name, **_) -> None:
+                on_item(name, item)
+
+            # (Scrapy holds receivers weakly by default: this one lives only here)
+            crawler.signals.connect(scraped, signal=signals.item_scraped, weak=False)
         deferred = process.crawl(crawler, shop=shop)
         deferred.addErrback(
             lambda failure, name=shop.name: failures.append(f"{name}: {failure.getErrorMessage()}")
@@ -169,7 +183,8 @@ def run_shops(
         CrawlSummary.from_stats(shop.name, crawler.stats.get_stats() if crawler.stats else {}, shop)
         for shop, crawler in crawlers
     ]
-    record_crawls(database_url, summaries, started)
+    if not dry_run:
+        record_crawls(database_url, summaries, started)
     return summaries
 
 

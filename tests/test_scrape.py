@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import subprocess
 from collections import Counter
 from dataclasses import replace
@@ -380,3 +381,52 @@ def test_a_scrape_budget_stops_the_crawls_and_says_so(database_url, tmp_path):
     out = result.stdout + result.stderr
     assert "slow.nl: stopped early: reached the scrape time budget" in out, out
     assert "no listing was stored" in out and result.returncode != 0, out
+
+
+def test_shops_add_detects_each_platform_and_check_reads_without_storing(
+    conn, database_url, tmp_path
+):
+    """`shops add` on a shop of each platform writes a validated entry (a shop that is
+    none of them gets a css entry and what to fill in); `shops check` reads a few
+    listings and stores nothing."""
+    import yaml
+
+    from bikematch.app.demo import server
+    from bikematch.app.demo.catalogue import generate
+
+    config = tmp_path / "shops.yaml"
+    config.write_text("# my shops\nshops:\n")
+    env = {"DATABASE_URL": database_url}
+    with server.DemoShops(generate(12), port=0) as shops:
+        for name, path, platform in (
+            ("shopify.nl", "/shopify", "shopify"),
+            ("woo.nl", "/woo", "woocommerce"),
+            ("jsonld.nl", "/fvs/e-bikes", "jsonld"),
+            ("plain.co.uk", "/uk/e-bikes", "css"),
+        ):
+            added = run_cli(
+                "shops", "add", shops.base + path, "--name", name, "--shops", str(config),
+                env=env, cwd=tmp_path,
+            )  # fmt: skip
+            assert added.returncode == 0, added.stderr
+            assert f"added {name} ({platform}) to {config}" in added.stdout
+        assert "fill in its selectors" in added.stdout  # the css shop
+        entries = {e["name"]: e for e in yaml.safe_load(config.read_text())["shops"]}
+        assert config.read_text().startswith("# my shops\n")  # the file's comments stay
+        assert entries["shopify.nl"]["start_urls"] == [shops.base + "/shopify"]
+        assert entries["jsonld.nl"]["allow"] == [f"^{re.escape(shops.base)}/fvs/"]
+
+        again = run_cli("shops", "add", shops.base + "/woo", "--name", "woo.nl",
+                        "--shops", str(config), env=env)  # fmt: skip
+        assert again.returncode == 2 and "woo.nl is already configured" in again.stderr
+        gone = run_cli("shops", "add", "http://127.0.0.1:9/", "--shops", str(config), env=env)
+        assert gone.returncode == 2 and gone.stderr.startswith("error: http://127.0.0.1:9/")
+
+        for name in ("shopify.nl", "jsonld.nl"):
+            checked = run_cli("shops", "check", name, "--pages", "3", "--shops", str(config),
+                              env=env)  # fmt: skip
+            assert checked.returncode == 0, checked.stderr
+            assert f"{name}: 3 listings read (nothing stored)" in checked.stdout, checked.stdout
+            assert "fields found: price 3/3, currency 3/3, image_url 3/3" in checked.stdout
+    assert conn.execute("select count(*) from scraped_bikes").fetchone()[0] == 0
+    assert conn.execute("select count(*) from crawls").fetchone()[0] == 0

@@ -1,4 +1,4 @@
-"""Getting listings in: `bikematch scrape`, `extract` and `import`."""
+"""Getting listings in: `bikematch scrape`, `extract`, `import` and `shops`."""
 
 from __future__ import annotations
 
@@ -109,4 +109,61 @@ def import_command(app: App, file, shop, delimiter, mappings, currency, encoding
     echo_lines(summary.lines())
 
 
-COMMANDS = [scrape, extract, import_command]
+@click.group()
+def shops() -> None:
+    """Add a shop to shops.yaml in one command, and check what it would store."""
+
+
+@shops.command("add")
+@click.argument("url")
+@click.option("--name", help="The shop's key [default: the URL's host without www.].")
+@shops_option
+@pass_app
+def shops_add(app: App, url, name, shops_file) -> None:
+    """Detect a shop's platform and add its entry to shops.yaml.
+
+    Shopify (/products.json), WooCommerce (the Store API), sitemaps (robots.txt's
+    Sitemap lines, /sitemap.xml), product pages linked from URL, else a css entry
+    whose selectors you fill in. The entry is validated before it is kept.
+
+    \b
+    Example:
+        bikematch shops add https://www.fietsvoordeelshop.nl/e-bikes
+    """
+    from bikematch.app.shops import add_shop
+
+    path = Path(shops_file) if shops_file else app.settings.shops_file
+    detected = add_shop(app.settings, path, url, name)
+    entry = detected.entry
+    click.echo(f"added {entry['name']} ({entry['platform']}) to {path}")
+    echo_lines(f"  {note}" for note in detected.notes)
+    click.echo(f"next: bikematch shops check {entry['name']}")
+
+
+@shops.command("check")
+@click.argument("name")
+@click.option(
+    "--pages",
+    type=click.IntRange(1, 500),
+    default=10,
+    show_default=True,
+    help="How many listings to read.",
+)
+@shops_option
+@pass_app
+def shops_check(app: App, name, pages, shops_file) -> None:
+    """A dry run of one configured shop: what it would store for a few listings, the
+    fields found on each, and any limit the crawl hit. Nothing is stored.
+
+    \b
+    Example:
+        bikematch shops check fietsvoordeelshop.nl --pages 5
+    """
+    from bikematch.app.shops import check_shop
+
+    path = Path(shops_file) if shops_file else app.settings.shops_file
+    result = check_shop(app.settings, path, name, pages, verbose=app.verbose)
+    echo_lines(result.lines())
+
+
+COMMANDS = [scrape, extract, import_command, shops]

@@ -85,6 +85,12 @@ class DemoShops:
             chunk, pages = _page(listings["woocommerce"], page)
             body = json.dumps([self._woo(item) for item in chunk]).encode()
             return body, "application/json", {"X-WP-TotalPages": str(pages)}
+        if path == ["shopify", "meta.json"]:  # as Shopify's: the shop's own currency
+            return (
+                json.dumps({"name": "ebike-outlet", "currency": "EUR"}).encode(),
+                "application/json",
+                {},
+            )
         if path == ["shopify", "products.json"]:
             chunk, _ = _page(listings["shopify"], page)
             return (
