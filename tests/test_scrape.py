@@ -430,3 +430,17 @@ def test_shops_add_detects_each_platform_and_check_reads_without_storing(
             assert "fields found: price 3/3, currency 3/3, image_url 3/3" in checked.stdout
     assert conn.execute("select count(*) from scraped_bikes").fetchone()[0] == 0
     assert conn.execute("select count(*) from crawls").fetchone()[0] == 0
+
+
+def test_one_listing_per_product_page_whatever_the_link_added():
+    """Tracking parameters, a chosen variant and the fragment do not make another
+    listing; the query that names the product stays."""
+    from scrapers.spiders.shops import listing_url
+
+    assert listing_url("https://a.nl/p/ultimate?utm_source=nb&gclid=x#specs") == (
+        "https://a.nl/p/ultimate"
+    )
+    assert listing_url("https://a.nl/products/s5?variant=4233") == "https://a.nl/products/s5"
+    assert listing_url("https://a.nl/product.php?id=12&ref=menu&maat=57") == (
+        "https://a.nl/product.php?id=12"
+    )

@@ -7,8 +7,9 @@ repository root; `bikematch scrape` runs every configured shop at once.
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import scrapy
 from scrapy.http import TextResponse
@@ -91,12 +92,35 @@ class ShopSpider(scrapy.Spider):
             return None
 
 
+#: Query parameters that say how a visitor came or which variant a link chose, not
+#: which product the page is: a product reached through several of them is one listing.
+_NOT_THE_PRODUCT = re.compile(
+    r"^(?:utm_\w+|gclid|gbraid|wbraid|fbclid|msclkid|dclid|yclid|mc_cid|mc_eid|_ga|_gl|"
+    r"srsltid|ref|referrer|source|campaign|affiliate|aff|variant|variation_id|sku|size|"
+    r"maat|color|colour|kleur|attribute_\w+)$",
+    re.IGNORECASE,
+)
+
+
+def listing_url(url: str) -> str:
+    """A product page's URL as its listing's key: no fragment, no tracking or variant
+    query parameters (the others kept, in their order)."""
+    parts = urlsplit(url)
+    query = [
+        (key, value)
+        for key, value in parse_qsl(parts.query, keep_blank_values=True)
+        if not _NOT_THE_PRODUCT.match(key)
+    ]
+    return urlunsplit(parts._replace(query=urlencode(query), fragment=""))
+
+
 def _page_url(response: TextResponse) -> str:
-    """The page's canonical URL when it is on the same host, else the URL fetched."""
+    """The page's canonical URL when it is on the same host, else the URL fetched; as
+    a listing's key (`listing_url`)."""
     canonical = absolute_url(response.css("link[rel=canonical]::attr(href)").get(), response.url)
     if canonical and urlsplit(canonical).hostname == urlsplit(response.url).hostname:
-        return canonical
-    return response.url
+        return listing_url(canonical)
+    return listing_url(response.url)
 
 
 class JsonLdSpider(ShopSpider):
@@ -347,6 +371,8 @@ class WooCommerceSpider(ShopSpider):
                 amount = (Decimal(str(raw)) / (10**minor)).quantize(Decimal("0.01"))
             except (ArithmeticError, ValueError) as exc:
                 error = f"not a price: {raw!r} ({exc})"
+            if amount is not None and amount <= 0:  # 0 or below: no price
+                amount, error = None, f"price out of range: {amount}"
         images = [i for i in product.get("images") or [] if isinstance(i, dict)]
         brands = [b.get("name") for b in product.get("brands") or [] if isinstance(b, dict)]
         page = ProductPage(
