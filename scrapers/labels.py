@@ -21,7 +21,7 @@ LABELS = {
         "artikelnummer", "artikelnr", "art.nr", "art. nr", "art.-nr", "artikel-nr",
         "artikelcode", "artikel code", "productcode", "product code", "productnummer",
         "produktnummer", "bestelnummer", "bestellnummer", "sku", "item number", "item no",
-        "item #", "article number", "ref", "referentie", "reference", "code",
+        "item #", "article number", "referentie", "reference",
     ),
     "mpn": (
         "mpn", "fabrikantcode", "fabrikantnummer", "herstellernummer",

@@ -157,6 +157,8 @@ def test_stock_text_and_labels_in_three_languages():
         "gtin": "8712345678906",
         "mpn": "F123",
     }
+    # a discount code or a reference to anything else is no article number
+    assert labelled_values(Selector(text="<p>Code: WELKOM10</p><p>Ref: nieuwsbrief</p>")) == {}
     assert breadcrumb_brand(page, "Cube Kathmandu Hybrid SLT") == "Cube"
     assert breadcrumb_brand(page, "Gazelle Ultimate") is None
 
