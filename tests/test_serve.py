@@ -378,3 +378,16 @@ def test_the_serve_command_listens_and_stops_on_ctrl_c(tmp_path):
         process.send_signal(signal.SIGINT)
         assert process.wait(60) == 0
     assert not (tmp_path / ".bikematch").exists()  # no database started
+
+
+def test_search_before_anything_is_embedded_says_so(database_url, tiny, serving):
+    class Unembedded:
+        name = "never-embedded"
+
+        def __getattr__(self, attribute):
+            return getattr(tiny, attribute)
+
+    service = serving(Unembedded(), database_url)
+    status, _, answer = service.request("/search", {"text": "Gazelle"})
+    assert status == 503 and answer["error"] == "no listing is embedded with never-embedded yet"
+    assert service.request("/embed", {"model": "never-embedded", "texts": ["x"]})[0] == 200

@@ -375,15 +375,20 @@ class Service:
             (vector,) = await self._embed("image", [pixels])
             combined = torch.cat([vector, torch.zeros(self.model.text_dims)])
             weight = STORED_IMAGE_WEIGHT
-        results = await asyncio.to_thread(
-            nearest_on_sale,
-            self.database_url,
-            self.model.name,
-            combined,
-            weight,
-            query["k"],
-            query["shops"],
-        )
+        try:
+            results = await asyncio.to_thread(
+                nearest_on_sale,
+                self.database_url,
+                self.model.name,
+                combined,
+                weight,
+                query["k"],
+                query["shops"],
+            )
+        except psycopg.errors.NoDataFound:  # match_bikes: the model has no vectors
+            return _error(503, f"no listing is embedded with {self.model.name} yet")
+        except (DatabaseError, psycopg.OperationalError) as exc:
+            return _error(503, f"the database cannot be reached: {exc}")
         return web.json_response(
             {
                 "model": self.model.name,

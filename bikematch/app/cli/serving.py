@@ -14,6 +14,7 @@ from bikematch.app.cli.options import (
     model_option,
     pass_app,
 )
+from bikematch.app.errors import UserError
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
@@ -83,7 +84,10 @@ def serve(
     url = None
     if not no_database:
         url = app.ready_database()
-        require_vectors(url, model_name)  # before the model loads
+        try:
+            require_vectors(url, model_name)
+        except UserError as exc:  # it can still embed (the catalogue, through it)
+            click.echo(f"warning: /search finds nothing yet: {exc}", err=True)
     model = pipeline.load_embedding_model(app.settings, model_name, device, dtype)
     options = ServeOptions(
         host=host,
