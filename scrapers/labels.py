@@ -37,6 +37,9 @@ _LABEL_TEXT = re.compile(r"^\s*([^:|]{1,40}?)\s*[:|]\s*(.{1,80}?)\s*$")
 #: for schema.org's BackOrder, "available on backorder" is not in stock.
 _STOCK = (
     ("OutOfStock", (
+        # a "tell me when it is back" form is shown for what is out of stock
+        "back in stock", "weer op voorraad", "weer leverbaar", "wieder verfügbar",
+        "wieder lieferbar", "wieder auf lager",
         "niet op voorraad", "niet leverbaar", "niet meer leverbaar", "uitverkocht",
         "tijdelijk uitverkocht", "niet beschikbaar", "out of stock", "sold out",
         "soldout", "currently unavailable", "not available", "unavailable",

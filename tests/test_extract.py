@@ -144,6 +144,8 @@ def test_stock_text_and_labels_in_three_languages():
     assert stock_phrase("Op voorraad, morgen in huis") == "InStock"
     assert stock_phrase("Ausverkauft") == "OutOfStock" and stock_phrase("Lieferbar") == "InStock"
     assert stock_phrase("Available on backorder") == "OutOfStock"
+    assert stock_phrase("Mail mij als dit artikel weer op voorraad is") == "OutOfStock"
+    assert stock_phrase("Notify me when back in stock") == "OutOfStock"
     assert stock_phrase("Gratis verzending") is None
     page = Selector(
         text="<ul><li>Art.nr.: AB-12</li><li>Marke: <b>Cube</b></li></ul>"
