@@ -55,13 +55,13 @@ def test_import_csv_and_jsonl_through_the_listing_upsert(conn, database_url, tmp
     assert result.returncode == 0, result.stderr
     assert "read 5 rows: stored 3 (3 new" in result.stdout
     assert "missing_name 1" in result.stdout and "missing_url 1" in result.stdout
-    assert "price unreadable 1" in result.stdout
+    assert "price unreadable 2" in result.stdout  # "op aanvraag", and 0.0 (no price)
     rows = {
         row[0]: row[1:]
         for row in conn.execute("select url, name, price, currency, brand from scraped_bikes")
     }
     assert rows["1"] == ("Gazelle Ultimate C380 500Wh", Decimal("2999.00"), "EUR", "gazelle")
-    assert rows["2"] == ("Sparta & c-Grid", None, None, "sparta")  # 0.0 means unknown
+    assert rows["2"] == ("Sparta & c-Grid", None, None, "sparta")  # 0.0 is no price
     again = run_cli(*args, env=env)
     assert "stored 3 (0 new, 0 price changes)" in again.stdout
     assert conn.execute("select count(*) from price_history").fetchone()[0] == 1
