@@ -5,7 +5,7 @@ The service runs as `bikematch serve --no-database` in its own process; the clie
 threads of this one, each sending one photo (a 640x480 JPEG, base64 in the embedding
 contract's JSON) or one title per request, as an app's users would.
 
-Usage: python bench/bench_serve.py [--model minilm-effnet-lite0] [--max-batch 32]
+Usage: python bench/bench_serve.py [--model minilm-effnet-lite0] [--max-batch N]
            [--clients 1,8,32] [--seconds 10] [--device cpu]
 """
 
