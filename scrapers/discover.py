@@ -10,7 +10,6 @@ is looked for there first, and its entry only follows URLs under that path.
 from __future__ import annotations
 
 import gzip
-import json
 import re
 import urllib.error
 import urllib.request
@@ -20,6 +19,7 @@ from urllib.parse import urljoin, urlsplit
 from parsel import Selector
 
 from scrapers.extract import read_product_page
+from scrapers.platforms import parse_json
 
 #: How much of one answer is read (a sitemap can be large; a page is not).
 MAX_BYTES = 5 * 1024 * 1024
@@ -47,18 +47,18 @@ def detect_shop(url: str, name: str | None = None, user_agent: str = "bikematch"
     client = _Client(user_agent)
     # A platform's API at the URL given (a shop under a path) or at the host's root.
     for root in dict.fromkeys([start.rstrip("/"), base]):
-        products = _json(client.get(f"{root}/products.json?limit=1"))
+        products = parse_json(client.get(f"{root}/products.json?limit=1"))
         if isinstance(products, dict) and isinstance(products.get("products"), list):
             entry = {"name": name, "platform": "shopify", "start_urls": [root]}
             notes = ["Shopify: /products.json lists the catalogue"]
-            meta = _json(client.get(f"{root}/meta.json"))
+            meta = parse_json(client.get(f"{root}/meta.json"))
             code = meta.get("currency") if isinstance(meta, dict) else None
             if isinstance(code, str) and re.fullmatch(r"[A-Z]{3}", code):
                 entry["currency"] = code
             else:
                 notes.append("the shop does not say its currency: add `currency:` (EUR, GBP...)")
             return Detected(entry, notes)
-        woo = _json(client.get(f"{root}/wp-json/wc/store/v1/products?per_page=1"))
+        woo = parse_json(client.get(f"{root}/wp-json/wc/store/v1/products?per_page=1"))
         if isinstance(woo, list):
             entry = {"name": name, "platform": "woocommerce", "start_urls": [root]}
             return Detected(entry, ["WooCommerce: the Store API lists the catalogue"])
@@ -152,15 +152,6 @@ class _Client:
         except (urllib.error.URLError, OSError, ValueError) as exc:
             self.last_error = str(getattr(exc, "reason", exc))
             return None
-
-
-def _json(body: bytes | None):
-    if not body:
-        return None
-    try:
-        return json.loads(body)
-    except ValueError:
-        return None
 
 
 def _gunzip(body: bytes) -> bytes:

@@ -76,13 +76,13 @@ def platform_fields(page: Selector, html: str) -> dict:
 
 def _shopify_product(page: Selector, html: str) -> dict | None:
     for text in page.css(_SHOPIFY_JSON).getall():
-        data = _json(text)
+        data = parse_json(text)
         data = data.get("product", data) if isinstance(data, dict) else None
         if isinstance(data, dict) and isinstance(data.get("variants"), list):
             return data
     if "Shopify" in html:
         found = _SHOPIFY_META.search(html)
-        data = _json(found.group(1)) if found else None
+        data = parse_json(found.group(1)) if found else None
         product = data.get("product") if isinstance(data, dict) else None
         if isinstance(product, dict) and isinstance(product.get("variants"), list):
             return product
@@ -91,26 +91,36 @@ def _shopify_product(page: Selector, html: str) -> dict | None:
 
 def _from_shopify(product: dict) -> dict:
     variants = [v for v in product["variants"] if isinstance(v, dict)]
-    fields: dict = {}
+    fields = variant_fields(variants, lambda v: _cents(v.get("price")), "available", "barcode")
     vendor = clean_text(product.get("vendor"))
     if vendor:
         fields["brand"] = vendor
-    stated = [v for v in variants if isinstance(v.get("available"), bool)]
-    available = [v for v in stated if v["available"]]
+    return fields
+
+
+def variant_fields(
+    variants: list[dict], price, stock_key: str, barcode_key: str | None = None
+) -> dict:
+    """What a product's variants (sizes, colours) say together: in stock when any is
+    (out of stock when all that say so are not), the lowest `price(variant)` of those
+    on sale (of all, where none is or none says), and the SKU and GTIN (`barcode_key`)
+    they share, where they share one (`only_value`). Keys absent where they say none."""
+    fields: dict = {}
+    stated = [v for v in variants if isinstance(v.get(stock_key), bool)]
+    on_sale = [v for v in stated if v[stock_key]]
     if stated:
-        fields["availability"] = "InStock" if available else "OutOfStock"
-    prices = [_cents(v.get("price")) for v in (available or variants)]
-    prices = [price for price in prices if price is not None and price > 0]
+        fields["availability"] = "InStock" if on_sale else "OutOfStock"
+    prices = [amount for amount in map(price, on_sale or variants) if amount and amount > 0]
     if prices:
         fields["price"] = min(prices)
     sku = only_value(clean_text(v.get("sku")) for v in variants)
     if sku:
         fields["sku"] = sku
-    gtin = only_value(
-        (valid_gtin(str(v.get("barcode") or "")) for v in variants), key=lambda g: g.zfill(14)
-    )
-    if gtin:
-        fields["gtin"] = gtin
+    if barcode_key:
+        gtins = (valid_gtin(str(v.get(barcode_key) or "")) for v in variants)
+        gtin = only_value(gtins, key=lambda g: g.zfill(14))
+        if gtin:
+            fields["gtin"] = gtin
     return fields
 
 
@@ -128,24 +138,12 @@ def _cents(value) -> Decimal | None:
 
 
 def _woocommerce_variations(page: Selector) -> list[dict]:
-    data = _json(page.css("form.variations_form::attr(data-product_variations)").get())
+    data = parse_json(page.css("form.variations_form::attr(data-product_variations)").get())
     return [v for v in data if isinstance(v, dict)] if isinstance(data, list) else []
 
 
 def _from_woocommerce(variations: list[dict]) -> dict:
-    fields: dict = {}
-    stated = [v for v in variations if isinstance(v.get("is_in_stock"), bool)]
-    in_stock = [v for v in stated if v["is_in_stock"]]
-    if stated:
-        fields["availability"] = "InStock" if in_stock else "OutOfStock"
-    prices = [_decimal(v.get("display_price")) for v in (in_stock or variations)]
-    prices = [price for price in prices if price is not None and price > 0]
-    if prices:
-        fields["price"] = min(prices)
-    sku = only_value(clean_text(v.get("sku")) for v in variations)
-    if sku:
-        fields["sku"] = sku
-    return fields
+    return variant_fields(variations, lambda v: _decimal(v.get("display_price")), "is_in_stock")
 
 
 def _decimal(value) -> Decimal | None:
@@ -157,7 +155,8 @@ def _decimal(value) -> Decimal | None:
         return None
 
 
-def _json(text: str | None):
+def parse_json(text: str | bytes | None):
+    """The JSON document `text` holds, or None (empty, or not JSON)."""
     if not text:
         return None
     try:

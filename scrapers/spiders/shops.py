@@ -24,13 +24,13 @@ from bikematch.core.normalise import (
     availability,
     clean_text,
     currency_code,
-    only_value,
     parse_price,
     valid_gtin,
 )
 from bikematch.core.settings import Settings
 from scrapers.extract import ProductPage, read_product_page
 from scrapers.params import Shop, ShopConfigError, load_shops
+from scrapers.platforms import variant_fields
 
 #: The most a gzipped sitemap may unpack to (the protocol's limit is 50 MB).
 SITEMAP_MAX_BYTES = 64 * 2**20
@@ -301,32 +301,28 @@ class ShopifySpider(ShopSpider):
         (of all, where none is), in stock when any variant is, and the GTIN and SKU its
         variants share, if they share one."""
         variants = [v for v in product.get("variants") or [] if isinstance(v, dict)]
-        on_sale = [v for v in variants if v.get("available") is True]
-        priced, error = [], None
-        for variant in on_sale or variants:
+        errors: list[str] = []
+
+        def price(variant: dict):
             try:
-                amount, _ = parse_price(variant.get("price"))
+                return parse_price(variant.get("price"))[0]
             except PriceError as exc:
-                error = str(exc)
-                continue
-            if amount is not None:
-                priced.append(amount)
-        amount = min(priced) if priced else None
+                errors.append(str(exc))
+                return None
+
+        fields = variant_fields(variants, price, "available", "barcode")
+        amount = fields.get("price")
         images = [i for i in product.get("images") or [] if isinstance(i, dict)]
-        known_stock = [v["available"] for v in variants if "available" in v]
         page = ProductPage(
             name=clean_text(product.get("title")),
             price=amount,
             currency=self.shop_currency if amount is not None else None,
             image_url=absolute_url(images[0].get("src"), api_url) if images else None,
             brand=clean_text(product.get("vendor")),
-            # the variants' own, where they share one (only_value), not the cheapest's
-            gtin=only_value(
-                (valid_gtin(v.get("barcode")) for v in variants), key=lambda g: g.zfill(14)
-            ),
-            sku=only_value(clean_text(v.get("sku")) for v in variants),
-            availability=availability(any(known_stock)) if known_stock else None,
-            price_error=None if priced else error,
+            gtin=fields.get("gtin"),
+            sku=fields.get("sku"),
+            availability=fields.get("availability"),
+            price_error=errors[-1] if amount is None and errors else None,
         )
         handle = product.get("handle")
         return self.listing(f"{self.shop.base_url}/products/{handle}" if handle else None, page)
