@@ -44,6 +44,23 @@ def database_url(pg_root) -> str:
     shutil.rmtree(pgdata, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def tiny():
+    """The tiny random model: real code paths at almost no compute."""
+    from perception_models import load_model
+
+    return load_model("tiny-random", device="cpu")
+
+
+@pytest.fixture
+def images():
+    """A local image server (tests/image_server.py)."""
+    from .image_server import ImageServer
+
+    with ImageServer() as server:
+        yield server
+
+
 @pytest.fixture
 def conn(database_url):
     """A connection to an empty bikematch schema (source tables truncated)."""

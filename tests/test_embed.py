@@ -34,7 +34,6 @@ from perception_models import load_model
 
 from .conftest import BIKEMATCH, eventually, run_cli
 from .image_server import (
-    ImageServer,
     LocalServer,
     encoded,
     grey16_png,
@@ -43,17 +42,6 @@ from .image_server import (
     palette_with_alpha,
     png,
 )
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load_model("tiny-random", device="cpu")
-
-
-@pytest.fixture
-def images():
-    with ImageServer() as server:
-        yield server
 
 
 def settings(tmp_path, **overrides) -> EmbedSettings:

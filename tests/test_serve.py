@@ -22,21 +22,9 @@ from bikematch.app.serve import ServeOptions, Service, serve_forever
 from bikematch.core.listings import Listing, store_listings
 from embedder.fetch import FetchSettings
 from embedder.job import EmbedSettings, run_embedding
-from perception_models import load_model
 
 from .conftest import BIKEMATCH, eventually
-from .image_server import ImageServer, encoded, jpeg, png
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load_model("tiny-random", device="cpu")
-
-
-@pytest.fixture
-def images():
-    with ImageServer() as server:
-        yield server
+from .image_server import encoded, jpeg, png
 
 
 class Running:

@@ -13,7 +13,14 @@ from bikematch.app.errors import UserError
 from bikematch.core.database import connect
 from embedder.decode import decode_image
 from embedder.fetch import FetchSettings, ImageFetcher
-from perception_models import combine
+
+
+def half_query(model, vector: torch.Tensor, kind: str) -> torch.Tensor:
+    """The combined [image, text] query with only `kind`'s half ('image' or 'text') set
+    to `vector` (one unit vector), the other half zeros."""
+    if kind == "image":
+        return torch.cat([vector, torch.zeros(model.text_dims)])
+    return torch.cat([torch.zeros(model.image_dims), vector])
 
 
 def query_embedding(model, image: bytes | None = None, text: str | None = None) -> torch.Tensor:
@@ -24,10 +31,8 @@ def query_embedding(model, image: bytes | None = None, text: str | None = None) 
     """
     if image is not None:
         pixels = decode_image(image, model.preprocess, model.image_size)
-        vector = model.embed_images(model.collate([pixels]))
-        return torch.cat([vector, torch.zeros(1, model.text_dims)], dim=-1)[0]
-    vector = model.embed_texts(model.tokenize([text]))
-    return combine(None, vector, image_dims=model.image_dims)[0]
+        return half_query(model, model.embed_images(model.collate([pixels]))[0], "image")
+    return half_query(model, model.embed_texts(model.tokenize([text]))[0], "text")
 
 
 def read_photo(source: str, fetch: FetchSettings | None = None) -> bytes:
@@ -51,46 +56,34 @@ def read_photo(source: str, fetch: FetchSettings | None = None) -> bytes:
 STORED_IMAGE_WEIGHT = 0.5
 
 
-def search_listings(url: str, model, *, image=None, text=None, count=10, threshold=0.0):
-    """Nearest listings as (shop, name, price, currency, url, similarity, gone_since);
-    `image`: a photo's bytes (`read_photo`), or `text`.
+def half_weight(kind: str) -> float:
+    """The weight of `kind`'s half ('image' or 'text') in the stored vectors."""
+    return STORED_IMAGE_WEIGHT if kind == "image" else 1 - STORED_IMAGE_WEIGHT
 
-    A photo or a text fills one half of the query, so the combined cosine is
-    that half's cosine times sqrt(its weight); the similarity returned is the
-    half's own cosine (the threshold applies to it too). gone_since: when a listing
-    its shop no longer lists was last seen (not seen within the clustering's
-    `listing_grace_hours` of its shop's latest crawl), else None.
-    """
+
+def search_listings(url: str, model, *, image=None, text=None, count=10, threshold=0.0):
+    """Nearest listings (`nearest` rows, gone ones too) to a photo's bytes (`read_photo`)
+    or a text."""
     query = query_embedding(model, image=image, text=text)
-    weight = STORED_IMAGE_WEIGHT if image is not None else 1 - STORED_IMAGE_WEIGHT
-    scale = weight**0.5
-    grace_hours = float(dbt_project_vars().get("listing_grace_hours", 36))
-    with connect(url) as conn:
-        rows = conn.execute(
-            "select found.webshop, found.name, found.price, found.currency, found.url,"
-            " found.similarity, case when listing.last_seen_at < latest.crawled_at"
-            " - make_interval(secs => %s) then listing.last_seen_at end"
-            " from match_bikes(%s, %s, %s, %s) as found"
-            " inner join scraped_bikes as listing on found.bike_id = listing.id"
-            " cross join lateral (select max(last_seen_at) as crawled_at from scraped_bikes"
-            " where webshop = found.webshop) as latest"
-            " order by found.similarity desc, found.webshop, found.url",
-            (grace_hours * 3600, HalfVector(query.numpy()), threshold * scale, count, model.name),
-        ).fetchall()
-    return [(*row[:5], row[5] / scale, row[6]) for row in rows]
+    kind = "image" if image is not None else "text"
+    return nearest(url, model.name, query, kind, count, threshold=threshold, on_sale_only=False)
 
 
 _NEAREST = """
     select found.webshop, found.name, found.price, found.currency, found.url,
-        found.image_url, found.similarity, {cluster}
-    from match_bikes(%(query)s, 0, %(candidates)s, %(model)s) as found
+        found.image_url, found.similarity,
+        case when listing.last_seen_at < latest.crawled_at - make_interval(secs => %(grace)s)
+            then listing.last_seen_at end as gone_since,
+        {cluster}
+    from match_bikes(%(query)s, %(threshold)s, %(candidates)s, %(model)s) as found
     inner join scraped_bikes as listing on found.bike_id = listing.id
     cross join lateral (
         select max(last_seen_at) as crawled_at from scraped_bikes
         where webshop = found.webshop
     ) as latest
     {join}
-    where listing.last_seen_at >= latest.crawled_at - make_interval(secs => %(grace)s)
+    where (not %(on_sale_only)s
+            or listing.last_seen_at >= latest.crawled_at - make_interval(secs => %(grace)s))
         and (%(shops)s::text[] is null or found.webshop = any(%(shops)s::text[]))
     order by found.similarity desc, found.webshop, found.url
     limit %(count)s
@@ -98,7 +91,7 @@ _NEAREST = """
 #: With the marts built: each listing's cluster and the cluster's cheapest offer.
 _NEAREST_CLUSTERED = _NEAREST.format(
     cluster="offer.cluster_id, cluster.cheapest_shop, cluster.cheapest_url,"
-    " cluster.min_price, cluster.currency, cluster.shops",
+    " cluster.min_price, cluster.currency as cheapest_currency, cluster.shops",
     join="left join bike_offers as offer on found.bike_id = offer.bike_id"
     " left join bike_clusters as cluster on offer.cluster_id = cluster.cluster_id",
 )
@@ -108,29 +101,37 @@ _NEAREST_UNCLUSTERED = _NEAREST.format(
 )
 
 
-def nearest_on_sale(
+def nearest(
     url: str,
     model_name: str,
     query: torch.Tensor,
-    weight: float,
+    kind: str,
     count: int,
+    *,
+    threshold: float = 0.0,
     shops: list[str] | None = None,
+    on_sale_only: bool = True,
 ) -> list[dict]:
-    """The `count` listings on sale nearest to a combined query that has one half set
-    (`weight`: that half's weight in the stored vectors), optionally of some shops only,
-    each with its cluster and the cluster's cheapest offer (the answer an app shows).
+    """The `count` listings nearest to a combined query with only `kind`'s half set
+    (`half_query`), optionally of some shops only, each with its cluster and the
+    cluster's cheapest offer (the answer an app shows).
 
-    "On sale": seen in its shop's latest crawl, within the clustering's
-    `listing_grace_hours`. similarity is the query half's own cosine.
+    A photo or a text fills one half of the query, so the combined cosine is that
+    half's cosine times sqrt(its weight); `similarity` is the half's own cosine (the
+    threshold applies to it too). On sale: seen within the clustering's
+    `listing_grace_hours` of its shop's latest crawl; `gone_since` is when a listing
+    that is not was last seen (with `on_sale_only`, those are left out).
     """
-    scale = weight**0.5
+    scale = half_weight(kind) ** 0.5
     grace_hours = float(dbt_project_vars().get("listing_grace_hours", 36))
     params = {
         "query": HalfVector(query.numpy()),
+        "threshold": threshold * scale,
         # Gone listings and other shops' are dropped after the index search: ask for more.
         "candidates": min(max(count * 5, 50), 1000),
         "model": model_name,
         "grace": grace_hours * 3600,
+        "on_sale_only": on_sale_only,
         "shops": shops,
         "count": count,
     }
@@ -155,6 +156,7 @@ def nearest_on_sale(
             "url": listing_url,
             "image_url": image_url,
             "similarity": round(similarity / scale, 6),
+            "gone_since": gone_since,
             "cluster_id": None if cluster_id is None else str(cluster_id),
             "shops_in_cluster": cluster_shops,
             "cheapest": None
@@ -174,6 +176,7 @@ def nearest_on_sale(
             listing_url,
             image_url,
             similarity,
+            gone_since,
             cluster_id,
             cheapest_shop,
             cheapest_url,

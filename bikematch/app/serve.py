@@ -33,7 +33,7 @@ import psycopg
 import torch
 from aiohttp import web
 
-from bikematch.app.search import STORED_IMAGE_WEIGHT, nearest_on_sale
+from bikematch.app.search import half_query, nearest
 from bikematch.core.database import DatabaseError, connect
 from embedder.decode import DecodeError, decode_image
 from embedder.fetch import FetchError, FetchSettings, ImageFetcher
@@ -366,33 +366,32 @@ class Service:
         query = await self._search_query(request)
         if self.database_url is None:
             return _error(503, "this service has no database to search")
-        if "text" in query:
+        kind = "text" if "text" in query else "image"
+        if kind == "text":
             (vector,) = await self._embed("text", [query["text"]])
-            combined = torch.cat([torch.zeros(self.model.image_dims), vector])
-            weight = 1 - STORED_IMAGE_WEIGHT
         else:
             pixels = await self._pixels(query["photo"], "the image")
             (vector,) = await self._embed("image", [pixels])
-            combined = torch.cat([vector, torch.zeros(self.model.text_dims)])
-            weight = STORED_IMAGE_WEIGHT
         try:
             results = await asyncio.to_thread(
-                nearest_on_sale,
+                nearest,
                 self.database_url,
                 self.model.name,
-                combined,
-                weight,
+                half_query(self.model, vector, kind),
+                kind,
                 query["k"],
-                query["shops"],
+                shops=query["shops"],
             )
         except psycopg.errors.NoDataFound:  # match_bikes: the model has no vectors
             return _error(503, f"no listing is embedded with {self.model.name} yet")
         except (DatabaseError, psycopg.OperationalError) as exc:
             return _error(503, f"the database cannot be reached: {exc}")
+        for result in results:
+            del result["gone_since"]  # all on sale
         return web.json_response(
             {
                 "model": self.model.name,
-                "query": "text" if "text" in query else "image",
+                "query": kind,
                 "results": results,
             }
         )

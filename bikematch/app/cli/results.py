@@ -88,10 +88,13 @@ def search(app: App, image, text, model_name, count, threshold, device, allow_pr
     if not rows:
         click.echo("no listing found")
     for row in rows:
-        shop, name, price, currency, listing_url, similarity, gone_since = row
-        price_text = f"{currency or ''} {price}" if price is not None else "-"
-        gone = f"  (no longer listed; last seen {gone_since:%Y-%m-%d})" if gone_since else ""
-        click.echo(f"{similarity:.3f}  {shop:22}  {price_text:>12}  {name}  {listing_url}{gone}")
+        price = f"{row['currency'] or ''} {row['price']:.2f}" if row["price"] is not None else "-"
+        gone = row["gone_since"]
+        gone = f"  (no longer listed; last seen {gone:%Y-%m-%d})" if gone else ""
+        click.echo(
+            f"{row['similarity']:.3f}  {row['shop']:22}  {price:>12}  {row['title']}"
+            f"  {row['url']}{gone}"
+        )
 
 
 COMMANDS = [report, search]
