@@ -61,12 +61,16 @@ _STOCK_AREA = (
     "[class*=levertijd], [class*=leverbaar], [class*=beschikbaar], [class*=liefer], "
     "[class*=verfuegbar], [class*=inventory]"
 )
-#: Phrases that say stock even in an element not marked as the stock line (the bare
-#: "available", "verfügbar" or "ships in" say too little there).
+#: Phrases too vague to say stock outside an element marked as the stock line
+#: ("Available in 3 colours").
+_VAGUE = {"available", "unavailable", "not available", "beschikbaar", "niet beschikbaar",
+          "leverbaar", "verfügbar", "nicht verfügbar", "disponible", "ships in",
+          "en stock"}  # fmt: skip
+#: A short text that starts with one of the other stock phrases says stock anywhere.
 _PLAIN_STOCK = re.compile(
-    r"^(?:niet op voorraad|op voorraad|uitverkocht|niet leverbaar|direct leverbaar|"
-    r"out of stock|sold out|in stock|nicht lieferbar|sofort lieferbar|lieferbar|"
-    r"auf lager|nicht auf lager|ausverkauft|nicht vorrätig|vorrätig)(?!\w)",
+    "^(?:"
+    + "|".join(re.escape(p) for _, phrases in _STOCK for p in phrases if p not in _VAGUE)
+    + r")(?!\w)",
     re.IGNORECASE,
 )
 _CART_BUTTON = (

@@ -256,6 +256,7 @@ class Service:
         )
         self.metrics = Metrics()
         self.fetcher: ImageFetcher | None = None
+        self._resources = contextlib.AsyncExitStack()
 
     def app(self) -> web.Application:
         app = web.Application(
@@ -273,12 +274,11 @@ class Service:
 
     async def _start(self, app) -> None:
         await self.batcher.start()
-        self.fetcher = await ImageFetcher(self.options.fetch).__aenter__()
+        self._resources.push_async_callback(self.batcher.stop)
+        self.fetcher = await self._resources.enter_async_context(ImageFetcher(self.options.fetch))
 
     async def _stop(self, app) -> None:
-        await self.batcher.stop()
-        if self.fetcher:
-            await self.fetcher.__aexit__(None, None, None)
+        await self._resources.aclose()
 
     # -- middlewares ----------------------------------------------------------------
 
