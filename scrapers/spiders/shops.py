@@ -364,11 +364,12 @@ class WooCommerceSpider(ShopSpider):
         if raw not in (None, ""):
             try:
                 minor = int(prices.get("currency_minor_unit", 2))
-                amount = (Decimal(str(raw)) / (10**minor)).quantize(Decimal("0.01"))
+                # parse_price's checks too: 0 or below is no price
+                amount, _ = parse_price(Decimal(str(raw)) / (10**minor))
+            except PriceError as exc:
+                error = str(exc)
             except (ArithmeticError, ValueError) as exc:
                 error = f"not a price: {raw!r} ({exc})"
-            if amount is not None and amount <= 0:  # 0 or below: no price
-                amount, error = None, f"price out of range: {amount}"
         images = [i for i in product.get("images") or [] if isinstance(i, dict)]
         brands = [b.get("name") for b in product.get("brands") or [] if isinstance(b, dict)]
         page = ProductPage(
