@@ -175,23 +175,37 @@ def _price(battery: int, motor: str, year: int, rng: random.Random) -> int:
     return int(round(price * (1 - 0.08 * (max(YEARS) - year)), -1) - 1)
 
 
-def _variant(base: Product, key: str, rng: random.Random) -> Product:
+def _variant(base: Product, key: str, rng: random.Random, line: list[Product]) -> Product:
     """Another product of the base's model line: one of its battery, frame type, year
-    or motor changed."""
+    or motor changed, and not a product the line already has (two variants drawing
+    the same change would be one product under two keys)."""
+    taken = {_identity(product) for product in line}
+    changes = [
+        *({"battery": b} for b in BATTERIES if b != base.battery),
+        *({"frame": f} for f in FRAMES if f != base.frame),
+        *({"year": y} for y in YEARS if y != base.year),
+        *({"motor": m} for m in MOTORS if m != base.motor),
+    ]
     which = rng.choice(["battery", "frame", "year", "motor"])
-    if which == "battery":
-        change = {"battery": rng.choice([b for b in BATTERIES if b != base.battery])}
-    elif which == "frame":
-        change = {"frame": rng.choice([f for f in FRAMES if f != base.frame])}
-    elif which == "year":
-        change = {"year": rng.choice([y for y in YEARS if y != base.year])}
-    else:
-        change = {"motor": rng.choice([m for m in MOTORS if m != base.motor])}
+    fresh = [c for c in changes if _identity(replace(base, **c)) not in taken]
+    change = rng.choice([c for c in fresh if which in c] or fresh)
     variant = replace(base, key=key, **change)
     price = _price(variant.battery, variant.motor, variant.year, random.Random(key))
-    if which == "frame":
+    if "frame" in change:
         price = base.price  # the same bike with another frame costs the same
     return replace(variant, price=price, has_gtin=rng.random() < 0.3)
+
+
+def _identity(product: Product) -> tuple:
+    """What makes a product the product an analyst compares (colour aside)."""
+    return (
+        product.brand,
+        product.model,
+        product.motor,
+        product.battery,
+        product.frame,
+        product.year,
+    )
 
 
 def generate(products: int = DEFAULT_PRODUCTS, seed: int = 7) -> Catalogue:
@@ -205,8 +219,11 @@ def generate(products: int = DEFAULT_PRODUCTS, seed: int = 7) -> Catalogue:
         brand, model = lines[bases % len(lines)]
         edition = bases // len(lines)
         if edition:
-            suffix = EDITIONS[(edition - 1) % len(EDITIONS)]
-            model = f"{model} {suffix}" + (f" {edition}" if edition > len(EDITIONS) else "")
+            # An edition word the line's name does not hold already ("Touring Hybrid
+            # Pro Plus", not "... Pro Pro").
+            suffixes = [e for e in EDITIONS if e not in model.split()]
+            suffix = suffixes[(edition - 1) % len(suffixes)]
+            model = f"{model} {suffix}" + (f" {edition}" if edition > len(suffixes) else "")
         bases += 1
         motor, battery, year = rng.choice(list(MOTORS)), rng.choice(BATTERIES), rng.choice(YEARS)
         key = f"p{len(items):03d}"
@@ -224,11 +241,13 @@ def generate(products: int = DEFAULT_PRODUCTS, seed: int = 7) -> Catalogue:
             has_gtin=rng.random() < 0.3,
         )
         items.append(base)
+        line = [base]
         # Most model lines come in look-alike variants.
         for _ in range(rng.choice([0, 1, 2, 2, 3])):
             if len(items) >= products:
                 break
-            items.append(_variant(base, f"p{len(items):03d}", rng))
+            line.append(_variant(base, f"p{len(items):03d}", rng, line))
+            items.append(line[-1])
     catalogue = Catalogue(items)
     for shop in SHOPS:
         for product in items:
