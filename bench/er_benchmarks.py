@@ -40,11 +40,16 @@ from embedder.job import EmbedSettings, run_embedding  # noqa: E402
 from perception_models import load_model  # noqa: E402
 
 MODEL = "minilm-effnet-lite0"
+#: Both benchmarks pair a shop with a marketplace that lists one product under several
+#: listings (editions, platforms, sellers): two listings of one shop are not two
+#: products there.
+MARKETPLACE = {"rivals_within_a_shop": False}
 BENCHMARKS = {
     "amazon-google": {
         "separator": "#",
         "shops": [("amazon.csv", "amazon"), ("google.csv", "google")],
         "mapping": {"url": "id", "name": "title", "brand": "manufacturer", "price": "price"},
+        "vars": MARKETPLACE,
     },
     "walmart-amazon": {
         "separator": "|",
@@ -56,6 +61,7 @@ BENCHMARKS = {
             "sku": "modelno",
             "price": "price",
         },
+        "vars": MARKETPLACE,
     },
 }
 
@@ -87,7 +93,12 @@ def run(name: str, folder: Path, thresholds: list[float], extra_vars: dict) -> d
         )
         print(f"{name}: {embedded.lines()[0]}; {embedded.lines()[1]}", flush=True)
         pairs = truth_pairs(folder, spec)
-        base = {"embedding_model": MODEL, "anchor_shop": spec["shops"][0][1], **extra_vars}
+        base = {
+            "embedding_model": MODEL,
+            "anchor_shop": spec["shops"][0][1],
+            **spec["vars"],
+            **extra_vars,
+        }
         results = {}
         for number, threshold in enumerate(thresholds):
             # Every model once; then, for the other thresholds, the matching alone.

@@ -44,6 +44,9 @@ CATALOGUE = [
     ("shop-c.nl", "c3", near(P4, 0.05, 33)),
     ("shop-c.nl", "c4", near(P1, 0.35, 34)),
 ]
+# Prices: c4, a second P1 listing of shop c, is another product at another price, so a
+# later listing that fits both P1 clusters is placed by its price (rival products).
+PRICES = {"c4": 4500}
 EXPECTED = {
     frozenset({"a1", "b1", "c1"}),
     frozenset({"a2"}),
@@ -61,7 +64,10 @@ def db(conn):
 
 
 def load(conn, rows=CATALOGUE):
-    return {url: add_listing(conn, shop, url, vector) for shop, url, vector in rows}
+    return {
+        url: add_listing(conn, shop, url, vector, price=PRICES.get(url, 3000))
+        for shop, url, vector in rows
+    }
 
 
 def test_catalogue_is_what_the_tests_assume(db):
@@ -184,7 +190,7 @@ def test_gtin_rules(db, database_url):
     ]
     gtins = {"a1": valid_a1, "a2": valid_a2, "e1": valid_a2, "f1": valid_other, "g1": invalid}
     for shop, url, vector in rows:
-        add_listing(db, shop, url, vector, gtin=gtins.get(url))
+        add_listing(db, shop, url, vector, gtin=gtins.get(url), price=PRICES.get(url, 3000))
     cluster(database_url)
     sets = cluster_sets(db)
     assert frozenset({"a2", "e1"}) in sets

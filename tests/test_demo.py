@@ -15,8 +15,8 @@ import pytest
 from .conftest import run_cli
 
 # Floors under the demo's own precision/recall, so a regression fails CI.
-PRECISION_FLOOR = 0.95  # measured 0.966 at the default threshold (docs/quality.md)
-RECALL_FLOOR = 0.94  # measured 0.959
+PRECISION_FLOOR = 0.95  # measured 0.961 at the default threshold (docs/quality.md)
+RECALL_FLOOR = 0.92  # measured 0.932 (ambiguous listings stay alone)
 
 
 def _free_port() -> int:

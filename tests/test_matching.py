@@ -31,6 +31,7 @@ ATTRIBUTE_COLUMNS = {
     "motor": "motors",
     "motor_position": "motor_positions",
     "brand": "brands",
+    "edition": "editions",
 }
 
 # (title, brand field, attribute, the values the listing states)
@@ -87,6 +88,13 @@ WORDINGS = [
     ("R&M Load 75", None, "brand", ["riese & müller"]),
     ("Testbike", "Gazelle", "brand", ["gazelle"]),
     ("Testbike", "Unknownbrand", "brand", []),
+    ("Kalkhoff Endeavour 5.B Pro", None, "edition", ["pro"]),
+    ("Cube Touring Hybrid Pro Plus", None, "edition", ["plus", "pro"]),
+    ("Gazelle Grenoble C7+ HMB", None, "edition", ["plus"]),
+    ("Kalkhoff Image 3.B Elite", None, "edition", ["elite"]),
+    ("Testbike Sport", None, "edition", ["sport"]),
+    ("Testbike Bosch Active Line Plus", None, "edition", []),
+    ("Testbike Bosch Active Plus", None, "edition", []),
     # what a title does not say, it does not state
     ("Testbike 28 inch 7 versnellingen", None, "battery_wh", []),
     ("Testbike 28 inch 7 versnellingen", None, "model_year", []),
@@ -182,6 +190,69 @@ def test_variants_never_merge_whatever_their_similarity(db, database_url):
     sets = cluster_sets(db)
     assert frozenset({"a1", "g1"}) in sets
     assert {frozenset({url}) for url in ("b1", "c1", "d1", "e1", "f1")} <= sets
+
+
+def test_edition_words_make_another_model_line(db, database_url):
+    """Pro, Plus, Sport... are part of a model line's name: a title without one names
+    the base line. C7+ is C7 Plus, and still model C7."""
+    p1 = product_vector(1)
+    rows = [
+        ("anchor.nl", "a1", near(p1, 0.02, 1), "Kalkhoff Endeavour 5.B 625Wh dames 2024"),
+        ("shop-b.nl", "b1", near(p1, 0.02, 2), "Kalkhoff Endeavour 5.B Pro 625Wh dames 2024"),
+        ("shop-c.nl", "c1", near(p1, 0.02, 3), "Kalkhoff Endeavour 5.B 625 Wh Damesfiets"),
+        ("anchor.nl", "a2", near(p1, 0.02, 4), "Gazelle Grenoble C7 Plus 500Wh dames 2024"),
+        ("shop-b.nl", "b2", near(p1, 0.02, 5), "Gazelle Grenoble C7+ 500Wh dames 2024"),
+        ("shop-c.nl", "c2", near(p1, 0.02, 6), "Gazelle Grenoble C8+ 500Wh dames 2024"),
+    ]
+    add_named(db, rows)
+    cluster(database_url)
+    sets = cluster_sets(db)
+    assert frozenset({"a1", "c1"}) in sets
+    assert frozenset({"a2", "b2"}) in sets
+    assert {frozenset({"b1"}), frozenset({"c2"})} <= sets
+
+
+def test_a_listing_that_leaves_out_what_tells_two_products_apart_goes_by_price(db, database_url):
+    """The anchor shop sells two variants of one line, a motor apart (a2's title leaves
+    its motor out: one shop listing both makes them two products all the same). Titles
+    that leave the motor out fit both, and their similarity then measures wording: b1's
+    price is near a1's and far from a2's, so it joins a1; c1's and d1's say nothing
+    clear (c1 sits between the two, d1 has no price): they stay alone, ambiguous. A
+    link by hand still joins one (e1, unlike any other listing, to c1)."""
+    p1 = product_vector(1)
+    listings = [
+        ("anchor.nl", "a1", 1, "Gazelle Grenoble C7 500Wh dames Bosch CX 2024", 3000),
+        ("anchor.nl", "a2", 2, "Gazelle Grenoble C7 500Wh dames 2024", 4000),
+        ("shop-b.nl", "b1", 3, "Gazelle Grenoble C7 500 Wh Damesfiets 2024", 3050),
+        ("shop-c.nl", "c1", 4, "Gazelle Grenoble C7 dames 500Wh (2024)", 3480),
+        ("shop-d.nl", "d1", 5, "Gazelle Grenoble C7 500Wh dames MY24", None),
+    ]
+    for shop, url, seed, name, price in listings:
+        add_listing(db, shop, url, near(p1, 0.02, seed), name=name, price=price)
+    add_listing(db, "shop-e.nl", "e1", product_vector(9), name="Grenoble C7 dames", price=3490)
+    db.execute(
+        "insert into match_links (first_id, second_id, decision)"
+        " select least(c1.id, e1.id), greatest(c1.id, e1.id), 'link'"
+        " from scraped_bikes as c1, scraped_bikes as e1 where c1.url = 'c1' and e1.url = 'e1'"
+    )
+    cluster(database_url)
+    sets = cluster_sets(db)
+    assert frozenset({"a1", "b1"}) in sets
+    assert {frozenset({"a2"}), frozenset({"c1", "e1"}), frozenset({"d1"})} <= sets
+    via = dict(
+        db.execute(
+            "select url, matched_via from master_bikes"
+            " join scraped_bikes on scraped_bikes.id = master_bikes.bike_id"
+        ).fetchall()
+    )
+    assert via["c1"] == via["d1"] == "ambiguous"
+    assert via["b1"] == "embedding" and via["e1"] == "link"
+
+    explained = run_cli(
+        "explain", "a1", "c1", "--model", "test-model", env={"DATABASE_URL": database_url}
+    )
+    assert explained.returncode == 0, explained.stderr
+    assert "B fits two different products" in explained.stdout
 
 
 def test_model_numbers_written_apart_agree_and_letters_make_another_model(db, database_url):

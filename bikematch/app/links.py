@@ -143,6 +143,7 @@ class Explanation:
             ("model year", "model_years"),
             ("motor", "motors"),
             ("motor position", "motor_positions"),
+            ("edition", "editions"),
             ("brand", "brands"),
             ("model numbers", "model_codes"),
         ):
@@ -197,7 +198,17 @@ class Explanation:
         if f["first_cluster_id"] == f["second_cluster_id"]:
             return f"clusters: both in product {f['first_cluster_id']}"
         why = ""
-        if f["candidate_via"] and not f["conflicts"]:
+        ambiguous = [
+            name
+            for name, via in (("A", f["first_matched_via"]), ("B", f["second_matched_via"]))
+            if via == "ambiguous"
+        ]
+        if ambiguous:
+            why = (
+                f" ({' and '.join(ambiguous)} fits two different products, leaves out what"
+                " tells them apart and is not clearly nearer in price to one: it stays alone)"
+            )
+        elif f["candidate_via"] and not f["conflicts"]:
             why = (
                 " (a candidate pair, but a listing joins one cluster: its best fit, and none"
                 " whose other members it contradicts)"
@@ -223,6 +234,7 @@ _SHOWN = (
     "model_years",
     "motors",
     "motor_positions",
+    "editions",
     "brands",
     "model_codes",
 )

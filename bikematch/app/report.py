@@ -165,6 +165,11 @@ def _why(matched_via: str, similarity, score, matched_shop) -> str:
         return "anchor shop's listing: seeds the product"
     if matched_via == "seed":
         return "seeds the product (no anchor listing matched)"
+    if matched_via == "ambiguous":
+        return (
+            "alone: it fits two different products, leaves out what tells them apart,"
+            " and its price is not clearly nearer to one (`bikematch link` places it)"
+        )
     kind = matched_via.split("+")[0].split("-")[0]  # embedding+codes-price: embedding
     reasons = {
         "gtin": f"same GTIN as {matched_shop}'s listing",

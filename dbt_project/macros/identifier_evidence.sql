@@ -99,7 +99,7 @@
 {#- The product-defining attributes two listings disagree on, as a comma-separated
     list (battery_wh,frame_type), or null: different brands (of those the
     vocabulary knows), battery capacities, frame types, model years, motors or
-    motor positions, a price gap where one title says less (price,
+    motor positions, other edition words (editions_differ), a price gap where one title says less (price,
     omission_price_gap), or different model numbers of one kind (model_number,
     codes_conflict). `first` and `second` are relations
     with int_listings' columns. -#}
@@ -115,6 +115,9 @@
                 end
             {%- endfor %},
             case
+                when {{ editions_differ(first, second) }} then 'edition'
+            end,
+            case
                 when {{ omission_price_gap(first, second) }} then 'price'
             end,
             case
@@ -123,6 +126,17 @@
             end
         ),
         ''
+    )
+{%- endmacro %}
+
+{#- The edition words of the two titles' model lines (Plus, Pro, Sport... as the
+    vocabulary reads them) are not the same set: an edition is part of the model
+    line's name, so a title without one names the base line (Endeavour 5.B is not
+    Endeavour 5.B Pro, Altura E-go Plus not Altura E-go Sport). -#}
+{% macro editions_differ(first, second) -%}
+    not (
+        {{ first }}.editions @> {{ second }}.editions
+        and {{ first }}.editions <@ {{ second }}.editions
     )
 {%- endmacro %}
 
@@ -200,7 +214,7 @@
     `listing` would join through `candidate` (a row of int_candidate_matches): an
     analyst unlinked the two, or they conflict (attribute_conflicts), unless the
     candidate is a link or an equal GTIN, or the two share a valid GTIN or a link.
-    bikematch_assign_clusters (sql/0012) checks it against every member. -#}
+    bikematch_assign_clusters (sql/0014) checks it against every member. -#}
 {% macro joining_blocked(listing, member, candidate) -%}
     {{ decided_by_hand(listing, member, 'unlink') }}
     or (
@@ -232,4 +246,17 @@
     + case when {{ codes_agree }} then {{ bonus }} else 0 end
     - case when {{ brand_conflict }} then {{ var('brand_conflict_penalty') }} else 0 end
     - case when {{ price_conflict }} then {{ var('price_conflict_penalty') }} else 0 end
+{%- endmacro %}
+
+{#- Whether `first` and `second`, members of two clusters, make the clusters two
+    different products: they disagree on an attribute (attribute_conflicts), or,
+    where a shop lists each product once (var('max_listings_per_shop') 1), one shop
+    sells them as two listings. -#}
+{% macro rival_products(first, second) -%}
+    (
+        {% if var('max_listings_per_shop') == 1 and var('rivals_within_a_shop') -%}
+            {{ first }}.webshop = {{ second }}.webshop or
+        {% endif -%}
+        {{ attribute_conflicts(first, second) }} is not null
+    )
 {%- endmacro %}

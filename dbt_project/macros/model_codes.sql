@@ -1,7 +1,8 @@
 {#-
     The model-number-like tokens of a listing's title and SKU, normalised:
     upper case, without - / . separators, at least three characters, mixing
-    letters and digits ("KDL-40V4100" -> KDL40V4100, "C7+"), or all digits from
+    letters and digits ("KDL-40V4100" -> KDL40V4100; "C7+" is C7, its + the
+    edition Plus, which the vocabulary reads), or all digits from
     five up (article numbers such as 96438). Shorter numbers (sizes, years) say
     too little alone. In the SKU, digit groups split by spaces are one number
     ("020 45821 07" and "020-45821-07" are both 0204582107). What ebike_vocabulary
@@ -24,7 +25,7 @@
             'g'
         ) as written (token)
         cross join lateral (
-            select regexp_replace(written.token[1], '[-/.]', '', 'g') as code
+            select regexp_replace(written.token[1], '[-/.+]', '', 'g') as code
         ) as token
         where
             (token.code ~ '[A-Z]' and token.code ~ '[0-9]' and length(token.code) >= 3)
@@ -33,7 +34,7 @@
             {%- endif %}
             or token.code ~ '^[0-9]{5,}$'
         except
-        select regexp_replace(token[1], '[-/.]', '', 'g')
+        select regexp_replace(token[1], '[-/.+]', '', 'g')
         from regexp_matches(
             upper(coalesce({{ name }}, '')),
             '\m([0-9]+K?WH|[0-9]{2,3}CM|[DH][4-6][0-9]|MY[0-9]{2})\M',

@@ -269,7 +269,8 @@ candidates as (
         price_conflict,
         score,
         fit,
-        matched_via
+        matched_via,
+        price_ratio
     from passing
     union all
     select
@@ -291,7 +292,8 @@ candidates as (
         price_conflict,
         score,
         fit,
-        matched_via
+        matched_via,
+        1 / nullif(price_ratio, 0) as price_ratio
     from passing
 )
 

@@ -1,6 +1,7 @@
 -- What each stored listing's title states about the product, read through the
 -- ebike_vocabulary seed: battery capacity (Wh), frame type, model year, motor,
--- motor position and brand. One row per listing; each attribute is an array of the
+-- motor position, brand and the edition words of its model line (Plus, Pro,
+-- Sport...). One row per listing; each attribute is an array of the
 -- values the title states (empty: the title does not say), keeping only the most
 -- specific ones: a title naming "Bosch Performance Line CX" states
 -- {bosch/performance line/cx}, not also {bosch}.
@@ -112,19 +113,21 @@ stated as (
         array_agg(value order by value) filter (where attribute = 'motor') as motors,
         array_agg(value order by value) filter (where attribute = 'motor_position')
             as motor_positions,
-        array_agg(value order by value) filter (where attribute = 'brand') as brands
+        array_agg(value order by value) filter (where attribute = 'brand') as brands,
+        array_agg(value order by value) filter (where attribute = 'edition') as editions
     from most_specific
     group by bike_id
 ),
 
 read_words as (
     -- The words the vocabulary read, upper case without separators ("BAFANGM420"):
-    -- int_listings takes no model number from them.
+    -- int_listings takes no model number from them. An edition word is no part of
+    -- one ("C7+" still carries the model number C7).
     select
         bike_id,
         array_agg(distinct words) as attribute_words
     from matched
-    where attribute <> 'brand'
+    where attribute not in ('brand', 'edition')
     group by bike_id
 )
 
@@ -136,6 +139,7 @@ select
     coalesce(stated.motors, '{}') as motors,
     coalesce(stated.motor_positions, '{}') as motor_positions,
     coalesce(stated.brands, '{}') as brands,
+    coalesce(stated.editions, '{}') as editions,
     listings.brand_as_written,
     -- For reading: the value where the title states one, all of them where it
     -- states several.
@@ -146,6 +150,7 @@ select
         as model_year,
     array_to_string(stated.motors, ' / ') as motor,
     array_to_string(stated.motor_positions, ' / ') as motor_position,
+    array_to_string(stated.editions, ' ') as edition,
     coalesce(read_words.attribute_words, '{}') as attribute_words
 from listings
 left join stated on listings.bike_id = stated.bike_id

@@ -21,7 +21,7 @@ representatives as (
     from offers
     order by
         cluster_id asc,
-        matched_via in ('anchor', 'seed') desc,
+        matched_via in ('anchor', 'seed', 'ambiguous') desc,
         similarity desc nulls last,
         webshop asc,
         url asc

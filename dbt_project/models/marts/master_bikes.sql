@@ -1,15 +1,18 @@
 {#-
     Which cluster (product) each listing belongs to.
 
-    The assignment is bikematch_assign_clusters() (sql/0010_cluster_assignment.sql,
-    sql/0012_match_links.sql), a loop over the shops in shop_rank order: the
-    anchor shop's listings seed clusters; each later shop's listings join the
-    cluster of their preferred candidate among the listings already placed (a
-    link by hand, then an equal valid GTIN, then an anchor listing, then the
-    highest score), at most var('max_listings_per_shop') of a shop to a cluster,
-    over var('assignment_rounds') rounds of claims; a listing left without a
-    cluster seeds its own. A listing never joins a cluster where any member
-    already placed contradicts it or was unlinked from it (joining_blocked).
+    The assignment is bikematch_assign_clusters() (sql/0014_rival_products.sql),
+    a loop over the shops in shop_rank order: the anchor shop's listings seed
+    clusters; each later shop's listings join the cluster of their preferred
+    candidate among the listings already placed (a link by hand, then an equal
+    valid GTIN, then the best fit), at most var('max_listings_per_shop') of a
+    shop to a cluster, over var('assignment_rounds') rounds of claims; a listing
+    left without a cluster seeds its own. A listing never joins a cluster where
+    any member already placed contradicts it or was unlinked from it
+    (joining_blocked). A listing that fits the clusters of two different products
+    about equally well (var('variant_score_window'); rival_products) joins the one
+    clearly nearer in price (var('variant_price_margin')), or stays alone,
+    matched_via 'ambiguous'.
 
     Incremental: the assignment is recomputed from the stored candidate pairs
     (cheap), and only rows that changed are written, so a rerun with no new
@@ -37,7 +40,10 @@ assigned as (
         {{ sql_literal(ref('int_candidate_matches')) }}::regclass,
         {{ var('max_listings_per_shop') }},
         {{ var('assignment_rounds') }},
-        {{ sql_literal(joining_blocked('listing', 'member', 'candidate')) }}
+        {{ sql_literal(joining_blocked('listing', 'member', 'candidate')) }},
+        {{ sql_literal(rival_products('first_member', 'second_member')) }},
+        {{ var('variant_score_window') }},
+        {{ var('variant_price_margin') }}
     )
 ),
 
