@@ -99,9 +99,9 @@
 {#- The product-defining attributes two listings disagree on, as a comma-separated
     list (battery_wh,frame_type), or null: different brands (of those the
     vocabulary knows), battery capacities, frame types, model years, motors or
-    motor positions, other edition words (editions_differ), a price gap where one title says less (price,
-    omission_price_gap), or different model numbers of one kind (model_number,
-    codes_conflict). `first` and `second` are relations
+    motor positions, other edition words (edition, editions_differ), a price gap
+    where one title says less (price, omission_price_gap), or different model
+    numbers of one kind (model_number, codes_conflict). `first` and `second` are relations
     with int_listings' columns. -#}
 {% macro attribute_conflicts(first, second) -%}
     nullif(

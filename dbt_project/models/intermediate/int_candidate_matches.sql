@@ -14,7 +14,8 @@
 --
 -- Conflicts decide: two listings that both state a battery capacity, frame
 -- type, model year, motor, motor position or brand (of those ebike_vocabulary
--- knows, through its aliases) and disagree, or that carry
+-- knows, through its aliases) and disagree, whose model lines carry other
+-- edition words (Plus, Pro...), or that carry
 -- different model numbers of one kind (Grenoble C7 vs C8), are different
 -- products whatever their similarity (`conflicts` names what they disagree on;
 -- such a pair is no candidate unless GTIN or a link says otherwise).
@@ -27,6 +28,8 @@
 --
 -- Everything is symmetric, so each pair is judged once, as (first_id,
 -- second_id) with first_id < second_id, and written in both directions.
+-- price_ratio is the listing's price over the neighbour's (the assignment compares
+-- rival products by it).
 {% set evidence = var('identifier_evidence') %}
 {% set bonus = var('code_agree_bonus') if evidence else 0 %}
 {% set image_weight = var('image_weight', none) %}
