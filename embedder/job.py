@@ -8,12 +8,14 @@
   leaves nothing half-written: the next run claims what is still pending.
 - prepare: every image of the batch fetched at once, each decoded on a thread.
 - embed: the model, on `streams` threads (on CPU one batch per core by default).
-- write: vectors and failures by binary COPY, commit, the connection freed.
+- write: vectors and failures by binary COPY on `writers` connections at once, commit,
+  the connection freed.
 
 The queues between the stages hold a batch ahead for each stream, and the
 connections bound the batches in flight: when every one holds a batch still
 being written, claiming waits (the summary counts that wait: a database that
-cannot keep up).
+cannot keep up). A large backlog is written without the model's HNSW index, which
+is built once at the end (embedder/index.py).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import psycopg
 import torch
 
 from bikematch.core.database import connect, on_connection
-from embedder import MAX_ATTEMPTS, store
+from embedder import MAX_ATTEMPTS, index, store
 from embedder.decode import DecodeError, decode_image
 from embedder.fetch import FetchError, FetchSettings, ImageFetcher
 from embedder.summary import EmbedSummary
@@ -66,6 +68,13 @@ class EmbedSettings:
     max_seconds: float | None = None
     image_weight: float = 0.5
     fetch: FetchSettings = field(default_factory=FetchSettings)
+    #: Connections writing vectors at once; None: `writer_connections` picks by device.
+    writers: int | None = None
+    #: The model's HNSW index during the run (index.INDEX_MODES): auto drops it for a
+    #: large backlog and builds it at the end.
+    index_mode: str = "auto"
+    #: Parallel maintenance workers for that build; None: index.maintenance_workers().
+    index_workers: int | None = None
 
 
 @dataclass
@@ -102,6 +111,15 @@ def decode_workers(requested: int | None, device: torch.device) -> int:
         return 2
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(2, min(16, (cores or 2) - 1))
+
+
+def writer_connections(requested: int | None, device: torch.device, streams: int) -> int:
+    """Connections writing vectors at once: as requested, else one per stream on CPU (the
+    cores are the model's) and 4 beside a GPU, whose batches come faster than one
+    connection's COPY and upsert (docs/benchmarks.md, "Writing vectors")."""
+    if requested:
+        return requested
+    return streams if device.type == "cpu" else 4
 
 
 def inference_streams(requested: int | None, device: torch.device) -> tuple[int, int | None]:
@@ -155,9 +173,11 @@ def input_hash(title: str, image: bytes, vector: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def register(conn, model: EmbeddingModel) -> None:
+def register(conn, model: EmbeddingModel, ensure_index: bool = True) -> None:
+    """Register the model; with `ensure_index`, also make its HNSW index where missing."""
+    function = "bikematch_register_model" if ensure_index else "bikematch_add_model"
     conn.execute(
-        "select bikematch_register_model(%s, %s, %s)",
+        f"select {function}(%s, %s, %s)",  # noqa: S608 (one of two names)
         (model.name, model.image_dims, model.text_dims),
     )
     conn.commit()
@@ -169,15 +189,26 @@ def run_embedding(
     settings: EmbedSettings,
     progress=None,
     clock: Callable[[], float] = time.monotonic,
+    notice: Callable[[str], None] | None = None,
 ):
     """Embed everything pending for `model`, in the model's own precision; returns an
     EmbedSummary. `progress(done, failed, total)` is called after each batch; `clock`
-    is what the time budget (settings.max_seconds) is measured on."""
+    is what the time budget (settings.max_seconds) is measured on; `notice(line)` says
+    what the job does besides embedding (building the index)."""
     if model.device.type == "cpu":
         # A process-wide setting, so the job (not the model) makes it: batches reuse
         # glibc's freed memory instead of page-faulting it in again.
         keep_freed_memory()
-    return asyncio.run(_Job(url, model, settings, progress, clock).run())
+    job = _Job(url, model, settings, progress, clock)
+    try:
+        return asyncio.run(job.run())
+    finally:
+        # Also after an error or Ctrl-C: the model is never left without its index.
+        if job.index_dropped:
+            if notice:
+                notice(f"building the search index of {model.name} (the vectors are stored)")
+            summary = job.summary
+            summary.index_seconds = index.build(url, model.name, settings.index_workers)
 
 
 class _Job:
@@ -188,7 +219,8 @@ class _Job:
         self.settings = settings
         self.progress = progress
         self.streams, self.threads = inference_streams(settings.streams, model.device)
-        self.summary = EmbedSummary(model=model.name, streams=self.streams)
+        self.writers = writer_connections(settings.writers, model.device, self.streams)
+        self.summary = EmbedSummary(model=model.name, streams=self.streams, writers=self.writers)
         self.summary.precision = _precision(model)
         self.decoders = ThreadPoolExecutor(
             decode_workers(settings.workers, model.device), thread_name_prefix="decode"
@@ -201,21 +233,15 @@ class _Job:
         #: batches wait to be written: the database does not keep up.
         self.connections: list[psycopg.Connection] = []
         self.total = 0
+        #: The model's index was dropped for this run's load: run_embedding builds it.
+        self.index_dropped = False
 
     async def run(self) -> EmbedSummary:
         started = time.perf_counter()
-        self.connections = [connect(self.url) for _ in range(3 * self.streams + 2)]
+        slots = 2 * self.streams + 2 + self.writers
+        self.connections = [connect(self.url) for _ in range(slots)]
         try:
-            register(self.connections[0], self.model)
-            self.total = store.count_pending(
-                self.connections[0],
-                self.model.name,
-                self.settings.max_attempts,
-                self.settings.reembed_before,
-            )
-            self.connections[0].commit()
-            if self.settings.limit is not None:
-                self.total = min(self.total, self.settings.limit)
+            self._count_and_plan(self.connections[0])
             async with ImageFetcher(self.settings.fetch) as fetcher:
                 with inference_pool(self.streams, self.threads) as pool:
                     await self._stages(fetcher, pool)
@@ -226,6 +252,22 @@ class _Job:
             self.decoders.shutdown()
         self.summary.seconds = time.perf_counter() - started
         return self.summary
+
+    def _count_and_plan(self, conn) -> None:
+        """The backlog, and whether it goes in without the model's index."""
+        register(conn, self.model, ensure_index=False)
+        settings, name = self.settings, self.model.name
+        self.total = store.count_pending(conn, name, settings.max_attempts, settings.reembed_before)
+        if settings.limit is not None:
+            self.total = min(self.total, settings.limit)
+        plan = index.plan(settings.index_mode, self.total, index.stored_vectors(conn, name))
+        conn.commit()
+        self.summary.index = plan.reason
+        if plan.rebuild:
+            self.index_dropped = True  # before the drop: a failed drop still builds
+            index.drop(self.url, name)
+        else:
+            register(conn, self.model)
 
     async def _stages(self, fetcher, pool) -> None:
         free = asyncio.Queue()  # connections not holding a batch
@@ -238,8 +280,12 @@ class _Job:
             async with asyncio.TaskGroup() as stages:
                 stages.create_task(self._claim(free, claimed))
                 stages.create_task(self._prepare(claimed, prepared, fetcher))
-                for _ in range(self.streams):
+                streams = [
                     stages.create_task(self._embed(prepared, embedded, pool))
+                    for _ in range(self.streams)
+                ]
+                stages.create_task(self._after(streams, embedded, self.writers))
+                for _ in range(self.writers):
                     stages.create_task(self._write(embedded, free))
         except* Exception as failed:  # the first stage's error, as it was raised
             raise failed.exceptions[0] from None
@@ -299,7 +345,13 @@ class _Job:
             await loop.run_in_executor(pool, self._embed_batch, batch)
             self.summary.model_seconds += time.perf_counter() - started
             await embedded.put(batch)
-        await embedded.put(_DONE)
+
+    @staticmethod
+    async def _after(streams: list[asyncio.Task], embedded: asyncio.Queue, writers: int) -> None:
+        """Once every stream is done, one end mark for each writer."""
+        await asyncio.gather(*streams)
+        for _ in range(writers):
+            await embedded.put(_DONE)
 
     async def _write(self, embedded: asyncio.Queue, free: asyncio.Queue) -> None:
         """Vectors and failures into the database; the batch's connection freed."""

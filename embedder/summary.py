@@ -32,6 +32,12 @@ class EmbedSummary:
     left_for_later: int | None = None
     #: Connections the database dropped during the run, each replaced by a new one.
     reconnects: int = 0
+    #: Connections writing vectors at once.
+    writers: int = 1
+    #: What the run did with the model's HNSW index (embedder/index.py), and the seconds
+    #: its build after the load took (None: it was kept and filled as vectors came).
+    index: str | None = None
+    index_seconds: float | None = None
 
     @property
     def not_embedded(self) -> int:
@@ -77,7 +83,12 @@ class EmbedSummary:
             *([f"precision {self.precision}"] if self.precision else []),
             *([self._stopped_early] if self.left_for_later is not None else []),
             *([self._reconnected] if self.reconnects else []),
+            *([self._index_built] if self.index_seconds is not None else []),
         ]
+
+    @property
+    def _index_built(self) -> str:
+        return f"search index {self.index}: {self.index_seconds:.1f} s"
 
     @property
     def _reconnected(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +20,7 @@ from PIL import Image
 
 from bikematch.core.database import connect
 from bikematch.core.listings import Listing, store_listings
-from embedder import job, store
+from embedder import index, job, store
 from embedder.decode import decode_image
 from embedder.fetch import FetchSettings, cached_image, image_kind, retry_after
 from embedder.job import (
@@ -832,3 +833,96 @@ def test_cuda_without_a_gpu_is_one_line_and_starts_no_database(tmp_path):
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("error: device 'cuda': torch sees no CUDA GPU here"), line
     assert not (tmp_path / ".bikematch").exists()
+
+
+def index_state(conn, model="tiny-random") -> str:
+    return conn.execute("select bikematch_hnsw_index_state(%s)", (model,)).fetchone()[0]
+
+
+def test_the_index_is_kept_for_a_small_backlog_and_rebuilt_for_a_large_one():
+    assert index.plan("auto", 999, 0).rebuild is False  # too small to pay
+    assert index.plan("auto", 1000, 0).rebuild is True  # a first run
+    assert index.plan("auto", 5000, 5000).rebuild is True  # a re-embed of everything
+    assert index.plan("auto", 5000, 20000).rebuild is False  # a night's new listings
+    assert index.plan("rebuild", 1, 10**6).rebuild is True
+    assert index.plan("keep", 10**6, 0).rebuild is False
+    with pytest.raises(ValueError, match="index mode must be one of auto, keep, rebuild"):
+        index.plan("sometimes", 1, 1)
+
+
+def test_a_large_load_goes_in_without_the_index_which_is_built_afterwards(
+    conn, database_url, tmp_path, tiny
+):
+    """While the job writes, the model has no index (each progress call looks); at the
+    end it has a valid one, and the summary says how long the build took."""
+    for i in range(12):
+        add(conn, "shop.nl", f"p{i}", f"Bike {i}", None)
+    seen, notices = [], []
+    summary = run_embedding(
+        database_url,
+        tiny,
+        settings(tmp_path, index_mode="rebuild", writers=3),
+        lambda done, failed, total: seen.append(index_state(conn)),
+        notice=notices.append,
+    )
+    assert summary.embedded == 12 and summary.writers == 3
+    assert seen and set(seen) == {"missing"}
+    assert index_state(conn) == "valid"
+    assert notices == ["building the search index of tiny-random (the vectors are stored)"]
+    assert summary.lines()[-1].startswith("search index built after the load (--index rebuild): ")
+    # The built index is the one searches use (12 rows: the planner must be told to).
+    conn.execute("set enable_seqscan = off")
+    plan = conn.execute(
+        "explain select bike_id from vector_storage where model = 'tiny-random'"
+        " order by embedding::halfvec(64) <=> (select embedding from vector_storage limit 1)"
+        " limit 3"
+    ).fetchall()
+    conn.execute("reset enable_seqscan")
+    assert "vector_storage_hnsw_tiny_random" in " ".join(row[0] for row in plan)
+
+
+def test_an_interrupted_load_still_leaves_the_model_its_index(conn, database_url, tmp_path, tiny):
+    for i in range(12):
+        add(conn, "shop.nl", f"p{i}", f"Bike {i}", None)
+
+    interrupted = []
+
+    def interrupt(done, failed, total):  # Ctrl-C after the first batch is written
+        if not interrupted:
+            interrupted.append(index_state(conn))
+            signal.raise_signal(signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_embedding(
+            database_url, tiny, settings(tmp_path, index_mode="rebuild", streams=1), interrupt
+        )
+    assert interrupted == ["missing"] and index_state(conn) == "valid"
+    assert 0 < len(vectors(conn)) < 12
+    rerun = run_embedding(database_url, tiny, settings(tmp_path))
+    assert len(vectors(conn)) == 12 and rerun.index_seconds is None
+
+
+def test_a_run_killed_without_the_index_leaves_it_to_the_next_embed_or_cluster(
+    conn, database_url, tiny
+):
+    """A kill -9 mid-load leaves no index, an interrupted concurrent build an invalid one:
+    the next registration (every embed) and the cluster command's check build it."""
+    from bikematch.app.clusters import ensure_search_index
+
+    register(conn, tiny)
+    conn.execute("drop index if exists " + index_name(conn))
+    assert index_state(conn) == "missing"
+    ensure_search_index(database_url, "tiny-random")
+    assert index_state(conn) == "valid"
+    # What an interrupted CREATE INDEX CONCURRENTLY leaves: an index marked invalid.
+    conn.execute(
+        "update pg_index set indisvalid = false where indexrelid = %s::regclass",
+        (index_name(conn),),
+    )
+    assert index_state(conn) == "invalid"
+    register(conn, tiny)
+    assert index_state(conn) == "valid"
+
+
+def index_name(conn) -> str:
+    return conn.execute("select bikematch_hnsw_index_name('tiny-random')").fetchone()[0]

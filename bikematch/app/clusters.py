@@ -108,6 +108,9 @@ def build_clusters(
     # them); a nightly build need not run them again.
     command = ["build", "--exclude-resource-type", "unit_test"]
     command += ["--full-refresh"] if full_refresh else []
+    ensure_search_index(
+        url, dbt_vars.get("embedding_model") or dbt_project_vars()["embedding_model"]
+    )
     run_dbt(
         command,
         url,
@@ -123,6 +126,20 @@ def build_clusters(
         ).fetchone()
         notes = cluster_notes(conn, dbt_vars)
     return ClusterSummary(int(listings), clusters, multi, notes)
+
+
+def ensure_search_index(url: str, model_name: str) -> None:
+    """The model's HNSW index, built again where an embedding run was killed while it
+    loaded without it (the neighbour search would scan every vector instead)."""
+    from embedder import index
+
+    with connect(url) as conn:
+        registered = conn.execute(
+            "select 1 from embedding_models where name = %s", (model_name,)
+        ).fetchone()
+        missing = registered and index.state(conn, model_name) != "valid"
+    if missing:
+        index.build(url, model_name)
 
 
 def build_matches(url: str, dbt_vars: dict) -> None:

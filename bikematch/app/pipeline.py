@@ -68,11 +68,11 @@ def scrape(
     )
 
 
-def embed(url: str, model, embed_settings, progress=None):
+def embed(url: str, model, embed_settings, progress=None, notice=None):
     """Embed the pending listings with `model`; an EmbedSummary."""
     from embedder.job import run_embedding
 
-    return run_embedding(url, model, embed_settings, progress)
+    return run_embedding(url, model, embed_settings, progress, notice=notice)
 
 
 def load_embedding_model(
@@ -167,6 +167,9 @@ class JobReport:
         """A context manager giving `progress(done, failed, total)` to the embedder."""
         return contextlib.nullcontext(None)
 
+    def embedding_notice(self, line: str) -> None:
+        """What the embedder does besides embedding (building the search index)."""
+
     def embedded(self, summary) -> None: ...
 
     def rates(self, lines: list[str]) -> None: ...
@@ -239,7 +242,7 @@ def run_job(
             reembed_before=options.reembed_before,
         )
         with report.embedding_progress(model.name) as progress:
-            embedded = embed(url, model, embed_settings, progress)
+            embedded = embed(url, model, embed_settings, progress, report.embedding_notice)
         report.embedded(embedded)
 
         stage = "cluster"

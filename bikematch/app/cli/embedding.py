@@ -37,6 +37,22 @@ from bikematch.app.cli.options import (
     "per core, up to 4, sharing the cores out; on CUDA 1].",
 )
 @click.option(
+    "--writers",
+    type=click.IntRange(1, 32),
+    help="Connections writing vectors at once [default: on CPU one per stream; on CUDA 4].",
+)
+@click.option(
+    "--index",
+    "index_mode",
+    type=click.Choice(["auto", "keep", "rebuild"]),
+    default="auto",
+    show_default=True,
+    help="The model's search index during the run: 'rebuild' writes without it and "
+    "builds it once at the end (concurrently, on parallel workers), 'keep' inserts into "
+    "it; 'auto' rebuilds for a backlog of 1,000 listings or more that is at least as "
+    "large as what the model has stored (a first run, a re-embed of everything).",
+)
+@click.option(
     "--fetch-concurrency",
     type=click.IntRange(1, 512),
     default=16,
@@ -84,6 +100,8 @@ def embed(
     dtype,
     workers,
     streams,
+    writers,
+    index_mode,
     fetch_concurrency,
     text_only,
     image_weight,
@@ -118,6 +136,8 @@ def embed(
         limit=limit,
         workers=workers,
         streams=streams,
+        writers=writers,
+        index_mode=index_mode,
         text_only=text_only,
         image_weight=image_weight,
         fetch=pipeline.fetch_settings(
@@ -130,8 +150,12 @@ def embed(
         max_seconds=None if max_minutes is None else max_minutes * 60,
     )
     with embedding_progress(model.name, settings.progress_every) as progress:
-        summary = pipeline.embed(url, model, embed_settings, progress)
+        summary = pipeline.embed(url, model, embed_settings, progress, notice=_notice)
     echo_lines(summary.lines())
+
+
+def _notice(line: str) -> None:
+    click.echo(line, err=True)
 
 
 @embed.command("compare")

@@ -47,6 +47,9 @@ class _PrintedReport(JobReport):
 
         return embedding_progress(model_name, self.progress_every)
 
+    def embedding_notice(self, line: str) -> None:
+        click.echo(line, err=True)
+
     def embedded(self, summary) -> None:
         echo_lines(summary.lines())
 
