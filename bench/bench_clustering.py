@@ -3,7 +3,8 @@
 Generates `--listings` listings over `--shops` shops (the first is the anchor)
 from products that come in families of look-alike variants (hard negatives),
 with 2 x `--dims` vectors per listing. Loads them into a fresh embedded
-Postgres with binary COPY, builds the HNSW index, then reports (titles carry
+Postgres with binary COPY, builds the HNSW index afterwards as the embedder does
+after a large load, then reports (titles carry
 no model numbers, so the clusters come from the vectors alone):
 
 - wall time of a full `dbt build` and of an incremental one after 1% new listings;
@@ -39,6 +40,7 @@ from bikematch.app.dbt import run_dbt  # noqa: E402
 from bikematch.core.database import connect, start_embedded, stop_embedded  # noqa: E402
 from bikematch.core.migrations import apply_migrations  # noqa: E402
 from bikematch.core.settings import PROJECT_ROOT  # noqa: E402
+from embedder import index  # noqa: E402
 
 MODEL = "bench-model"
 #: As `bikematch cluster` builds: without the dbt unit tests.
@@ -177,15 +179,12 @@ def main() -> None:
             started = time.perf_counter()
             ids = load(conn, shop_of[:n], product_of[:n], vectors[:n], 0)
             print(f"load (binary COPY): {time.perf_counter() - started:.1f} s")
-            started = time.perf_counter()
-            conn.execute("set maintenance_work_mem = '6GB'")
-            conn.execute("set max_parallel_maintenance_workers = 2")
-            conn.execute(
-                "select bikematch_register_model(%s, %s, %s)", (MODEL, args.dims, args.dims)
-            )
+        # As the embedder builds it after a large load (embedder/index.py).
+        build_s = index.build(url, MODEL)
+        with connect(url) as conn:
             conn.execute("analyze")
             conn.commit()
-            print(f"HNSW index build: {time.perf_counter() - started:.1f} s")
+        print(f"HNSW index build (concurrently, after the load): {build_s:.1f} s")
 
         dbt_vars = {
             "embedding_model": MODEL,

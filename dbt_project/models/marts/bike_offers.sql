@@ -116,23 +116,36 @@ ranked as (
     from compared
 ),
 
+cluster_prices as (
+    -- Each cluster's comparable prices, in order.
+    select
+        cluster_id,
+        array_agg(comparable_price order by comparable_price) filter (
+            where comparable_price is not null
+        ) as prices
+    from compared
+    group by cluster_id
+),
+
 against_the_others as (
-    -- The median comparable price of the other offers in the cluster.
+    -- The median comparable price of the other offers in the cluster: its prices
+    -- less one equal to the offer's own (a pass over a few prices per offer, where
+    -- a look-up of the other offers themselves was one over the whole catalogue).
     select
         ranked.*,
         others.median_price as others_median_price,
         others.offers as other_offers
     from ranked
+    inner join cluster_prices on ranked.cluster_id = cluster_prices.cluster_id
     left join lateral (
         select
-            percentile_cont(0.5) within group (order by other.comparable_price)::numeric(12, 2)
+            percentile_cont(0.5) within group (order by other.price)::numeric(12, 2)
                 as median_price,
             count(*) as offers
-        from compared as other
+        from unnest(cluster_prices.prices) with ordinality as other (price, position)
         where
-            other.cluster_id = ranked.cluster_id
-            and other.bike_id <> ranked.bike_id
-            and other.comparable_price is not null
+            other.position
+            <> coalesce(array_position(cluster_prices.prices, ranked.comparable_price), 0)
     ) as others on true
 ),
 
