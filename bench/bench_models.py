@@ -74,15 +74,27 @@ def main() -> None:
     )
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8, 32])
     parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="as the job on CUDA: weights stored in --dtype, towers compiled (the first, "
+        "untimed batch compiles)",
+    )
     args = parser.parse_args()
     keep_freed_memory()  # as the job does, before any thread starts
     dtype = getattr(torch, args.dtype)
     cuda = args.device.startswith("cuda")
     synchronise = torch.cuda.synchronize if cuda else (lambda: None)
-    print(f"device {args.device}, dtype {args.dtype}, torch threads {torch.get_num_threads()}")
+    print(
+        f"device {args.device}, dtype {args.dtype}, torch threads {torch.get_num_threads()}"
+        + (", weights in dtype, compiled" if args.compile else "")
+    )
     print(f"{'model':22} {'batch':>5} {'images/s':>10} {'texts/s':>10}")
     for name in args.models:
         model = build(name, args.device, dtype)
+        if args.compile:
+            model.cast_weights()
+            model.compile()
         for batch in args.batch_sizes:
             images, texts = measure(model, batch, args.device, args.seconds, synchronise)
             line = f"{name:22} {batch:>5} {images:>10.1f} {texts:>10.1f}"

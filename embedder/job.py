@@ -30,7 +30,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import numpy as np
@@ -50,7 +50,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class EmbedSettings:
-    batch_size: int = 32
+    #: None: as many as free GPU memory holds on CUDA (up to 512), 32 elsewhere.
+    batch_size: int | None = None
     limit: int | None = None
     #: Decode threads; None: `decode_workers` picks by device.
     workers: int | None = None
@@ -199,7 +200,11 @@ def run_embedding(
         # A process-wide setting, so the job (not the model) makes it: batches reuse
         # glibc's freed memory instead of page-faulting it in again.
         keep_freed_memory()
-    job = _Job(url, model, settings, progress, clock)
+    batch_size = settings.batch_size or _fitting_batch_size(model)
+    warm_up = model.warm_up(batch_size) if getattr(model, "compiled", False) else None
+    job = _Job(url, model, replace(settings, batch_size=batch_size), progress, clock)
+    job.summary.batch_size = batch_size
+    job.summary.compile_seconds = warm_up
     try:
         return asyncio.run(job.run())
     finally:
@@ -221,7 +226,7 @@ class _Job:
         self.streams, self.threads = inference_streams(settings.streams, model.device)
         self.writers = writer_connections(settings.writers, model.device, self.streams)
         self.summary = EmbedSummary(model=model.name, streams=self.streams, writers=self.writers)
-        self.summary.precision = _precision(model)
+        self.summary.precision = getattr(model, "precision", None)
         self.decoders = ThreadPoolExecutor(
             decode_workers(settings.workers, model.device), thread_name_prefix="decode"
         )
@@ -483,11 +488,10 @@ class _Job:
         conn.commit()
 
 
-def _precision(model: EmbeddingModel) -> str | None:
-    """'bfloat16 autocast' where the model runs in a lower precision; None for float32."""
-    if getattr(model, "dtype", torch.float32) == torch.float32:
-        return None
-    return f"{str(model.dtype).removeprefix('torch.')} autocast"
+def _fitting_batch_size(model) -> int:
+    """The model's batch for free GPU memory; 32 for a model that cannot say (remote)."""
+    fitting = getattr(model, "fitting_batch_size", None)
+    return fitting() if fitting else 32
 
 
 def _described(error: Exception) -> str:

@@ -38,6 +38,9 @@ class EmbedSummary:
     #: its build after the load took (None: it was kept and filled as vectors came).
     index: str | None = None
     index_seconds: float | None = None
+    batch_size: int | None = None
+    #: Seconds the first (grey) batch took through a compiled model: the compile.
+    compile_seconds: float | None = None
 
     @property
     def not_embedded(self) -> int:
@@ -81,10 +84,18 @@ class EmbedSummary:
             f"({self._busy_subject} busy {self.model_busy:.0%} of it{waited}); "
             f"{self.cache_hits} images from the local cache",
             *([f"precision {self.precision}"] if self.precision else []),
+            *([self._compiled] if self.compile_seconds is not None else []),
             *([self._stopped_early] if self.left_for_later is not None else []),
             *([self._reconnected] if self.reconnects else []),
             *([self._index_built] if self.index_seconds is not None else []),
         ]
+
+    @property
+    def _compiled(self) -> str:
+        return (
+            f"compiled in {self.compile_seconds:.1f} s, batches of {self.batch_size}"
+            " (torch's cache makes later runs' compile shorter)"
+        )
 
     @property
     def _index_built(self) -> str:

@@ -132,16 +132,29 @@ def load_model(
     dtype: torch.dtype | None = None,
     weights: str | None = None,
     files: ModelFiles | None = None,
+    compile: bool | None = None,
 ) -> EmbeddingModel:
     """Load a registered model. `weights`: a local path (or "random" for clip-vit-b-32);
     `files`: local copies of every model's files (the settings' BIKEMATCH_* paths).
 
-    dtype defaults to float32 on CPU and bfloat16 on CUDA (inference runs
-    under autocast; returned vectors are always float32 and L2-normalised).
+    dtype defaults to float32 on CPU and, on CUDA, bfloat16 (float16 on a GPU
+    without it), the weights stored in it; on CPU a lower dtype runs under autocast
+    over float32 weights. `compile` (default: on CUDA) runs both towers as
+    torch.compile graphs. Returned vectors are always float32 and L2-normalised.
     """
     if name not in MODELS:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
     resolved = resolve_device(device)
+    cuda = resolved.type == "cuda"
     if dtype is None:
-        dtype = torch.bfloat16 if resolved.type == "cuda" else torch.float32
-    return MODELS[name].loader(resolved, dtype, weights, files or ModelFiles())
+        dtype = (
+            (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+            if cuda
+            else torch.float32
+        )
+    model = MODELS[name].loader(resolved, dtype, weights, files or ModelFiles())
+    if cuda:
+        model.cast_weights()
+    if cuda if compile is None else compile:
+        model.compile()
+    return model

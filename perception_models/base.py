@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
@@ -35,6 +36,73 @@ class EmbeddingModel(ABC):
     def __init__(self, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
         self.device = torch.device(device)
         self.dtype = dtype
+        #: The weights are stored in `dtype` (cast_weights), not only computed in it.
+        self.weights_cast = False
+        #: The towers run as torch.compile graphs (compile).
+        self.compiled = False
+
+    def networks(self) -> list[torch.nn.Module]:
+        """The model's torch modules (its weights)."""
+        return [value for value in vars(self).values() if isinstance(value, torch.nn.Module)]
+
+    def cast_weights(self) -> None:
+        """Store the weights in the model's dtype (bf16 or fp16): half the memory and
+        memory traffic of float32. Autocast stays on, so the ops it keeps in float32
+        (normalisations, softmax) still run there."""
+        if self.dtype == torch.float32:
+            return
+        for network in self.networks():
+            network.to(self.dtype)
+        self.weights_cast = True
+
+    def compile(self, **options) -> None:
+        """Both towers as torch.compile graphs, with dynamic shapes: one graph serves
+        every batch size and title length, so the compile is paid once (in `warm_up`),
+        not again for a run's last, shorter batch. torch caches the compiled kernels
+        on disk (TORCHINDUCTOR_CACHE_DIR), which later runs reuse."""
+        self._image_features = torch.compile(self._image_features, dynamic=True, **options)
+        self._text_features = torch.compile(self._text_features, dynamic=True, **options)
+        self.compiled = True
+
+    def warm_up(self, batch_size: int) -> float:
+        """Embed one batch of grey images and short titles, so that the one-off work
+        (compiling, kernel selection) is not done on the first real batch; the seconds
+        it took."""
+        started = time.perf_counter()
+        # A batch of one too: compiled graphs treat a dimension of 1 apart (a service's
+        # single requests), and would compile again on the first such batch.
+        for size in sorted({batch_size, 1}, reverse=True):
+            grey = torch.full((size, 3, self.image_size, self.image_size), 128, dtype=torch.uint8)
+            self.embed_images(grey)
+            self.embed_texts(self.tokenize(["e-bike 500 Wh"] * size))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - started
+
+    def fitting_batch_size(self, limit: int = 512, share: float = 0.5) -> int:
+        """On CUDA, the largest power of two up to `limit` whose batch fits in `share`
+        of the free GPU memory, from what a batch of 8 took (warming the model up);
+        elsewhere 32."""
+        if self.device.type != "cuda":
+            return 32
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        self.warm_up(8)
+        per_item = (torch.cuda.max_memory_allocated(self.device) - before) / 8
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return batch_for_memory(free * share, per_item, limit)
+
+    @property
+    def precision(self) -> str | None:
+        """How the model computes, for a summary: None for plain float32."""
+        parts = []
+        if self.dtype != torch.float32:
+            kind = "weights" if self.weights_cast else "autocast"
+            parts.append(f"{str(self.dtype).removeprefix('torch.')} {kind}")
+        if self.compiled:
+            parts.append("compiled")
+        return ", ".join(parts) or None
 
     @abstractmethod
     def preprocess(self, image: Image.Image) -> torch.Tensor: ...
@@ -82,6 +150,14 @@ class EmbeddingModel(ABC):
         with self._autocast():
             features = self._text_features(tokens)
         return F.normalize(features.float(), dim=-1).cpu()
+
+
+def batch_for_memory(budget: float, per_item: float, limit: int = 512, least: int = 8) -> int:
+    """The largest power of two from `least` up to `limit` whose items fit in `budget` bytes."""
+    batch = limit
+    while batch > least and batch * per_item > budget:
+        batch //= 2
+    return batch
 
 
 def combine(

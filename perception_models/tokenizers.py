@@ -24,9 +24,10 @@ def trim_padding(tokens: torch.Tensor) -> torch.Tensor:
     Safe for causal text towers that pool at the end-of-text token (PE-Core,
     CLIP): tokens never attend to later positions, so trailing padding cannot
     change any result, and short titles then cost a fraction of the context.
+    Contiguous, as every batch is, so a compiled tower sees one layout.
     """
     used = int((tokens != 0).any(dim=0).nonzero().max()) + 1 if tokens.numel() else 0
-    return tokens[:, : max(used, 1)]
+    return tokens[:, : max(used, 1)].contiguous()
 
 
 class ClipTokenizer:

@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image, ImageCms
 
-from perception_models import MODELS, combine, load_model, preprocess
+from perception_models import MODELS, EmbeddingModel, combine, load_model, preprocess
+from perception_models.base import batch_for_memory
 from perception_models.models import TINY_CONFIG, PECore
 from perception_models.pe_core import (
     CheckpointError,
@@ -417,3 +418,47 @@ def test_a_precision_that_cannot_run_leaves_the_model_in_float32():
     assert check.describe() == (
         "bfloat16 cannot run here (\"conv2d\" not implemented for 'BFloat16'): keep --dtype float32"
     )
+
+
+def test_weights_stored_in_bf16_agree_with_float32():
+    """On CUDA the weights are stored in bf16 (load_model); the same path runs here."""
+    full = load_model("tiny-random", device="cpu")
+    low = load_model("tiny-random", device="cpu", dtype=torch.bfloat16)
+    low.cast_weights()
+    assert low.precision == "bfloat16 weights"
+    assert all(p.dtype == torch.bfloat16 for p in low.network.parameters())
+    pixels = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    tokens = full.tokenize(["Gazelle Ultimate C380 500Wh 2024", "Sparta M8b heren", "R&M"])
+    for embed, batch in (
+        (EmbeddingModel.embed_images, pixels),
+        (EmbeddingModel.embed_texts, tokens),
+    ):
+        vectors = embed(low, batch)
+        assert vectors.dtype == torch.float32
+        assert (vectors * embed(full, batch)).sum(-1).min() >= 0.999
+
+
+def test_compiled_towers_give_eager_vectors_and_compile_once():
+    """Dynamic shapes: after the warm-up, no batch size or title length compiles again
+    (torch is told to fail on a recompile)."""
+    eager = load_model("tiny-random", device="cpu")
+    compiled = load_model("tiny-random", device="cpu", compile=True)
+    assert compiled.compiled and compiled.precision == "compiled"
+    assert compiled.warm_up(8) > 0
+    titles = ["Stromer ST1", "Gazelle Grenoble C7+ HMB 500Wh dames 2023 Bosch Active Line Plus"]
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for size in (5, 1, 17):
+            pixels = torch.randint(0, 256, (size, 3, 32, 32), dtype=torch.uint8)
+            agree = compiled.embed_images(pixels) * eager.embed_images(pixels)
+            assert agree.sum(-1).min() >= 0.9999
+            tokens = compiled.tokenize((titles * size)[:size])
+            agree = compiled.embed_texts(tokens) * eager.embed_texts(tokens)
+            assert agree.sum(-1).min() >= 0.9999
+
+
+def test_the_batch_is_what_fits_in_the_memory_given():
+    mb = 2**20
+    assert batch_for_memory(4096 * mb, 20 * mb) == 128  # 204 fit: the power of two below
+    assert batch_for_memory(10**15, 1 * mb) == 512  # at most the limit
+    assert batch_for_memory(10 * mb, 20 * mb) == 8  # at least 8
+    assert load_model("tiny-random", device="cpu").fitting_batch_size() == 32  # off CUDA

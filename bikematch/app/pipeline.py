@@ -81,6 +81,7 @@ def load_embedding_model(
     device: str = "auto",
     dtype: str = "auto",
     remote: str | None = None,
+    compile_model: bool | None = None,
 ):
     """A registered model with its local files from the settings, or a hosted backend
     (`remote`: its URL). Raises UserError for an unknown name, missing weights or a
@@ -116,6 +117,7 @@ def load_embedding_model(
             device=device,
             dtype=None if dtype == "auto" else getattr(torch, dtype),
             files=files,
+            compile=compile_model,
         )
     except (WeightsNotFound, FileNotFoundError, KeyError, DeviceUnavailable) as exc:
         raise UserError(str(exc).strip("'\"")) from exc
@@ -188,7 +190,10 @@ class JobOptions:
     device: str = "auto"
     #: Inference precision: auto (bfloat16 on CUDA, float32 on CPU), or a dtype's name.
     dtype: str = "auto"
-    batch_size: int = 32
+    #: None: 32, or on CUDA what free GPU memory holds.
+    batch_size: int | None = None
+    #: torch.compile the model; None: on CUDA.
+    compile_model: bool | None = None
     #: Scrapy's CLOSESPIDER_TIMEOUT for every shop: the crawls stop and the job goes on.
     scrape_minutes: float | None = None
     embed_minutes: float | None = None
@@ -234,7 +239,13 @@ def run_job(
 
         stage = "embed"
         report.stage(stage)
-        model = load_embedding_model(settings, options.model_name, options.device, options.dtype)
+        model = load_embedding_model(
+            settings,
+            options.model_name,
+            options.device,
+            options.dtype,
+            compile_model=options.compile_model,
+        )
         embed_settings = EmbedSettings(
             batch_size=options.batch_size,
             fetch=options.fetch or fetch_settings(settings),

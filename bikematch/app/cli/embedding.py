@@ -8,6 +8,7 @@ from bikematch.app.cli.options import (
     App,
     allow_private_hosts_option,
     batch_size_option,
+    compile_option,
     device_option,
     dtype_option,
     echo_lines,
@@ -24,6 +25,7 @@ from bikematch.app.cli.options import (
 @click.option("--limit", type=click.IntRange(1), help="Embed at most this many listings.")
 @device_option
 @dtype_option
+@compile_option
 @click.option(
     "--workers",
     type=click.IntRange(1, 64),
@@ -98,6 +100,7 @@ def embed(
     limit,
     device,
     dtype,
+    compile_model,
     workers,
     streams,
     writers,
@@ -129,7 +132,9 @@ def embed(
     app: App = ctx.obj
     settings = app.settings
     # A bad model name or a missing device fails before a database starts.
-    model = pipeline.load_embedding_model(settings, model_name, device, dtype, remote)
+    model = pipeline.load_embedding_model(
+        settings, model_name, device, dtype, remote, compile_model
+    )
     url = app.ready_database()
     embed_settings = EmbedSettings(
         batch_size=batch_size,

@@ -11,6 +11,7 @@ from bikematch.app.cli.options import (
     App,
     anchor_option,
     batch_size_option,
+    compile_option,
     device_option,
     dtype_option,
     echo_lines,
@@ -69,6 +70,7 @@ class _PrintedReport(JobReport):
 @anchor_option
 @device_option
 @dtype_option
+@compile_option
 @batch_size_option
 @click.option(
     "--scrape-minutes",
@@ -95,6 +97,7 @@ def run(
     anchor_shop,
     device,
     dtype,
+    compile_model,
     batch_size,
     scrape_minutes,
     embed_minutes,
@@ -121,6 +124,7 @@ def run(
         anchor_shop=anchor_shop,
         device=device,
         dtype=dtype,
+        compile_model=compile_model,
         batch_size=batch_size,
         scrape_minutes=scrape_minutes,
         embed_minutes=embed_minutes,

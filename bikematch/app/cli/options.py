@@ -68,7 +68,8 @@ def dtype_option(function):
         type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
         default="auto",
         show_default=True,
-        help="Inference precision. auto: bfloat16 autocast on CUDA, float32 on CPU; "
+        help="Inference precision. auto: bfloat16 weights on CUDA (float16 where the GPU "
+        "lacks bfloat16), float32 on CPU; "
         "`bikematch embed check-precision` says whether bfloat16 is safe and faster on a CPU.",
     )(function)
 
@@ -81,7 +82,20 @@ def anchor_option(function):
 
 def batch_size_option(function):
     return click.option(
-        "--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True
+        "--batch-size",
+        type=click.IntRange(1, 4096),
+        help="Listings a batch [default: 32; on CUDA as many as half the free GPU memory "
+        "holds, up to 512].",
+    )(function)
+
+
+def compile_option(function):
+    return click.option(
+        "--compile/--no-compile",
+        "compile_model",
+        default=None,
+        help="Run the model as torch.compile graphs: compiled once a run (torch caches it "
+        "for later runs), then faster [default: on CUDA].",
     )(function)
 
 

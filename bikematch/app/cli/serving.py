@@ -9,6 +9,7 @@ import click
 from bikematch.app.cli.options import (
     App,
     allow_private_hosts_option,
+    compile_option,
     device_option,
     dtype_option,
     model_option,
@@ -25,6 +26,7 @@ LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @device_option
 @dtype_option
+@compile_option
 @click.option(
     "--max-batch",
     type=click.IntRange(1, 4096),
@@ -59,6 +61,7 @@ def serve(
     port,
     device,
     dtype,
+    compile_model,
     max_batch,
     wait_ms,
     max_queue,
@@ -88,7 +91,11 @@ def serve(
             require_vectors(url, model_name)
         except UserError as exc:  # it can still embed (the catalogue, through it)
             click.echo(f"warning: /search finds nothing yet: {exc}", err=True)
-    model = pipeline.load_embedding_model(app.settings, model_name, device, dtype)
+    model = pipeline.load_embedding_model(
+        app.settings, model_name, device, dtype, compile_model=compile_model
+    )
+    if model.compiled:  # before the first request, not during it
+        click.echo(f"compiled the model in {model.warm_up(max_batch):.1f} s", err=True)
     options = ServeOptions(
         host=host,
         port=port,
