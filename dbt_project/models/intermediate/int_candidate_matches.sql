@@ -64,6 +64,11 @@ listing_rare_codes as (
     cross join unnest(listings.rare_codes) as code
 ),
 
+text_only_listings as (
+    select bike_id from listings
+    where text_only
+),
+
 found_pairs as (
     -- Each way a pair was found, with first_id < second_id: by the similarity
     -- search from either listing (a listing found as another's neighbour is a
@@ -80,6 +85,16 @@ found_pairs as (
         false as same_gtin,
         false as linked
     from neighbours
+    {% if image_weight is none -%}
+        -- Only pairs that can still pass (the floor `judged` applies, here before
+        -- the grouping: most of a listing's neighbours are far below it). A
+        -- text-only listing's pairs are judged on their text cosine, which the
+        -- combined search similarity says nothing about: all of them go on.
+        where
+            similarity >= {{ var('match_threshold') }} - {{ bonus }}
+            or bike_id in (select text_only_listings.bike_id from text_only_listings)
+            or neighbour_id in (select text_only_listings.bike_id from text_only_listings)
+    {%- endif %}
     {% if evidence -%}
         union all
         select distinct
