@@ -267,30 +267,64 @@ def shopify_products(state: ShopState, page: int) -> dict:
 # ---------------------------------------------------------------- woocommerce shop
 
 
-def woo_products(state: ShopState, page: int) -> list:
+#: The variable product (two frame sizes): the smaller, 200 cheaper, is sold out.
+WOO_VARIABLE = "finez"
+
+
+def _woo_prices(price: float) -> dict:
+    cents = str(round(price * 100))
+    return {
+        "price": cents,
+        "regular_price": str(round(price * 100) + 20000),
+        "sale_price": cents,
+        "currency_code": "EUR",
+        "currency_minor_unit": 2,
+    }
+
+
+def woo_variations(state: ShopState) -> dict[int, dict]:
+    """The variable product's variations by id, as the Store API gives them."""
+    bike = next(b for b in bikes_of("woo") if b.key == WOO_VARIABLE)
+    price = state.price("woo", bike)
+    return {
+        901: {
+            "id": 901,
+            "sku": "W-finez-49",
+            "prices": _woo_prices(price - 200),
+            "is_in_stock": False,
+        },
+        902: {"id": 902, "sku": "W-finez-53", "prices": _woo_prices(price), "is_in_stock": True},
+    }
+
+
+def woo_products(state: ShopState, page: int, query: dict) -> list:
+    if query.get("type") == "variation":
+        variations = woo_variations(state)
+        return [
+            variations[int(i)] for i in query.get("include", "").split(",") if int(i) in variations
+        ]
     bikes = bikes_of("woo")
     chunk = bikes[:2] if page == 1 else bikes[2:]
     result = []
     for bike in chunk:
-        price = state.price("woo", bike)
-        cents = str(round(price * 100))
-        result.append(
-            {
-                "id": abs(hash(bike.key)) % 10**6,
-                "name": bike.titles["woo"].replace("®", "&reg;"),
-                "permalink": f"/woo/product/{bike.key}/",
-                "sku": f"W-{bike.key}",
-                "prices": {
-                    "price": cents,
-                    "regular_price": str(round(price * 100) + 20000),
-                    "sale_price": cents,
-                    "currency_code": "EUR",
-                    "currency_minor_unit": 2,
-                },
-                "images": [{"src": image("woo", bike, 800)}],
-                "is_in_stock": True,
+        product = {
+            "id": abs(hash(bike.key)) % 10**6,
+            "name": bike.titles["woo"].replace("®", "&reg;"),
+            "permalink": f"/woo/product/{bike.key}/",
+            "sku": f"W-{bike.key}",
+            "type": "simple",
+            "prices": _woo_prices(state.price("woo", bike)),
+            "images": [{"src": image("woo", bike, 800)}],
+            "is_in_stock": True,
+        }
+        if bike.key == WOO_VARIABLE:  # the price is the range's lowest: the sold-out size's
+            variations = woo_variations(state)
+            product |= {
+                "type": "variable",
+                "prices": variations[901]["prices"],
+                "variations": [{"id": i, "attributes": []} for i in variations],
             }
-        )
+        result.append(product)
     return result
 
 
@@ -402,7 +436,7 @@ class ShopServer:
                         200, json.dumps(shopify_products(state, page)), "application/json"
                     )
                 if path == "/woo/wp-json/wc/store/v1/products":
-                    body = json.dumps(woo_products(state, page))
+                    body = json.dumps(woo_products(state, page, query))
                     return self.send(200, body, "application/json", {"X-WP-TotalPages": "2"})
                 if path == "/css/bikes":
                     return self.send(200, css_listing(page))

@@ -83,10 +83,15 @@ def test_scrapes_every_platform(conn, database_url, shops):
     shopify = rows[("shopify-shop.nl", "ultimate-shopify")]
     assert shopify[3:5] == (Decimal("2999.00"), "EUR")
     assert shopify[7:10] == ("8712345678906", None, "InStock")
-    # woocommerce: minor units, entities decoded
+    # woocommerce: minor units, entities decoded; a variable product at the lowest price
+    # of its variations in stock (the range's lowest is the sold-out size's, 200 less),
+    # asked for in one request
     woo = rows[("woo-shop.nl", "finez")]
     assert woo[2] == "Batavus Finez E-go® Power Exclusive (625 Wh) - dames"
     assert woo[3:5] == (Decimal("3299.00"), "EUR")
+    assert woo[8:10] == ("W-finez", "InStock")
+    asked = [path for path in shops.state.requested if "type=variation" in path]
+    assert len(asked) == 1 and asked[0].endswith("include=901,902"), asked
     # css: English price format, the struck-through price ignored, title trimmed
     css = rows[("css-shop.co.uk", "cgrid.html")]
     assert css[2:5] == ("Sparta c-Grid Energy M8b, 500 Wh", Decimal("2199.00"), "GBP")

@@ -329,7 +329,11 @@ class ShopifySpider(ShopSpider):
 
 
 class WooCommerceSpider(ShopSpider):
-    """WooCommerce's Store API: /wp-json/wc/store/v1/products, paged."""
+    """WooCommerce's Store API: /wp-json/wc/store/v1/products, paged. A variable
+    product (sizes, colours) gives only its price range there: its variations are
+    asked for in one request a page (`type=variation&include=...`), and the listing
+    takes the lowest price of those in stock, as for Shopify. A shop whose API does
+    not answer that gets the range's lowest price."""
 
     name = "woocommerce"
     page_size = 100
@@ -337,11 +341,12 @@ class WooCommerceSpider(ShopSpider):
     async def start(self):
         yield self.page_request(1)
 
+    @property
+    def api_url(self) -> str:
+        return f"{self.shop.base_url}/wp-json/wc/store/v1/products"
+
     def page_request(self, page: int) -> scrapy.Request:
-        url = (
-            f"{self.shop.base_url}/wp-json/wc/store/v1/products"
-            f"?per_page={self.page_size}&page={page}"
-        )
+        url = f"{self.api_url}?per_page={self.page_size}&page={page}"
         return scrapy.Request(
             url, callback=self.parse_products, cb_kwargs={"page": page}, meta=_pagination(True)
         )
@@ -350,36 +355,90 @@ class WooCommerceSpider(ShopSpider):
         products = self.load_json(response)
         if not isinstance(products, list) or not products:
             return
+        products = [product for product in products if isinstance(product, dict)]
+        variable = [product for product in products if _variation_ids(product)]
         for product in products:
-            if isinstance(product, dict):
+            if not _variation_ids(product):
                 yield self.product_listing(product, response.url)
+        for start in range(0, len(variable), 10):  # 10 products' variations a request
+            yield self.variations_request(variable[start : start + 10], response.url)
         total_pages = (response.headers.get("X-WP-TotalPages") or b"").strip()
         if not total_pages.isdigit() or page < int(total_pages):  # absent or garbled: go on
             yield self.page_request(page + 1)
 
-    def product_listing(self, product: dict, api_url: str) -> Listing:
-        prices = product.get("prices") or {}
-        amount, error = None, None
-        raw = prices.get("price")  # the current price: the sale price while on sale
-        if raw not in (None, ""):
+    def variations_request(self, products: list[dict], api_url: str) -> scrapy.Request:
+        ids = [i for product in products for i in _variation_ids(product)]
+        url = (
+            f"{self.api_url}?type=variation&per_page=100"
+            f"&include={','.join(str(i) for i in ids[:100])}"
+        )
+        return scrapy.Request(
+            url,
+            callback=self.parse_variations,
+            errback=self.no_variations,
+            cb_kwargs={"products": products, "api_url": api_url},
+            meta=_pagination(True),
+        )
+
+    def parse_variations(self, response, products: list[dict], api_url: str):
+        found = self.load_json(response)
+        by_id = {
+            v.get("id"): v
+            for v in (found if isinstance(found, list) else [])
+            if isinstance(v, dict)
+        }
+        for product in products:
+            variations = [by_id[i] for i in _variation_ids(product) if i in by_id]
+            yield self.product_listing(product, api_url, variations)
+
+    def no_variations(self, failure):
+        request = failure.request
+        self.logger.info("no variations from %s (%s): price ranges", request.url, failure.value)
+        for product in request.cb_kwargs["products"]:
+            yield self.product_listing(product, request.cb_kwargs["api_url"])
+
+    def product_listing(
+        self, product: dict, api_url: str, variations: list[dict] | None = None
+    ) -> Listing:
+        errors: list[str] = []
+
+        def price(item: dict):
+            prices = item.get("prices") or {}
+            raw = prices.get("price")  # the current price: the sale price while on sale
+            if raw in (None, ""):
+                return None
             try:
                 minor = int(prices.get("currency_minor_unit", 2))
                 # parse_price's checks too: 0 or below is no price
-                amount, _ = parse_price(Decimal(str(raw)) / (10**minor))
+                return parse_price(Decimal(str(raw)) / (10**minor))[0]
             except PriceError as exc:
-                error = str(exc)
+                errors.append(str(exc))
             except (ArithmeticError, ValueError) as exc:
-                error = f"not a price: {raw!r} ({exc})"
+                errors.append(f"not a price: {raw!r} ({exc})")
+            return None
+
+        fields = variant_fields(variations or [], price, "is_in_stock")
+        amount = fields.get("price") or price(product)
         images = [i for i in product.get("images") or [] if isinstance(i, dict)]
         brands = [b.get("name") for b in product.get("brands") or [] if isinstance(b, dict)]
         page = ProductPage(
             name=clean_text(product.get("name")),
             price=amount,
-            currency=prices.get("currency_code") or None,
+            currency=(product.get("prices") or {}).get("currency_code") or None,
             image_url=absolute_url(images[0].get("src"), api_url) if images else None,
             brand=clean_text(brands[0]) if brands else None,
-            sku=clean_text(product.get("sku")),
-            availability=availability(product.get("is_in_stock")),
-            price_error=error,
+            sku=clean_text(product.get("sku")) or fields.get("sku"),
+            availability=fields.get("availability") or availability(product.get("is_in_stock")),
+            price_error=errors[-1] if amount is None and errors else None,
         )
         return self.listing(absolute_url(product.get("permalink"), api_url), page)
+
+
+def _variation_ids(product: dict) -> list[int]:
+    """A variable product's variation ids (the Store API's `variations`)."""
+    variations = product.get("variations") if product.get("type") == "variable" else None
+    return [
+        v["id"]
+        for v in variations or []
+        if isinstance(v, dict) and isinstance(v.get("id"), int) and not isinstance(v["id"], bool)
+    ]
