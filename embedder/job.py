@@ -200,11 +200,7 @@ def run_embedding(
         # A process-wide setting, so the job (not the model) makes it: batches reuse
         # glibc's freed memory instead of page-faulting it in again.
         keep_freed_memory()
-    batch_size = settings.batch_size or _fitting_batch_size(model)
-    warm_up = model.warm_up(batch_size) if getattr(model, "compiled", False) else None
-    job = _Job(url, model, replace(settings, batch_size=batch_size), progress, clock)
-    job.summary.batch_size = batch_size
-    job.summary.compile_seconds = warm_up
+    job = _Job(url, model, settings, progress, clock, notice)
     try:
         return asyncio.run(job.run())
     finally:
@@ -217,12 +213,13 @@ def run_embedding(
 
 
 class _Job:
-    def __init__(self, url, model, settings, progress, clock) -> None:
+    def __init__(self, url, model, settings, progress, clock, notice=None) -> None:
         self.url = url
         self.clock = clock
         self.model = model
         self.settings = settings
         self.progress = progress
+        self.notice = notice or (lambda line: None)
         self.streams, self.threads = inference_streams(settings.streams, model.device)
         self.writers = writer_connections(settings.writers, model.device, self.streams)
         self.summary = EmbedSummary(model=model.name, streams=self.streams, writers=self.writers)
@@ -247,6 +244,8 @@ class _Job:
         self.connections = [connect(self.url) for _ in range(slots)]
         try:
             self._count_and_plan(self.connections[0])
+            if self.total:
+                await asyncio.to_thread(self._ready_model)
             async with ImageFetcher(self.settings.fetch) as fetcher:
                 with inference_pool(self.streams, self.threads) as pool:
                     await self._stages(fetcher, pool)
@@ -273,6 +272,23 @@ class _Job:
             index.drop(self.url, name)
         else:
             register(conn, self.model)
+
+    def _ready_model(self) -> None:
+        """The batch size (on CUDA from free GPU memory, unless given), and a compiled
+        model compiled now, on a grey batch; where compiling fails, the job goes on
+        without it."""
+        model, settings = self.model, self.settings
+        if getattr(model, "compiled", False):
+            try:
+                self.summary.compile_seconds = model.warm_up(settings.batch_size or 8)
+            except Exception as exc:  # a compiler torch cannot use here
+                log.warning("compiling the model failed", exc_info=True)
+                model.uncompile()
+                self.summary.precision = model.precision
+                self.notice(f"compiling the model failed ({_described(exc)}); going on without")
+        batch_size = settings.batch_size or _fitting_batch_size(model)
+        self.settings = replace(settings, batch_size=batch_size)
+        self.summary.batch_size = batch_size
 
     async def _stages(self, fetcher, pool) -> None:
         free = asyncio.Queue()  # connections not holding a batch

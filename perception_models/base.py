@@ -64,6 +64,12 @@ class EmbeddingModel(ABC):
         self._text_features = torch.compile(self._text_features, dynamic=True, **options)
         self.compiled = True
 
+    def uncompile(self) -> None:
+        """Back to the eager towers (where compiling failed)."""
+        vars(self).pop("_image_features", None)
+        vars(self).pop("_text_features", None)
+        self.compiled = False
+
     def warm_up(self, batch_size: int) -> float:
         """Embed one batch of grey images and short titles, so that the one-off work
         (compiling, kernel selection) is not done on the first real batch; the seconds

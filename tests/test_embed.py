@@ -601,6 +601,23 @@ def test_a_compiled_model_is_compiled_before_the_first_batch_and_stores_eager_ve
         assert np.dot(eager.to_numpy(), stored[bike_id].to_numpy()) >= 0.9999
 
 
+def test_a_model_that_fails_to_compile_is_embedded_without(conn, database_url, tmp_path):
+    def no_compiler(graph, inputs):
+        raise RuntimeError("no C++ compiler here")
+
+    model = load_model("tiny-random", device="cpu")
+    model.compile(backend=no_compiler)
+    for i in range(3):
+        add(conn, "shop.nl", f"p{i}", f"Bike {i}", None)
+    notices = []
+    summary = run_embedding(database_url, model, settings(tmp_path), notice=notices.append)
+    assert summary.embedded == 3 and summary.compile_seconds is None
+    assert not model.compiled and summary.precision is None
+    [notice] = notices
+    assert notice.startswith("compiling the model failed (") and "no C++ compiler here" in notice
+    assert notice.endswith("; going on without")
+
+
 def test_check_precision_measures_bf16_on_the_catalogues_own_listings(conn, database_url, images):
     for i in range(6):
         add(conn, "shop.nl", f"p{i}", f"Bike {i}", images.add(f"{i}.jpg", jpeg((40 * i, 9, 9))))

@@ -109,6 +109,12 @@ def test_missing_weights_name_path_and_repo(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
     monkeypatch.delenv("BIKEMATCH_PE_CORE_WEIGHTS", raising=False)
+    # The hub library reads both once, at its import: another test may have imported it
+    # already, and it would then try the network (20 s of retries here) and its cache.
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache" / "hub"))
     with pytest.raises(WeightsNotFound, match="facebook/PE-Core-L14-336.*HF_HUB_OFFLINE"):
         load_model("pe-core-l14-336", device="cpu")
 
