@@ -39,8 +39,10 @@ lint: setup
 chromium:
 	@sh .ci/chromium
 
+# Two pytest workers (pytest-xdist), each with its own embedded Postgres; a test
+# file's tests stay on one worker, so its module fixtures are built once.
 test: chromium lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 # Resolve the dependencies afresh in a scratch environment and record what pip
 # chose (pip freeze); review the diff, run make test, commit constraints.txt.

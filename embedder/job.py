@@ -285,7 +285,9 @@ class _Job:
                 log.warning("compiling the model failed", exc_info=True)
                 model.uncompile()
                 self.summary.precision = model.precision
-                self.notice(f"compiling the model failed ({_described(exc)}); going on without")
+                # torch wraps what its compiler raised (BackendCompilerFailed)
+                cause = getattr(exc, "inner_exception", None) or exc
+                self.notice(f"compiling the model failed ({_described(cause)}); going on without")
         batch_size = settings.batch_size or _fitting_batch_size(model)
         self.settings = replace(settings, batch_size=batch_size)
         self.summary.batch_size = batch_size
