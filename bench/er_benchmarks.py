@@ -25,6 +25,7 @@ import json
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,7 +92,8 @@ def run(name: str, folder: Path, thresholds: list[float], extra_vars: dict) -> d
         embedded = run_embedding(
             url, model, EmbedSettings(batch_size=64, fetch=FetchSettings(cache_dir=None))
         )
-        print(f"{name}: {embedded.lines()[0]}; {embedded.lines()[1]}", flush=True)
+        for line in embedded.lines():
+            print(f"{name}: {line}", flush=True)
         pairs = truth_pairs(folder, spec)
         base = {
             "embedding_model": MODEL,
@@ -103,6 +105,7 @@ def run(name: str, folder: Path, thresholds: list[float], extra_vars: dict) -> d
         for number, threshold in enumerate(thresholds):
             # Every model once; then, for the other thresholds, the matching alone.
             select = [] if number == 0 else ["--select", "+master_bikes"]
+            started = time.perf_counter()
             run_dbt(
                 ["build", *select, "--exclude-resource-type", "test", "unit_test"],
                 url,
@@ -110,6 +113,7 @@ def run(name: str, folder: Path, thresholds: list[float], extra_vars: dict) -> d
                 capture=True,
                 work_dir=root,
             )
+            print(f"{name}: dbt build {time.perf_counter() - started:.1f} s", flush=True)
             with connect(url) as conn:
                 results[threshold] = {
                     "labelled": evaluate_truth(conn, pairs, MODEL, worst=0).as_json(),
