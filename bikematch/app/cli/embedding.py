@@ -227,7 +227,9 @@ def embed_check_precision(app: App, model_name, sample, device, allow_private_ho
     from bikematch.app import pipeline
     from embedder.compare import CompareError, check_precision
 
-    model = pipeline.load_embedding_model(app.settings, model_name, device, "float32")
+    model = pipeline.load_embedding_model(
+        app.settings, model_name, device, "float32", compile_model=False
+    )
     url = app.ready_database()
     fetch = pipeline.fetch_settings(app.settings, allow_private_hosts=allow_private_hosts)
     try:
