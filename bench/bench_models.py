@@ -80,6 +80,12 @@ def main() -> None:
         help="as the job on CUDA: weights stored in --dtype, towers compiled (the first, "
         "untimed batch compiles)",
     )
+    parser.add_argument(
+        "--agreement",
+        action="store_true",
+        help="also the least cosine of each model's vectors (as run) with float32 eager ones "
+        "of the same weights on the same device",
+    )
     args = parser.parse_args()
     keep_freed_memory()  # as the job does, before any thread starts
     dtype = getattr(torch, args.dtype)
@@ -91,6 +97,7 @@ def main() -> None:
     )
     print(f"{'model':22} {'batch':>5} {'images/s':>10} {'texts/s':>10}")
     for name in args.models:
+        torch.manual_seed(0)  # random weights: the same for the agreement's reference
         model = build(name, args.device, dtype)
         if args.compile:
             model.cast_weights()
@@ -102,6 +109,26 @@ def main() -> None:
                 peak = {"bfloat16": 989e12, "float16": 989e12}.get(args.dtype, 67e12)
                 line += f"   {images * PE_CORE_GFLOPS_PER_IMAGE * 1e9 / peak:.0%} of peak"
             print(line, flush=True)
+        if args.agreement:
+            print(f"{name:22} agreement with float32: {agreement(model, name, args):.6f}")
+
+
+def agreement(model, name: str, args) -> float:
+    """The least cosine between the model's vectors and those of a float32 eager copy
+    (random weights from the same seed, so the same weights in float32), over images
+    and titles."""
+    torch.manual_seed(0)  # as main() seeds before building the model measured
+    reference = build(name, args.device, torch.float32)
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (8, 3, model.image_size, model.image_size), generator=generator)
+    pixels = pixels.to(torch.uint8)
+    titles = [TITLE, "Stromer ST3 Pinion Sport 983Wh", "Sparta M8b heren 500 Wh 2024"] * 3
+    tokens = model.tokenize(titles[:8])
+    least = min(
+        (model.embed_images(pixels) * reference.embed_images(pixels)).sum(-1).min().item(),
+        (model.embed_texts(tokens) * reference.embed_texts(tokens)).sum(-1).min().item(),
+    )
+    return least
 
 
 def measure(model, batch: int, device: str, seconds: float, synchronise) -> tuple[float, float]:

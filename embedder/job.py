@@ -244,10 +244,11 @@ class _Job:
         self.connections = [connect(self.url) for _ in range(slots)]
         try:
             self._count_and_plan(self.connections[0])
-            if self.total:
-                await asyncio.to_thread(self._ready_model)
             async with ImageFetcher(self.settings.fetch) as fetcher:
                 with inference_pool(self.streams, self.threads) as pool:
+                    # On an inference thread: a compiled graph is kept per torch thread
+                    # count, and those threads run the model with theirs.
+                    await asyncio.get_running_loop().run_in_executor(pool, self._ready_model)
                     await self._stages(fetcher, pool)
                 self.summary.cache_hits = fetcher.cache_hits
         finally:
@@ -276,8 +277,11 @@ class _Job:
     def _ready_model(self) -> None:
         """The batch size (on CUDA from free GPU memory, unless given), and a compiled
         model compiled now, on a grey batch; where compiling fails, the job goes on
-        without it."""
+        without it. Neither costs anything where nothing is pending."""
         model, settings = self.model, self.settings
+        if not self.total:
+            self.settings = replace(settings, batch_size=settings.batch_size or 32)
+            return
         if getattr(model, "compiled", False):
             try:
                 self.summary.compile_seconds = model.warm_up(settings.batch_size or 8)

@@ -137,12 +137,20 @@ class EmbeddingModel(ABC):
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=self.dtype)
 
+    def _input(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A compiled graph is kept per kind of input tensor, and one made outside
+        inference mode (tokens, float pixels) is of another kind than one made inside
+        it: a compiled model gets every input as made inside (a copy; a small one)."""
+        if self.compiled and not tensor.is_inference():
+            return tensor.clone()
+        return tensor
+
     @torch.inference_mode()
     def embed_images(self, pixels: torch.Tensor) -> torch.Tensor:
         if not isinstance(pixels, torch.Tensor):  # a remote model's batch of encoded images
             return F.normalize(self._image_features(pixels).float(), dim=-1)
         with self._autocast():
-            features = self._image_features(self.normalise(pixels.to(self.device)))
+            features = self._image_features(self._input(self.normalise(pixels.to(self.device))))
         return F.normalize(features.float(), dim=-1).cpu()
 
     @torch.inference_mode()
@@ -150,9 +158,9 @@ class EmbeddingModel(ABC):
         if isinstance(tokens, list):  # a remote model takes the titles themselves
             return F.normalize(self._text_features(tokens).float(), dim=-1)
         if isinstance(tokens, dict):
-            tokens = {key: value.to(self.device) for key, value in tokens.items()}
+            tokens = {key: self._input(value.to(self.device)) for key, value in tokens.items()}
         else:
-            tokens = tokens.to(self.device)
+            tokens = self._input(tokens.to(self.device))
         with self._autocast():
             features = self._text_features(tokens)
         return F.normalize(features.float(), dim=-1).cpu()

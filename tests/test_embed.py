@@ -586,19 +586,40 @@ def test_the_job_embeds_in_the_models_precision(conn, database_url, images, tmp_
 def test_a_compiled_model_is_compiled_before_the_first_batch_and_stores_eager_vectors(
     conn, database_url, images, tmp_path, tiny
 ):
+    """Compiled once, on the threads the batches then run on (a graph is kept per torch
+    thread count): the batches of this run and of the next compile nothing more."""
+    from torch._dynamo.utils import counters
+
+    def graphs() -> int:
+        return counters["stats"]["unique_graphs"]
+
     compiled = load_model("tiny-random", device="cpu", compile=True)
     for i in range(6):
         add(conn, "shop.nl", f"p{i}", f"Bike {i}", images.add(f"{i}.jpg", jpeg((40 * i, 9, 9))))
+    before = graphs()
     summary = run_embedding(database_url, compiled, settings(tmp_path, batch_size=None))
     assert summary.embedded == 6 and summary.batch_size == 32  # the CPU default
     assert summary.compile_seconds > 0
     assert "precision compiled" in summary.lines()
     assert any(line.startswith("compiled in ") for line in summary.lines())
+    assert graphs() - before <= 4  # each tower for a batch of 32 and a batch of 1
+    for i in range(6, 16):
+        add(conn, "shop.nl", f"p{i}", f"Bike {i}", images.add(f"{i}.jpg", jpeg((9 * i, 9, 9))))
+    before = graphs()
+    assert run_embedding(database_url, compiled, settings(tmp_path)).embedded == 10  # 4, 4, 2
+    assert graphs() == before
     stored = dict(conn.execute("select bike_id, image_embedding from vector_storage").fetchall())
     conn.execute("delete from vector_storage")
     run_embedding(database_url, tiny, settings(tmp_path))
     for bike_id, eager in conn.execute("select bike_id, image_embedding from vector_storage"):
         assert np.dot(eager.to_numpy(), stored[bike_id].to_numpy()) >= 0.9999
+
+
+def test_nothing_pending_compiles_nothing_and_claims_nothing(conn, database_url, tmp_path):
+    model = load_model("tiny-random", device="cpu", compile=True)
+    summary = run_embedding(database_url, model, settings(tmp_path, batch_size=None, limit=5))
+    assert summary.lines() == ["model tiny-random: embedded 0, nothing pending"]
+    assert summary.compile_seconds is None
 
 
 def test_a_model_that_fails_to_compile_is_embedded_without(conn, database_url, tmp_path):

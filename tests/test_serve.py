@@ -22,6 +22,7 @@ from bikematch.app.serve import ServeOptions, Service, serve_forever
 from bikematch.core.listings import Listing, store_listings
 from embedder.fetch import FetchSettings
 from embedder.job import EmbedSettings, run_embedding
+from perception_models import load_model
 
 from .conftest import BIKEMATCH, eventually
 from .image_server import encoded, jpeg, png
@@ -379,3 +380,17 @@ def test_search_before_anything_is_embedded_says_so(database_url, tiny, serving)
     status, _, answer = service.request("/search", {"text": "Gazelle"})
     assert status == 503 and answer["error"] == "no listing is embedded with never-embedded yet"
     assert service.request("/embed", {"model": "never-embedded", "texts": ["x"]})[0] == 200
+
+
+def test_a_compiled_model_is_compiled_before_the_first_request(tiny, serving):
+    """At start, on the threads requests run on: requests of any size compile nothing."""
+    from torch._dynamo.utils import counters
+
+    compiled = load_model("tiny-random", device="cpu", compile=True)
+    service = serving(compiled, max_batch=8, streams=1)
+    assert service.service.batcher.compile_seconds > 0
+    before = counters["stats"]["unique_graphs"]
+    for count in (1, 3):
+        status, _, answer = service.request("/embed", {"texts": ["Gazelle C7"] * count})
+        assert status == 200 and len(answer["embeddings"]) == count
+    assert counters["stats"]["unique_graphs"] == before

@@ -96,10 +96,18 @@ class Batcher:
         self._queue: asyncio.Queue | None = None
         self._worker: asyncio.Task | None = None
         self._pool = contextlib.ExitStack()
+        #: Seconds a compiled model took to compile at start; None for an eager one.
+        self.compile_seconds: float | None = None
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
         self._executor = self._pool.enter_context(inference_pool(self.streams, self._threads))
+        if getattr(self.model, "compiled", False):  # before the first request, on the
+            # threads requests run on (a compiled graph is kept per torch thread count)
+            loop = asyncio.get_running_loop()
+            self.compile_seconds = await loop.run_in_executor(
+                self._executor, self.model.warm_up, self.max_batch
+            )
         self._free = asyncio.Semaphore(self.streams)
         self._worker = asyncio.create_task(self._run())
 

@@ -94,8 +94,6 @@ def serve(
     model = pipeline.load_embedding_model(
         app.settings, model_name, device, dtype, compile_model=compile_model
     )
-    if model.compiled:  # before the first request, not during it
-        click.echo(f"compiled the model in {model.warm_up(max_batch):.1f} s", err=True)
     options = ServeOptions(
         host=host,
         port=port,
@@ -114,12 +112,17 @@ def serve(
             err=True,
         )
 
+    service = Service(model, url, options)
+
     def ready(bound: int) -> None:
         where = f"http://{host}:{bound}"
+        compiled = service.batcher.compile_seconds
+        if compiled is not None:
+            click.echo(f"compiled the model in {compiled:.1f} s", err=True)
         click.echo(f"serving {model.name} on {model.device} at {where} (Ctrl-C stops)", err=True)
 
     try:
-        asyncio.run(serve_forever(Service(model, url, options), options, on_ready=ready))
+        asyncio.run(serve_forever(service, options, on_ready=ready))
     except KeyboardInterrupt:
         pass
     except OSError as exc:  # the port is taken, the address is not this machine's
