@@ -331,7 +331,7 @@ class ShopifySpider(ShopSpider):
 class WooCommerceSpider(ShopSpider):
     """WooCommerce's Store API: /wp-json/wc/store/v1/products, paged. A variable
     product (sizes, colours) gives only its price range there: its variations are
-    asked for in one request a page (`type=variation&include=...`), and the listing
+    asked for in a request per 100 of them (`type=variation&include=...`), and the listing
     takes the lowest price of those in stock, as for Shopify. A shop whose API does
     not answer that gets the range's lowest price."""
 
@@ -356,12 +356,18 @@ class WooCommerceSpider(ShopSpider):
         if not isinstance(products, list) or not products:
             return
         products = [product for product in products if isinstance(product, dict)]
-        variable = [product for product in products if _variation_ids(product)]
+        group: list[dict] = []  # products whose variations go in one request
         for product in products:
-            if not _variation_ids(product):
+            ids = _variation_ids(product)
+            if not ids:
                 yield self.product_listing(product, response.url)
-        for start in range(0, len(variable), 10):  # 10 products' variations a request
-            yield self.variations_request(variable[start : start + 10], response.url)
+                continue
+            if group and sum(len(_variation_ids(p)) for p in group) + len(ids) > 100:
+                yield self.variations_request(group, response.url)
+                group = []
+            group.append(product)
+        if group:
+            yield self.variations_request(group, response.url)
         total_pages = (response.headers.get("X-WP-TotalPages") or b"").strip()
         if not total_pages.isdigit() or page < int(total_pages):  # absent or garbled: go on
             yield self.page_request(page + 1)
