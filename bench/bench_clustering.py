@@ -184,7 +184,7 @@ def main() -> None:
         with connect(url) as conn:
             conn.execute("analyze")
             conn.commit()
-        print(f"HNSW index build (concurrently, after the load): {build_s:.1f} s")
+        print(f"HNSW index build (after the load): {build_s:.1f} s")
 
         dbt_vars = {
             "embedding_model": MODEL,

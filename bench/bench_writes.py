@@ -8,7 +8,7 @@ fresh embedded Postgres whose table already holds `--stored` vectors of the mode
 
 - keep: the model's HNSW index (m 16, ef_construction 200) is there, and every
   write inserts into its graph;
-- rebuild: the index is dropped first and built after the load, concurrently, on
+- rebuild: the index is dropped first and built after the load, on
   parallel maintenance workers (`embed --index rebuild`, and `auto` for a large
   backlog); its figure includes the build.
 

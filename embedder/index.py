@@ -4,9 +4,9 @@ once afterwards.
 Every vector written into an indexed table is also inserted into the HNSW graph,
 which is most of what a write costs (docs/benchmarks.md, "Writing vectors"). For a
 large backlog (a first run, a re-embed of everything) the job therefore drops the
-model's index, writes without it and builds it again at the end, concurrently (so
-searches and other writers carry on, on a sequential scan meanwhile) and with
-parallel maintenance workers. The build also runs when the job fails or is
+model's index, writes without it and builds it again at the end, on parallel
+maintenance workers (searches carry on meanwhile, on a sequential scan while the
+index is missing). The build also runs when the job fails or is
 interrupted; a run killed outright leaves the index to the next `embed` or
 `cluster`, which make it again (`bikematch_register_model`, sql/0015).
 """
@@ -59,7 +59,7 @@ def stored_vectors(conn: psycopg.Connection, model: str) -> int:
 
 
 def state(conn: psycopg.Connection, model: str) -> str:
-    """'valid', 'invalid' (an interrupted concurrent build) or 'missing'."""
+    """'valid', 'invalid' (an interrupted CREATE INDEX CONCURRENTLY) or 'missing'."""
     return conn.execute("select bikematch_hnsw_index_state(%s)", (model,)).fetchone()[0]
 
 
@@ -77,38 +77,29 @@ def maintenance_workers() -> int:
     return max(0, min(7, (cores or 1) - 1))
 
 
-def build(url: str, model: str, workers: int | None = None, attempts: int = 3) -> float:
-    """Make the model's index valid (built concurrently where missing or left invalid)
-    and return the seconds it took; 0 where it was there already.
+def build(url: str, model: str, workers: int | None = None) -> float:
+    """Make the model's index valid (built where missing, or left invalid by a build
+    that was interrupted) and return the seconds it took; 0 where it was there already.
 
-    Two jobs may finish loading at once: a build that trips over the other's (the name
-    taken, the index in use) looks again, and finds it valid or builds it itself.
+    One transaction: its settings (no statement timeout, the parallel workers) hold
+    through a transaction pooler, where a session's would not, and a build that fails
+    leaves nothing behind. It blocks writes to vector_storage meanwhile, not reads:
+    searches go on. Jobs that finish loading at once build it one after the other
+    (the second finds it made).
     """
     started = time.perf_counter()
-    with connect(url, autocommit=True) as conn:
-        conn.execute("set statement_timeout = 0")
+    workers = maintenance_workers() if workers is None else workers
+    with connect(url) as conn, conn.transaction():
+        conn.execute("set local statement_timeout = 0")
         conn.execute(
-            "select set_config('max_parallel_maintenance_workers', %s, false)",
-            (str(maintenance_workers() if workers is None else workers),),
+            "select set_config('max_parallel_maintenance_workers', %s, true)", (str(workers),)
         )
-        name = conn.execute("select bikematch_hnsw_index_name(%s)", (model,)).fetchone()[0]
-        for attempt in range(attempts):
-            current = state(conn, model)
-            if current == "valid":
-                break
-            try:
-                if current == "invalid":
-                    conn.execute(
-                        sql.SQL("drop index concurrently if exists {}").format(sql.Identifier(name))
-                    )
-                ddl = conn.execute("select bikematch_hnsw_index_ddl(%s, true)", (model,))
-                conn.execute(ddl.fetchone()[0])
-            except (
-                psycopg.errors.DuplicateTable,
-                psycopg.errors.UniqueViolation,
-                psycopg.errors.ObjectInUse,
-                psycopg.errors.DeadlockDetected,
-            ):
-                if attempt == attempts - 1:
-                    raise
+        conn.execute("select pg_advisory_xact_lock(hashtext('bikematch index ' || %s))", (model,))
+        current = state(conn, model)
+        if current == "valid":
+            return 0.0
+        if current == "invalid":
+            name = conn.execute("select bikematch_hnsw_index_name(%s)", (model,)).fetchone()[0]
+            conn.execute(sql.SQL("drop index {}").format(sql.Identifier(name)))
+        conn.execute(conn.execute("select bikematch_hnsw_index_ddl(%s)", (model,)).fetchone()[0])
     return time.perf_counter() - started

@@ -1,25 +1,22 @@
 -- A large load (a first run, a re-embed of everything) writes a model's vectors
 -- without its HNSW index and builds the index afterwards (embedder/index.py): one
 -- build, on parallel maintenance workers, costs far less than maintaining the graph
--- on every insert. The index's definition lives here once, for both ways of making
--- it: register (plain) and the embedder's build after a load (concurrently).
-create or replace function bikematch_hnsw_index_ddl(
-    model_name text, build_concurrently boolean default false
-) returns text
+-- on every insert. The index's definition lives here once, for both places that
+-- make it: registering a model, and the embedder's build after a load.
+create or replace function bikematch_hnsw_index_ddl(model_name text) returns text
 language sql stable as $$
     select format(
-        'create index %s if not exists %I on vector_storage using hnsw '
+        'create index if not exists %I on vector_storage using hnsw '
         '((embedding::halfvec(%s)) halfvec_cosine_ops) with (m = 16, ef_construction = 200) '
         'where model = %L',
-        case when build_concurrently then 'concurrently' else '' end,
         bikematch_hnsw_index_name(name), image_dims + text_dims, name
     )
     from embedding_models
     where name = model_name
 $$;
 
--- 'valid', 'invalid' (a concurrent build that was interrupted: it is kept up to
--- date but never used) or 'missing'.
+-- 'valid', 'invalid' (left by a concurrent build that was interrupted, CREATE INDEX
+-- CONCURRENTLY by hand, say: kept up to date but never used) or 'missing'.
 create or replace function bikematch_hnsw_index_state(model_name text) returns text
 language sql stable as $$
     select coalesce(

@@ -963,8 +963,9 @@ def test_an_interrupted_load_still_leaves_the_model_its_index(conn, database_url
 def test_a_run_killed_without_the_index_leaves_it_to_the_next_embed_or_cluster(
     conn, database_url, tiny
 ):
-    """A kill -9 mid-load leaves no index, an interrupted concurrent build an invalid one:
-    the next registration (every embed) and the cluster command's check build it."""
+    """A kill -9 mid-load leaves no index, an interrupted CREATE INDEX CONCURRENTLY an
+    invalid one: the next registration (every embed) and the cluster command's check
+    build it."""
     from bikematch.app.clusters import ensure_search_index
 
     register(conn, tiny)

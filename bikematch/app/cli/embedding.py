@@ -50,7 +50,7 @@ from bikematch.app.cli.options import (
     default="auto",
     show_default=True,
     help="The model's search index during the run: 'rebuild' writes without it and "
-    "builds it once at the end (concurrently, on parallel workers), 'keep' inserts into "
+    "builds it once at the end (on parallel workers; searches go on), 'keep' inserts into "
     "it; 'auto' rebuilds for a backlog of 1,000 listings or more that is at least as "
     "large as what the model has stored (a first run, a re-embed of everything).",
 )
