@@ -971,8 +971,12 @@ def test_a_run_killed_without_the_index_leaves_it_to_the_next_embed_or_cluster(
     register(conn, tiny)
     conn.execute("drop index if exists " + index_name(conn))
     assert index_state(conn) == "missing"
-    ensure_search_index(database_url, "tiny-random")
+    said = []
+    ensure_search_index(database_url, "tiny-random", said.append)
     assert index_state(conn) == "valid"
+    assert said == ["building the search index of tiny-random (an embedding run left it out)"]
+    ensure_search_index(database_url, "tiny-random", said.append)  # there: nothing to do
+    assert len(said) == 1
     # What an interrupted CREATE INDEX CONCURRENTLY leaves: an index marked invalid.
     conn.execute(
         "update pg_index set indisvalid = false where indexrelid = %s::regclass",

@@ -109,7 +109,7 @@ def build_clusters(
     command = ["build", "--exclude-resource-type", "unit_test"]
     command += ["--full-refresh"] if full_refresh else []
     ensure_search_index(
-        url, dbt_vars.get("embedding_model") or dbt_project_vars()["embedding_model"]
+        url, dbt_vars.get("embedding_model") or dbt_project_vars()["embedding_model"], on_model
     )
     run_dbt(
         command,
@@ -128,9 +128,10 @@ def build_clusters(
     return ClusterSummary(int(listings), clusters, multi, notes)
 
 
-def ensure_search_index(url: str, model_name: str) -> None:
+def ensure_search_index(url: str, model_name: str, say=None) -> None:
     """The model's HNSW index, built again where an embedding run was killed while it
-    loaded without it (the neighbour search would scan every vector instead)."""
+    loaded without it (the neighbour search would scan every vector instead); `say`
+    gets a line before such a build."""
     from embedder import index
 
     with connect(url) as conn:
@@ -139,6 +140,8 @@ def ensure_search_index(url: str, model_name: str) -> None:
         ).fetchone()
         missing = registered and index.state(conn, model_name) != "valid"
     if missing:
+        if say:
+            say(f"building the search index of {model_name} (an embedding run left it out)")
         index.build(url, model_name)
 
 
