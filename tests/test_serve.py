@@ -15,9 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from bikematch.app.clusters import build_clusters, cluster_vars
+from bikematch.app.search import NoVectors, nearest
 from bikematch.app.serve import ServeOptions, Service, serve_forever
 from bikematch.core.listings import Listing, store_listings
 from embedder.fetch import FetchSettings
@@ -369,13 +371,18 @@ def test_the_serve_command_listens_and_stops_on_ctrl_c(tmp_path):
     assert not (tmp_path / ".bikematch").exists()  # no database started
 
 
-def test_search_before_anything_is_embedded_says_so(database_url, tiny, serving):
+def test_search_before_anything_is_embedded_says_so(conn, database_url, tiny, serving):
+    """Over no listings at all too (`conn` empties the tables): the search's plan then
+    need not run match_bikes, which would have said so."""
+
     class Unembedded:
         name = "never-embedded"
 
         def __getattr__(self, attribute):
             return getattr(tiny, attribute)
 
+    with pytest.raises(NoVectors):  # asked of the database itself, whatever the plan
+        nearest(database_url, "never-embedded", torch.zeros(64), "text", 5)
     service = serving(Unembedded(), database_url)
     status, _, answer = service.request("/search", {"text": "Gazelle"})
     assert status == 503 and answer["error"] == "no listing is embedded with never-embedded yet"

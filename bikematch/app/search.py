@@ -101,6 +101,10 @@ _NEAREST_UNCLUSTERED = _NEAREST.format(
 )
 
 
+class NoVectors(LookupError):
+    """Nothing was ever embedded with the model searched with."""
+
+
 def nearest(
     url: str,
     model_name: str,
@@ -120,7 +124,9 @@ def nearest(
     half's cosine times sqrt(its weight); `similarity` is the half's own cosine (the
     threshold applies to it too). On sale: seen within the clustering's
     `listing_grace_hours` of its shop's latest crawl; `gone_since` is when a listing
-    that is not was last seen (with `on_sale_only`, those are left out).
+    that is not was last seen (with `on_sale_only`, those are left out). Raises
+    NoVectors for a model nothing was embedded with (asked first: match_bikes says so
+    too, but only where the plan runs it, which over no listings it need not).
     """
     scale = half_weight(kind) ** 0.5
     grace_hours = float(dbt_project_vars().get("listing_grace_hours", 36))
@@ -136,6 +142,11 @@ def nearest(
         "count": count,
     }
     with connect(url) as conn:
+        registered = conn.execute(
+            "select exists (select from embedding_models where name = %s)", (model_name,)
+        ).fetchone()[0]
+        if not registered:
+            raise NoVectors(model_name)
         clustered = conn.execute(
             "select to_regclass('bike_offers') is not null"
             " and to_regclass('bike_clusters') is not null"

@@ -33,7 +33,7 @@ import psycopg
 import torch
 from aiohttp import web
 
-from bikematch.app.search import half_query, nearest
+from bikematch.app.search import NoVectors, half_query, nearest
 from bikematch.core.database import DatabaseError, connect
 from embedder.decode import DecodeError, decode_image
 from embedder.fetch import FetchError, FetchSettings, ImageFetcher
@@ -390,7 +390,7 @@ class Service:
                 query["k"],
                 shops=query["shops"],
             )
-        except psycopg.errors.NoDataFound:  # match_bikes: the model has no vectors
+        except (NoVectors, psycopg.errors.NoDataFound):  # the model has no vectors
             return _error(503, f"no listing is embedded with {self.model.name} yet")
         except (DatabaseError, psycopg.OperationalError) as exc:
             return _error(503, f"the database cannot be reached: {exc}")
