@@ -259,20 +259,18 @@ class _Job:
         return self.summary
 
     def _count_and_plan(self, conn) -> None:
-        """The backlog, and whether it goes in without the model's index."""
-        register(conn, self.model, ensure_index=False)
+        """The backlog, and whether it goes in without the model's index; the model
+        registered, with its index made unless it is to be built after the load."""
         settings, name = self.settings, self.model.name
         self.total = store.count_pending(conn, name, settings.max_attempts, settings.reembed_before)
         if settings.limit is not None:
             self.total = min(self.total, settings.limit)
         plan = index.plan(settings.index_mode, self.total, index.stored_vectors(conn, name))
-        conn.commit()
+        register(conn, self.model, ensure_index=not plan.rebuild)  # commits
         self.summary.index = plan.reason
         if plan.rebuild:
             self.index_dropped = True  # before the drop: a failed drop still builds
             index.drop(self.url, name)
-        else:
-            register(conn, self.model)
 
     def _ready_model(self) -> None:
         """The batch size (on CUDA from free GPU memory, unless given), and a compiled

@@ -357,15 +357,17 @@ class WooCommerceSpider(ShopSpider):
             return
         products = [product for product in products if isinstance(product, dict)]
         group: list[dict] = []  # products whose variations go in one request
+        asked = 0  # their variations
         for product in products:
             ids = _variation_ids(product)
             if not ids:
                 yield self.product_listing(product, response.url)
                 continue
-            if group and sum(len(_variation_ids(p)) for p in group) + len(ids) > 100:
+            if group and asked + len(ids) > 100:
                 yield self.variations_request(group, response.url)
-                group = []
+                group, asked = [], 0
             group.append(product)
+            asked += len(ids)
         if group:
             yield self.variations_request(group, response.url)
         total_pages = (response.headers.get("X-WP-TotalPages") or b"").strip()
