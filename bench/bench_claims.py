@@ -5,8 +5,9 @@ Fills a throwaway embedded Postgres with `--listings` listings, all but
 as a claim does not read it), then times the embedder's claim of a page of 32
 at several positions of the id order, as a run that has got that far does.
 Next to it, the same claim with its range on the listing alone, as before
-sql/0008: Postgres does not carry that range into the pending set's joins, so
-each claim read the listings, vectors and failures before its position.
+bikematch_listings_to_embed took the range itself: Postgres does not carry that
+range into the pending set's joins, so each claim read the listings, vectors and
+failures before its position.
 
 Usage: python bench/bench_claims.py [--listings 200000] [--pending 0.05]
 """

@@ -8,7 +8,8 @@ model's index, writes without it and builds it again at the end, on parallel
 maintenance workers (searches carry on meanwhile, on a sequential scan while the
 index is missing). The build also runs when the job fails or is
 interrupted; a run killed outright leaves the index to the next `embed` or
-`cluster`, which make it again (`bikematch_register_model`, sql/0015).
+`cluster`, which make it again (`bikematch_register_model`, in
+sql/functions/01_embedding_models.sql).
 """
 
 from __future__ import annotations

@@ -14,9 +14,10 @@ from embedder import MAX_ATTEMPTS
 
 # Pending listings after `after` in id order, locked so that a second
 # embedder skips them (and waits for nothing). The lock lasts until the
-# batch's transaction commits its vectors. `after` goes to the function too,
-# which applies it to every table it reads (sql/0008): a claim reads from
-# where the last one stopped, not from the start of the pending set.
+# batch's transaction commits its vectors. `after` goes to the function too
+# (sql/functions/02_embedding_work.sql), which applies it to every table it
+# reads: a claim reads from where the last one stopped, not from the start of
+# the pending set.
 _CLAIM = """
 select listing.id, listing.name, listing.image_url, pending.source_hash
 from bikematch_listings_to_embed(%(model)s, %(max_attempts)s, %(after)s, %(before)s) as pending

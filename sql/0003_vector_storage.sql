@@ -36,65 +36,7 @@ create table if not exists embedding_failures (
     primary key (bike_id, model)
 );
 
--- Vectors must have their model's dimensions: a wrong-sized vector is a bug
--- upstream and would poison every similarity computed against it.
-create or replace function bikematch_check_vector_dims() returns trigger
-language plpgsql as $$
-declare
-    expected embedding_models%rowtype;
-begin
-    select * into strict expected from embedding_models where name = new.model;
-    if vector_dims(new.text_embedding) <> expected.text_dims
-        or (new.image_embedding is not null
-            and vector_dims(new.image_embedding) <> expected.image_dims)
-        or vector_dims(new.embedding) <> expected.image_dims + expected.text_dims then
-        raise exception 'vector dimensions do not match model % (image %, text %)',
-            new.model, expected.image_dims, expected.text_dims
-            using errcode = 'data_exception';
-    end if;
-    return new;
-end;
-$$;
-
-drop trigger if exists vector_storage_dims on vector_storage;
-create trigger vector_storage_dims
-before insert or update on vector_storage
-for each row execute function bikematch_check_vector_dims();
-
--- The HNSW index name for a model: readable, unique, within 63 characters.
-create or replace function bikematch_hnsw_index_name(model_name text) returns text
-language sql immutable as $$
-    select 'vector_storage_hnsw_'
-        || left(regexp_replace(lower(model_name), '[^a-z0-9]+', '_', 'g'), 30)
-        || '_' || left(md5(model_name), 8)
-$$;
-
--- Register a model and make sure its HNSW index exists. The column has no
--- fixed dimension (models differ), so the index is a partial expression index
--- per model on embedding::halfvec(dims); queries use the same expression and
--- `where model = ...` to use it.
-create or replace function bikematch_register_model(
-    model_name text, model_image_dims integer, model_text_dims integer
-) returns text
-language plpgsql as $$
-declare
-    known embedding_models%rowtype;
-    index_name text := bikematch_hnsw_index_name(model_name);
-begin
-    select * into known from embedding_models where name = model_name;
-    if found and (known.image_dims, known.text_dims) <> (model_image_dims, model_text_dims) then
-        raise exception 'model % is registered with dimensions (%, %), not (%, %)',
-            model_name, known.image_dims, known.text_dims, model_image_dims, model_text_dims
-            using errcode = 'data_exception';
-    end if;
-    insert into embedding_models (name, image_dims, text_dims)
-    values (model_name, model_image_dims, model_text_dims)
-    on conflict (name) do nothing;
-    execute format(
-        'create index if not exists %I on vector_storage using hnsw '
-        '((embedding::halfvec(%s)) halfvec_cosine_ops) where model = %L',
-        index_name, model_image_dims + model_text_dims, model_name
-    );
-    return index_name;
-end;
-$$;
+-- The functions are defined in sql/functions/ (applied after the migrations).
+-- A database that applied this file's earlier text, which defined them here,
+-- is up to date:
+-- supersedes ec9e19025ce114cf9e533622ac8bf3fc22400ffbeef63dac086717f70a8d0c83

@@ -4,61 +4,11 @@
 -- Such a vector counts as pending again whenever its failure may be retried
 -- (after 2^attempts minutes, up to max_attempts), so the image is still tried.
 --
--- after_id: only listings with a larger id, for the embedder's claims, which
--- page through the pending set in id order. The range is applied to every
--- table the set reads: Postgres carries equalities across a join, not ranges,
--- so a range on the caller's side alone left each claim reading the listings,
--- vectors and failures before it (a run's claims cost grew with the square of
--- the table).
---
--- embedded_before: also the listings whose vector for the model was embedded
--- before this time, as when a new release of the embedder decodes or
--- preprocesses photos differently and the stored vectors should follow
--- (`bikematch embed --reembed-before TIME`). A vector written since counts as
--- done, so rerunning the same command after a kill resumes where it stopped.
---
--- New arguments make a new function, hence the drop. Otherwise as in 0004.
+-- bikematch_listings_to_embed takes two new arguments (after_id, embedded_before),
+-- which make a new function: the old one goes.
 drop function if exists bikematch_listings_to_embed(text, integer);
 
-create or replace function bikematch_listings_to_embed(
-    model_name text,
-    max_attempts integer default 5,
-    after_id uuid default null,
-    embedded_before timestamptz default null
-)
-returns table (bike_id uuid, name text, image_url text, source_hash text)
-language sql stable as $$
-    select
-        listing.id,
-        listing.name,
-        listing.image_url,
-        bikematch_embedding_source(listing.name, listing.image_url)
-    from scraped_bikes as listing
-    left join vector_storage as vector
-        on
-            vector.bike_id = listing.id and vector.model = model_name
-            and (after_id is null or vector.bike_id > after_id)
-    left join embedding_failures as failure
-        on
-            failure.bike_id = listing.id and failure.model = model_name
-            and (after_id is null or failure.bike_id > after_id)
-    where
-        (after_id is null or listing.id > after_id)
-        and (
-            vector.bike_id is null
-            or vector.source_hash is distinct from
-            bikematch_embedding_source(listing.name, listing.image_url)
-            or (vector.text_only and listing.image_url is not null)
-            or vector.embedded_at < embedded_before
-        )
-        and (
-            failure.bike_id is null
-            or failure.source_hash is distinct from
-            bikematch_embedding_source(listing.name, listing.image_url)
-            or (
-                failure.attempts < max_attempts
-                and failure.last_attempt_at
-                < now() - make_interval(mins => power(2, failure.attempts)::integer)
-            )
-        )
-$$;
+-- The functions are defined in sql/functions/ (applied after the migrations).
+-- A database that applied this file's earlier text, which defined them here,
+-- is up to date:
+-- supersedes c46116f22a94489c57729cc00d35e34a8381a99f023fc08fe7833c2fb29d80dc

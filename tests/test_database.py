@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import os
 import subprocess
 
@@ -12,7 +13,7 @@ import pytest
 from pgvector import HalfVector, Vector
 
 from bikematch.core.database import DatabaseError, connect, mask_password
-from bikematch.core.migrations import apply_migrations, discover
+from bikematch.core.migrations import apply_migrations, discover, discover_functions
 
 from .conftest import BIKEMATCH, eventually, run_cli
 from .pooler import TransactionPooler
@@ -247,22 +248,58 @@ def test_a_connection_dropped_mid_command_is_one_line_exit_2(conn, database_url,
     ), stderr
 
 
-def test_migrations_run_past_the_servers_statement_timeout(conn, database_url, tmp_path):
+@pytest.fixture
+def scratch_url(conn, database_url):
+    """An empty database of its own, dropped afterwards."""
+    conn.execute("drop database if exists scratch")
+    conn.execute("create database scratch")
+    yield psycopg.conninfo.make_conninfo(database_url, dbname="scratch")
+    conn.execute("drop database scratch with (force)")
+
+
+def test_migrations_run_past_the_servers_statement_timeout(scratch_url, tmp_path):
     """Supabase stops any statement after 2 minutes; building an index over a large
     table in a migration takes longer. Each migration lifts the timeout for itself."""
-    conn.execute("drop database if exists slow_migrations")
-    conn.execute("create database slow_migrations")
     (tmp_path / "0001_slow.sql").write_text("select pg_sleep(0.2);\n")
-    url = psycopg.conninfo.make_conninfo(database_url, dbname="slow_migrations")
-    try:
-        with connect(url) as slow:
-            slow.execute("set statement_timeout = '50ms'")
-            slow.commit()
-            assert apply_migrations(slow, tmp_path) == ["0001_slow"]
-            timeout = slow.execute("show statement_timeout").fetchone()[0]
-            assert timeout == "50ms"  # the session's own setting is left as it was
-    finally:
-        conn.execute("drop database slow_migrations")
+    with connect(scratch_url) as slow:
+        slow.execute("set statement_timeout = '50ms'")
+        slow.commit()
+        assert apply_migrations(slow, tmp_path) == ["0001_slow"]
+        timeout = slow.execute("show statement_timeout").fetchone()[0]
+        assert timeout == "50ms"  # the session's own setting is left as it was
+
+
+def test_a_rewritten_migration_naming_the_applied_text_is_up_to_date(scratch_url, tmp_path):
+    migration = tmp_path / "0001_table.sql"
+    migration.write_text("create table t (a int);\n")
+    with connect(scratch_url) as db:
+        assert apply_migrations(db, tmp_path) == ["0001_table"]
+        applied = hashlib.sha256(migration.read_bytes()).hexdigest()
+        rewritten = f"-- its function moved\ncreate table t (a int);\n-- supersedes {applied}\n"
+        migration.write_text(rewritten)
+        assert apply_migrations(db, tmp_path) == []
+        recorded = db.execute("select checksum from bikematch_migrations").fetchone()[0]
+        assert recorded == hashlib.sha256(migration.read_bytes()).hexdigest()
+        assert apply_migrations(db, tmp_path) == []
+        migration.write_text(migration.read_text() + "-- edited\n")  # names another text
+        with pytest.raises(DatabaseError, match="changed after it was applied"):
+            apply_migrations(db, tmp_path)
+
+
+def test_function_files_apply_after_the_migrations_and_again_when_edited(scratch_url, tmp_path):
+    (tmp_path / "0001_table.sql").write_text("create table t (a int);\n")
+    (tmp_path / "functions").mkdir()
+    function = tmp_path / "functions" / "01_count.sql"
+    function.write_text(
+        "create or replace function f() returns bigint\n"
+        "language sql as $$ select count(*) from t $$;\n"
+    )
+    with connect(scratch_url) as db:
+        assert apply_migrations(db, tmp_path) == ["0001_table", "functions/01_count"]
+        assert apply_migrations(db, tmp_path) == []
+        function.write_text(function.read_text().replace("count(*)", "count(*) + 1"))
+        assert apply_migrations(db, tmp_path) == ["functions/01_count"]
+        assert db.execute("select f()").fetchone()[0] == 1
 
 
 def test_db_status_says_what_the_database_holds(conn, database_url):
@@ -320,7 +357,9 @@ def test_db_status_of_a_database_without_the_schema_says_what_to_run(conn, datab
         other.execute("create table bikematch_migrations (version text, checksum text)")
         other.execute("insert into bikematch_migrations values ('0001_pgvector', '')")
     out = run_cli("db", "status", env=env, check=True).stdout
-    assert f"migrations: 1 applied, {len(discover()) - 1} pending (0002_" in out
+    waiting = len(discover()) - 1 + len(discover_functions())
+    assert f"migrations: 1 applied, {waiting} pending (0002_" in out
+    assert "functions/04_cluster_assignment): run `bikematch db init`" in out
     assert "run `bikematch db init`" in out
     conn.execute("drop database bare")
 

@@ -7,8 +7,8 @@ from datetime import UTC
 
 import psycopg
 
+from bikematch.core import migrations
 from bikematch.core.database import connect, mask_password
-from bikematch.core.migrations import discover
 from embedder import MAX_ATTEMPTS
 
 
@@ -25,17 +25,11 @@ def database_status(url: str) -> list[str]:
 
 
 def _contents(conn: psycopg.Connection) -> list[str]:
-    exists = conn.execute("select to_regclass('bikematch_migrations')").fetchone()[0]
-    applied = (
-        {row[0] for row in conn.execute("select version from bikematch_migrations")}
-        if exists
-        else set()
-    )
-    pending = [m.version for m in discover() if m.version not in applied]
+    applied, pending = migrations.pending(conn)
     if not applied:
         return ["schema: none yet; `bikematch db init` creates it"]
     lines = [
-        f"migrations: {len(applied)} applied"
+        f"migrations: {applied} applied"
         + (
             f", {len(pending)} pending ({', '.join(pending)}): run `bikematch db init`"
             if pending

@@ -1,9 +1,19 @@
-"""Apply the SQL files in `sql/` in order, once each, recorded in `bikematch_migrations`.
+"""The schema: the migrations in `sql/`, then the functions in `sql/functions/`.
 
-A migration is a file named `NNNN_description.sql`. Each runs in its own
-transaction together with its bookkeeping row, under an advisory lock so two
-processes running `db init` at once apply each file exactly once. A file that
-was edited after it was applied is reported rather than silently skipped.
+A migration is a file named `NNNN_description.sql` that changes tables. Each is
+applied once, in order, recorded in `bikematch_migrations`. A file that was edited
+after it was applied is reported rather than silently skipped, unless it names the
+checksum of the text that was applied in a line `-- supersedes <sha256>` (a
+migration rewritten without changing what it leaves in the database).
+
+The functions (and their triggers) are defined once each, in `sql/functions/NN_name.sql`
+with CREATE OR REPLACE: a file is applied after the migrations whenever its text
+differs from the one recorded in `bikematch_functions`, so a change to a function is
+an edit of its file, not a new copy of it. A migration runs before the functions
+are (re)defined, so it does not call them.
+
+Each file runs in its own transaction together with its bookkeeping row, under an
+advisory lock, so two processes running `db init` at once apply each exactly once.
 """
 
 from __future__ import annotations
@@ -19,6 +29,8 @@ from bikematch.core.database import DatabaseError, check_server
 from bikematch.core.settings import SQL_DIR
 
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+_FUNCTIONS_NAME = re.compile(r"^\d{2}_[a-z0-9_]+\.sql$")
+_SUPERSEDES = re.compile(r"^-- supersedes ([0-9a-f]{64})$", re.MULTILINE)
 # Any constant works; it only has to be the same for every bikematch process.
 _LOCK_KEY = 0x6B1E3A7C
 
@@ -36,6 +48,11 @@ class Migration:
     def checksum(self) -> str:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
+    @property
+    def superseded(self) -> set[str]:
+        """Checksums of earlier texts of this file that left the same database."""
+        return set(_SUPERSEDES.findall(self.sql))
+
 
 def discover(sql_dir: Path = SQL_DIR) -> list[Migration]:
     migrations = []
@@ -50,8 +67,18 @@ def discover(sql_dir: Path = SQL_DIR) -> list[Migration]:
     return migrations
 
 
+def discover_functions(sql_dir: Path = SQL_DIR) -> list[Migration]:
+    functions = []
+    for path in sorted((sql_dir / "functions").glob("*.sql")):
+        if not _FUNCTIONS_NAME.match(path.name):
+            raise DatabaseError(f"{path}: function files must be named NN_description.sql")
+        functions.append(Migration(version=f"functions/{path.stem}", path=path))
+    return functions
+
+
 def apply_migrations(conn: psycopg.Connection, sql_dir: Path = SQL_DIR) -> list[str]:
-    """Apply pending migrations; return the versions applied (empty when up to date)."""
+    """Apply pending migrations, then the function files that changed; return what was
+    applied (empty when up to date)."""
     check_server(conn)
     conn.commit()  # its look-ups' transaction: each migration's must not be a savepoint
     migrations = discover(sql_dir)
@@ -70,6 +97,15 @@ def apply_migrations(conn: psycopg.Connection, sql_dir: Path = SQL_DIR) -> list[
             )
             """
         )
+        conn.execute(
+            """
+            create table if not exists bikematch_functions (
+                file text primary key,
+                checksum text not null,
+                applied_at timestamptz not null default now()
+            )
+            """
+        )
     for migration in migrations:
         with conn.transaction():
             _begin_migration(conn)
@@ -78,26 +114,69 @@ def apply_migrations(conn: psycopg.Connection, sql_dir: Path = SQL_DIR) -> list[
                 (migration.version,),
             ).fetchone()
             if row is not None:
-                if row[0] != migration.checksum:
+                if row[0] in migration.superseded:
+                    conn.execute(
+                        "update bikematch_migrations set checksum = %s where version = %s",
+                        (migration.checksum, migration.version),
+                    )
+                elif row[0] != migration.checksum:
                     raise DatabaseError(
                         f"migration {migration.version} changed after it was applied; "
                         "add a new migration instead of editing an applied one"
                     )
                 continue
-            try:
-                conn.execute(migration.sql)
-            except psycopg.errors.InsufficientPrivilege as exc:
-                reason = exc.diag.message_primary
-                raise DatabaseError(
-                    f"migration {migration.version} needs more privileges: {reason} "
-                    "(for pgvector, a superuser must run CREATE EXTENSION vector)"
-                ) from exc
+            _execute(conn, migration)
             conn.execute(
                 "insert into bikematch_migrations (version, checksum) values (%s, %s)",
                 (migration.version, migration.checksum),
             )
             applied_now.append(migration.version)
+    for functions in discover_functions(sql_dir):
+        with conn.transaction():
+            _begin_migration(conn)
+            row = conn.execute(
+                "select checksum from bikematch_functions where file = %s", (functions.version,)
+            ).fetchone()
+            if row is not None and row[0] == functions.checksum:
+                continue
+            _execute(conn, functions)
+            conn.execute(
+                """
+                insert into bikematch_functions (file, checksum) values (%s, %s)
+                on conflict (file) do update
+                set checksum = excluded.checksum, applied_at = now()
+                """,
+                (functions.version, functions.checksum),
+            )
+            applied_now.append(functions.version)
     return applied_now
+
+
+def pending(conn: psycopg.Connection, sql_dir: Path = SQL_DIR) -> tuple[int, list[str]]:
+    """How many migrations the database has applied, and what `db init` would apply:
+    the migrations it lacks, and the function files whose text changed."""
+    if conn.execute("select to_regclass('bikematch_migrations')").fetchone()[0] is None:
+        return 0, [m.version for m in discover(sql_dir)]
+    applied = dict(conn.execute("select version, checksum from bikematch_migrations").fetchall())
+    functions = {}
+    if conn.execute("select to_regclass('bikematch_functions')").fetchone()[0] is not None:
+        functions = dict(conn.execute("select file, checksum from bikematch_functions").fetchall())
+    waiting = [m.version for m in discover(sql_dir) if m.version not in applied]
+    waiting += [
+        f.version for f in discover_functions(sql_dir) if functions.get(f.version) != f.checksum
+    ]
+    return len(applied), waiting
+
+
+def _execute(conn: psycopg.Connection, migration: Migration) -> None:
+    try:
+        conn.execute(migration.sql)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        reason = exc.diag.message_primary
+        raise DatabaseError(
+            f"{migration.path.name} needs more privileges: {reason} "
+            "(for pgvector, a superuser must run CREATE EXTENSION vector)"
+        ) from exc
 
 
 def _begin_migration(conn: psycopg.Connection) -> None:

@@ -1,8 +1,8 @@
 {#-
     The dimension of a model's concatenated embedding, from embedding_models.
     Queries must cast to exactly halfvec(dims) to match the model's partial
-    HNSW index (see sql/0003_vector_storage.sql). None when the model has no
-    vectors yet, or while dbt only parses the project.
+    HNSW index (see sql/functions/01_embedding_models.sql). None when the model
+    has no vectors yet, or while dbt only parses the project.
 -#}
 {% macro embedding_dims(model_name) %}
     {% if not execute %}

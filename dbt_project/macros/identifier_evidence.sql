@@ -214,7 +214,8 @@
     `listing` would join through `candidate` (a row of int_candidate_matches): an
     analyst unlinked the two, or they conflict (attribute_conflicts), unless the
     candidate is a link or an equal GTIN, or the two share a valid GTIN or a link.
-    bikematch_assign_clusters (sql/0014) checks it against every member. -#}
+    bikematch_assign_clusters (sql/functions/04_cluster_assignment.sql) checks it
+    against every member. -#}
 {% macro joining_blocked(listing, member, candidate) -%}
     {{ decided_by_hand(listing, member, 'unlink') }}
     or (

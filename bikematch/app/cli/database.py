@@ -22,7 +22,8 @@ def db() -> None:
 @db.command("init")
 @pass_app
 def db_init(app: App) -> None:
-    """Apply the migrations in sql/ (safe to run again: applied ones are skipped).
+    """Apply the migrations in sql/, then the SQL functions that changed (safe to run
+    again: what is applied is skipped).
 
     \b
     Example:
@@ -34,7 +35,7 @@ def db_init(app: App) -> None:
     with connect(app.database_url()) as conn:
         applied = apply_migrations(conn)
     if applied:
-        click.echo(f"applied {len(applied)} migration(s): {', '.join(applied)}")
+        click.echo(f"applied {len(applied)} file(s): {', '.join(applied)}")
     else:
         click.echo("database is up to date")
 

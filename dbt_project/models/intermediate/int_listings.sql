@@ -127,7 +127,7 @@ active_embedded as (
         listings.image_url is not null
         and count(*) over (partition by listings.webshop, listings.image_url)
         >= {{ var('shared_image_listings') }} as image_is_shared,
-        -- The embedder's own definition (sql/0004): false while a changed
+        -- The embedder's own definition (bikematch_embedding_source): false while a changed
         -- title or image waits to be embedded again.
         (
             vectors.source_hash

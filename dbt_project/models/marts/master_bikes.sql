@@ -1,8 +1,8 @@
 {#-
     Which cluster (product) each listing belongs to.
 
-    The assignment is bikematch_assign_clusters() (sql/0014_rival_products.sql),
-    a loop over the shops in shop_rank order: the anchor shop's listings seed
+    The assignment is bikematch_assign_clusters()
+    (sql/functions/04_cluster_assignment.sql), a loop over the shops in shop_rank order: the anchor shop's listings seed
     clusters; each later shop's listings join the cluster of their preferred
     candidate among the listings already placed (a link by hand, then an equal
     valid GTIN, then the best fit), at most var('max_listings_per_shop') of a

@@ -1,0 +1,282 @@
+-- Which cluster (product) each listing joins, as a loop a reader can follow.
+-- dbt's master_bikes model calls it with its inputs: the listings taking part
+-- (int_listings: bike_id, webshop, url, valid_gtin, shop_rank, attributes) and the
+-- candidate pairs (int_candidate_matches: bike_id, neighbour_id, score, fit,
+-- evidence, ...), and the project's conflict rules as two SQL expressions.
+--
+-- Shops are placed one at a time, in shop_rank order (0 is the anchor shop).
+-- 1. Every listing of the anchor shop seeds a cluster of its own.
+-- 2. For each later shop, each of its listings lists the clusters it could join:
+--    those of its candidates placed so far, best first: a link by hand, then an
+--    equal GTIN, then the candidate that fits it best (`fit`: the score less a
+--    price gap; see int_candidate_matches), then the neighbour's (webshop, url),
+--    so that ties never depend on row order. A cluster is no option when any
+--    member already placed there blocks the listing (`blocks`): a listing that
+--    contradicts any member (another battery, frame type, model year, motor or
+--    model number), or was unlinked from one, stays out, even when its best
+--    neighbour there agrees.
+-- 2b. Rival products: a listing that fits the clusters of two different products
+--    about equally well (scores within `score_window`; their members disagree on
+--    something, `rivals`, so the listing leaves out what tells them apart: the
+--    motor of two variants, say) cannot be placed by its similarity, which then
+--    mostly measures wording. It keeps the one nearest in price when the next
+--    one's price is at least `price_margin` times further from its own; otherwise
+--    it is ambiguous: it stays in a cluster of its own (matched_via 'ambiguous')
+--    that later listings join only through a link by hand or an equal GTIN.
+-- 3. In up to `rounds` rounds, each listing not placed yet claims its best
+--    cluster that still has room; a cluster takes at most `max_per_shop`
+--    listings of one shop, keeping its best claims (link, GTIN, then fit, then
+--    url); a listing that lost tries its next choice in the next round.
+-- 4. A listing of that shop left without a cluster seeds its own, so bikes the
+--    anchor shop does not sell still merge across the other shops.
+--
+-- `blocks` is a boolean SQL expression over `listing` and `member` (rows of the
+-- listings table) and `candidate` (the candidate pair through which the listing
+-- would join). `rivals` is one over `first_member` and `second_member` (rows of
+-- the listings table): members of two clusters that make them different products.
+-- dbt's master_bikes writes both from the project's rules.
+--
+-- A cluster's id is derived from its seed listing's (webshop, url): the same seed
+-- gives the same id on every run and in every database.
+create or replace function bikematch_cluster_id(webshop text, url text)
+returns uuid
+language sql immutable parallel safe as $$
+    select md5('bikematch-cluster' || chr(31) || webshop || chr(31) || url)::uuid
+$$;
+
+create or replace function bikematch_assign_clusters(
+    listings regclass,
+    candidates regclass,
+    max_per_shop integer,
+    rounds integer,
+    blocks text,
+    rivals text,
+    score_window double precision,
+    price_margin double precision
+)
+returns table (
+    bike_id uuid,
+    cluster_id uuid,
+    matched_via text,
+    matched_bike_id uuid,
+    similarity double precision,
+    score double precision
+)
+language plpgsql volatile as $$
+#variable_conflict use_column
+declare
+    shop integer;
+begin
+    -- Scratch tables live for this transaction (and a transaction pooler's
+    -- server connection) alone.
+    drop table if exists
+        pg_temp.assign_placed, pg_temp.assign_options, pg_temp.assign_won,
+        pg_temp.assign_rivals;
+    create temp table assign_placed (
+        bike_id uuid primary key,
+        cluster_id uuid not null,
+        matched_via text not null,
+        matched_bike_id uuid,
+        similarity double precision,
+        score double precision
+    ) on commit drop;
+    create index on assign_placed (cluster_id);
+
+    -- 1. The anchor shop's listings seed the clusters.
+    execute format(
+        'insert into assign_placed
+         select bike_id, bikematch_cluster_id(webshop, url), ''anchor'', null, null, null
+         from %s where shop_rank = 0',
+        listings
+    );
+
+    for shop in execute format(
+        'select distinct shop_rank from %s where shop_rank > 0 order by shop_rank', listings
+    ) loop
+        -- 2. The clusters this shop's listings could join, best first: those of
+        --    their candidates placed so far that no member blocks (an ambiguous
+        --    listing's only through a link or an equal GTIN).
+        execute format(
+            'create temp table assign_options on commit drop as
+             select
+                 candidate.bike_id,
+                 placed.cluster_id,
+                 candidate.neighbour_id as matched_bike_id,
+                 candidate.similarity,
+                 candidate.score,
+                 candidate.fit,
+                 candidate.evidence,
+                 candidate.matched_via,
+                 candidate.url,
+                 abs(ln(nullif(candidate.price_ratio, 0))) as price_distance,
+                 row_number() over (
+                     partition by candidate.bike_id
+                     order by
+                         candidate.evidence = ''link'' desc,
+                         candidate.evidence = ''gtin'' desc,
+                         candidate.fit desc,
+                         candidate.neighbour_webshop asc,
+                         candidate.neighbour_url asc
+                 ) as preference
+             from %1$s as candidate
+             inner join assign_placed as placed on candidate.neighbour_id = placed.bike_id
+             inner join %2$s as listing on candidate.bike_id = listing.bike_id
+             where
+                 candidate.shop_rank = %3$s
+                 and (placed.matched_via <> ''ambiguous'' or candidate.evidence <> ''embedding'')
+                 and not exists (
+                     select
+                     from assign_placed as fellow
+                     inner join %2$s as member on fellow.bike_id = member.bike_id
+                     where fellow.cluster_id = placed.cluster_id and (%4$s)
+                 )',
+            candidates, listings, shop, blocks
+        );
+
+        -- 2b. Rival products: a listing whose best cluster (not by a link or GTIN)
+        --     has a rival among its other options scored within `score_window` of
+        --     the best keeps, of those, only the one clearly nearest in price, or
+        --     none (ambiguous).
+        execute format(
+            'create temp table assign_rivals on commit drop as
+             with best as (
+                 select option.bike_id, option.cluster_id, option.score
+                 from assign_options as option
+                 where option.preference = 1 and option.evidence = ''embedding''
+             ),
+             contenders as (
+                 select option.bike_id, option.cluster_id, min(option.price_distance) as distance
+                 from assign_options as option
+                 inner join best on option.bike_id = best.bike_id
+                 where
+                     option.cluster_id = best.cluster_id
+                     or option.score >= best.score - %4$s
+                     and exists (
+                         select
+                         from assign_placed as one
+                         inner join %1$s as first_member on one.bike_id = first_member.bike_id
+                         cross join assign_placed as other
+                         inner join %1$s as second_member on other.bike_id = second_member.bike_id
+                         where
+                             one.cluster_id = best.cluster_id
+                             and other.cluster_id = option.cluster_id
+                             and (%2$s)
+                     )
+                 group by option.bike_id, option.cluster_id
+             ),
+             ranked as (
+                 select
+                     contenders.*,
+                     count(*) over (partition by contenders.bike_id) as rival_count,
+                     row_number() over (
+                         partition by contenders.bike_id
+                         order by contenders.distance asc nulls last, contenders.cluster_id
+                     ) as nearness,
+                     lead(contenders.distance) over (
+                         partition by contenders.bike_id
+                         order by contenders.distance asc nulls last, contenders.cluster_id
+                     ) as next_distance
+                 from contenders
+             )
+             select
+                 ranked.bike_id,
+                 case
+                     when ranked.next_distance - ranked.distance >= ln(%3$s)
+                         then ranked.cluster_id
+                 end as cluster_id
+             from ranked
+             where ranked.rival_count > 1 and ranked.nearness = 1',
+            listings, rivals, price_margin, score_window
+        );
+        delete from assign_options as option
+        using assign_rivals as rival
+        where
+            option.bike_id = rival.bike_id
+            and option.cluster_id is distinct from rival.cluster_id;
+
+        create temp table assign_won (
+            bike_id uuid primary key,
+            cluster_id uuid not null,
+            matched_bike_id uuid,
+            similarity double precision,
+            score double precision,
+            matched_via text
+        ) on commit drop;
+
+        -- 3. Rounds of claims.
+        for claim_round in 1..rounds loop
+            insert into assign_won
+            select
+                ranked.bike_id,
+                ranked.cluster_id,
+                ranked.matched_bike_id,
+                ranked.similarity,
+                ranked.score,
+                ranked.matched_via
+            from (
+                select
+                    claim.*,
+                    claim.taken + row_number() over (
+                        partition by claim.cluster_id
+                        order by
+                            claim.evidence = 'link' desc,
+                            claim.evidence = 'gtin' desc,
+                            claim.fit desc,
+                            claim.url asc
+                    ) as place
+                from (
+                    -- each listing not placed yet: its best cluster with room left
+                    select distinct on (choice.bike_id)
+                        choice.*,
+                        coalesce(filled.taken, 0) as taken
+                    from assign_options as choice
+                    left join (
+                        select won.cluster_id, count(*) as taken
+                        from assign_won as won group by won.cluster_id
+                    ) as filled on choice.cluster_id = filled.cluster_id
+                    where
+                        not exists (
+                            select from assign_won as won where won.bike_id = choice.bike_id
+                        )
+                        and coalesce(filled.taken, 0) < max_per_shop
+                    order by choice.bike_id asc, choice.preference asc
+                ) as claim
+            ) as ranked
+            where ranked.place <= max_per_shop;
+        end loop;
+
+        -- 4. Placed: the winners in their clusters, the others as seeds (the
+        --    ambiguous ones marked so).
+        execute format(
+            'insert into assign_placed
+             select
+                 listing.bike_id,
+                 coalesce(won.cluster_id, bikematch_cluster_id(listing.webshop, listing.url)),
+                 coalesce(
+                     won.matched_via,
+                     case when rival.bike_id is not null then ''ambiguous'' else ''seed'' end
+                 ),
+                 won.matched_bike_id,
+                 won.similarity,
+                 won.score
+             from %s as listing
+             left join assign_won as won on listing.bike_id = won.bike_id
+             left join assign_rivals as rival
+                 on listing.bike_id = rival.bike_id and rival.cluster_id is null
+             where listing.shop_rank = %s',
+            listings, shop
+        );
+        drop table assign_options, assign_won, assign_rivals;
+    end loop;
+
+    return query
+        select
+            placed.bike_id,
+            placed.cluster_id,
+            placed.matched_via,
+            placed.matched_bike_id,
+            placed.similarity,
+            placed.score
+        from assign_placed as placed;
+end
+$$;
