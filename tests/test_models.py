@@ -15,7 +15,7 @@ import torch
 from PIL import Image, ImageCms
 
 from perception_models import MODELS, EmbeddingModel, combine, load_model, preprocess
-from perception_models.base import batch_for_memory
+from perception_models.base import TEXT_CHUNK, batch_for_memory
 from perception_models.models import TINY_CONFIG, PECore
 from perception_models.pe_core import (
     CheckpointError,
@@ -308,6 +308,18 @@ def test_trimming_trailing_padding_changes_no_text_vector():
     trimmed = model.tokenize(titles)
     assert trimmed.shape[1] < padded.shape[1]
     assert torch.allclose(model.embed_texts(padded), model.embed_texts(trimmed), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["tiny-random", "minilm-effnet-lite0"])
+def test_a_cpu_batch_of_mixed_lengths_gives_each_title_its_own_vector(name):
+    """On a CPU a batch runs in chunks of titles of similar length (embed_texts): each
+    vector must still be its own title's, as when it is embedded alone."""
+    model = load_model(name, device="cpu")
+    titles = [f"{title} {'Wh ' * (index % 7 * 5)}{index}" for index, title in enumerate(TITLES * 8)]
+    assert len(titles) > 2 * TEXT_CHUNK
+    together = model.embed_texts(model.tokenize(titles))
+    alone = torch.cat([model.embed_texts(model.tokenize([title])) for title in titles])
+    assert torch.allclose(together, alone, atol=1e-5)
 
 
 _PAGE_FAULTS = """
