@@ -40,9 +40,10 @@ chromium:
 	@sh .ci/chromium
 
 # Two pytest workers (pytest-xdist), each with its own embedded Postgres; a test
-# file's tests stay on one worker, so its module fixtures are built once.
+# file's tests stay on one worker, so its module fixtures are built once. Files go
+# out in collection order, longest first (tests/conftest.py).
 test: chromium lint
-	$(BIN)/pytest -n 2 --dist loadfile
+	$(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 # Resolve the dependencies afresh in a scratch environment and record what pip
 # chose (pip freeze); review the diff, run make test, commit constraints.txt.

@@ -27,6 +27,39 @@ SOURCE_TABLES = (
 )
 
 
+# The files that take longest, longest first: pytest-xdist (make test: two workers, a
+# file's tests on one worker) hands files out in collection order, so these start at
+# once and the workers finish together instead of one waiting on the last long file.
+LONGEST_FIRST = (
+    "test_er_benchmarks.py",
+    "test_clustering.py",
+    "test_run.py",
+    "test_matching.py",
+    "test_embed.py",
+    "test_models.py",
+    "test_demo.py",
+    "test_scrape.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: a file's tests keep their order
+
+
+@pytest.fixture(scope="session", autouse=True)
+def dbt_target(tmp_path_factory) -> Path:
+    """Where this worker's dbt runs (and the commands the tests start) write dbt's
+    target folder: two workers writing one would read each other's compiled SQL, and a
+    build that finds the parse of its own last build reuses it (a partial parse)."""
+    target = tmp_path_factory.mktemp("dbt-target")
+    os.environ["DBT_TARGET_PATH"] = str(target)
+    return target
+
+
 @pytest.fixture(scope="session")
 def pg_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("pg")

@@ -100,6 +100,9 @@ class TransactionPooler:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            # Messages are relayed one by one, in small writes: without TCP_NODELAY, Nagle's
+            # algorithm held each behind the client's delayed ACK (40 ms a round trip).
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _open_server(self, startup: bytes, client: socket.socket | None) -> socket.socket:

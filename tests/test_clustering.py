@@ -12,7 +12,6 @@ from psycopg import sql
 
 from bikematch.app.dbt import one_build_at_a_time, run_dbt
 from bikematch.core.database import DatabaseError
-from bikematch.core.settings import PROJECT_ROOT
 
 from .clustering import (
     HALF_DIMS,
@@ -229,7 +228,7 @@ def test_removed_listing_leaves_the_marts_but_keeps_its_history(db, database_url
     assert row.fetchone() == ("embedding",)
 
 
-def test_candidate_search_uses_the_hnsw_index(db, database_url):
+def test_candidate_search_uses_the_hnsw_index(db, database_url, dbt_target):
     rows = [(f"shop-{i % 5}.nl", f"u{i}", product_vector(1000 + i)) for i in range(1500)]
     load(db, rows)
     db.execute("analyze vector_storage")
@@ -263,7 +262,7 @@ def test_candidate_search_uses_the_hnsw_index(db, database_url):
     assert f"Index Scan using {index}" in plan, plan
 
     # The model calls it from parallel workers (with the settings of its pre-hook).
-    compiled = next(PROJECT_ROOT.glob("target/compiled/**/int_vector_neighbours.sql"))
+    compiled = next(dbt_target.glob("compiled/**/int_vector_neighbours.sql"))
     db.execute("set min_parallel_table_scan_size = 0")
     try:
         plan = db.execute("explain (verbose) " + compiled.read_text()).fetchall()

@@ -25,18 +25,24 @@ def shops(tmp_path):
         yield server
 
 
-def test_run_does_every_stage_in_order(conn, database_url, shops):
+def test_run_does_every_stage_in_order_through_a_transaction_pooler(conn, database_url, shops):
+    """The whole job, as the nightly job runs it against Supabase: through a transaction
+    pooler (port 6543), which runs each transaction on any server connection, so that
+    prepared statements, session settings and temporary tables made in one transaction
+    are gone in the next."""
     conn.execute("drop table if exists master_bikes, int_vector_neighbours cascade")
+    socket_dir = conninfo_to_dict(database_url)["host"]
     # a progress line after every batch (not a terminal: lines, not a bar)
     # one of the shops sells in GBP: the job fetches the day's exchange rates
-    with ImageServer() as ecb:
+    with TransactionPooler(socket_dir) as pooler, ImageServer() as ecb:
         daily = ecb.add("daily.xml", ecb_xml("2026-11-20", {"GBP": "0.83"}), "text/xml")
         env = {
-            "DATABASE_URL": database_url,
+            "DATABASE_URL": pooler.url,
             "BIKEMATCH_IMAGE_CACHE": "off",
             "BIKEMATCH_PROGRESS_EVERY": "0",
             "BIKEMATCH_RATES_URL": daily,
         }
+        run_cli("db", "init", env=env, check=True)
         result = run_cli(
             "run",
             "--shops",
@@ -51,7 +57,10 @@ def test_run_does_every_stage_in_order(conn, database_url, shops):
             "4",
             env=env,
         )
-    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+        assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+        search = run_cli("search", "--text", "Gazelle", "--model", "tiny-random", env=env)
+        assert search.returncode == 0, search.stdout + search.stderr[-3000:]
+    assert pooler.transactions > 20
     out = result.stdout
     assert out.index("== scrape") < out.index("== embed") < out.index("== cluster")
     assert out.index("exchange rates: 1 of 2026-11-20 stored (ECB)") > out.index("== cluster")
@@ -68,12 +77,16 @@ def test_run_does_every_stage_in_order(conn, database_url, shops):
         result.stderr,
     )
     assert len(progress) >= 2 and int(progress[0][0]) < int(progress[-1][0]), result.stderr
-    # The fixture's images are on 127.0.0.1, which the nightly job must refuse.
+    # The fixture's images are on 127.0.0.1, which the nightly job must refuse: every
+    # listing is embedded from its title meanwhile.
     assert conn.execute("select count(*) from embedding_failures").fetchone()[0] > 0
+    embedded = conn.execute("select count(*) from vector_storage").fetchone()[0]
+    assert embedded == conn.execute("select count(*) from scraped_bikes").fetchone()[0]
     assert conn.execute("select count(*) from master_bikes").fetchone()[0] > 0
 
     # after an upgrade: every vector older than the upgrade is embedded again (but for
     # those whose image failed, which wait for their retry)
+    env["DATABASE_URL"] = database_url
     embedded = conn.execute(
         "select count(*) from vector_storage as vector where not exists"
         " (select from embedding_failures as failure where failure.bike_id = vector.bike_id)"
@@ -84,29 +97,6 @@ def test_run_does_every_stage_in_order(conn, database_url, shops):
     again = run_cli(*args, "--reembed-before", upgraded, env=env, check=True).stdout
     assert f"model tiny-random: embedded {embedded} " in again, again
     assert "embedded 0, nothing pending" in run_cli(*args, env=env, check=True).stdout
-
-
-def test_run_works_through_a_transaction_pooler(conn, database_url, shops):
-    """Supabase's transaction pooler (port 6543) runs each transaction on any server
-    connection: prepared statements, session settings and temporary tables made in one
-    transaction are gone in the next. The nightly job must run through one."""
-    conn.execute("drop table if exists master_bikes, int_vector_neighbours cascade")
-    socket_dir = conninfo_to_dict(database_url)["host"]
-    with TransactionPooler(socket_dir) as pooler:
-        env = {"DATABASE_URL": pooler.url, "BIKEMATCH_IMAGE_CACHE": "off"}
-        run_cli("db", "init", env=env, check=True)
-        result = run_cli(
-            *("run", "--shops", str(shops.config), "--model", "tiny-random"),
-            *("--anchor", "jsonld-shop.nl", "--device", "cpu", "--batch-size", "2"),
-            env=env,
-        )
-        assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-        search = run_cli("search", "--text", "Gazelle", "--model", "tiny-random", env=env)
-        assert search.returncode == 0, search.stdout + search.stderr[-3000:]
-    assert pooler.transactions > 20
-    embedded = conn.execute("select count(*) from vector_storage").fetchone()[0]
-    assert embedded == conn.execute("select count(*) from scraped_bikes").fetchone()[0]
-    assert conn.execute("select count(*) from master_bikes").fetchone()[0] > 0
 
 
 def test_run_stops_at_the_first_failed_stage(conn, database_url, shops):
