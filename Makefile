@@ -43,7 +43,7 @@ chromium:
 # file's tests stay on one worker, so its module fixtures are built once. Files go
 # out in collection order, longest first (tests/conftest.py).
 test: chromium lint
-	$(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder
+	$(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 # Resolve the dependencies afresh in a scratch environment and record what pip
 # chose (pip freeze); review the diff, run make test, commit constraints.txt.

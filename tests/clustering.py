@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import tempfile
+from functools import cache
+from pathlib import Path
 
 import numpy as np
+import yaml
 from pgvector import HalfVector, Vector
+from psycopg.conninfo import conninfo_to_dict
 
-from bikematch.app.dbt import run_dbt
+from bikematch.core.settings import PROJECT_ROOT
 
 MODEL = "test-model"
 HALF_DIMS = 16
@@ -108,14 +115,55 @@ def drop_dbt_tables(conn) -> None:
         conn.execute(f"drop table if exists {table} cascade")
 
 
-def cluster(url: str, **dbt_vars) -> None:
+def cluster(url: str, *, checks: bool = False, **dbt_vars) -> None:
+    """Build the dbt project (its models; with `checks`, its data tests too).
+
+    In this process, through dbt's own runner: a build in a subprocess (as
+    `bikematch cluster` runs it, which the tests of the command line exercise) spends
+    more time starting Python and importing dbt than these small catalogues take to
+    cluster. The data tests run in the command-line, job and demo tests."""
+    from dbt.cli.main import dbtRunner
+
     settings = {
         "embedding_model": MODEL,
         "anchor_shop": "anchor.nl",
         "match_threshold": 0.9,
         **dbt_vars,
     }
-    run_dbt(["build"], url, dbt_vars=settings, capture=True)
+    args = ["build", "--project-dir", str(PROJECT_ROOT), "--profiles-dir", _profiles(url)]
+    args += ["--vars", json.dumps(settings), "--quiet"]
+    if not checks:
+        args += ["--exclude-resource-type", "test"]
+    result = dbtRunner().invoke(args)
+    if not result.success:
+        failed = [
+            f"{node.node.name}: {node.message}"
+            for node in getattr(result.result, "results", [])
+            if str(node.status) in ("error", "fail")
+        ]
+        raise AssertionError(f"dbt build failed: {result.exception or '; '.join(failed)}")
+
+
+@cache
+def _profiles(url: str) -> str:
+    """A profiles.yml naming the database at `url` outright: dbt in this process reads
+    no PG* variables, and the tests set none."""
+    params = conninfo_to_dict(url)
+    output = {
+        "type": "postgres",
+        "host": params.get("host", "localhost"),
+        "port": int(params.get("port", 5432)),
+        "user": params.get("user", "postgres"),
+        "password": params.get("password", ""),
+        "dbname": params.get("dbname", "postgres"),
+        "schema": "public",
+        "threads": 2,
+    }
+    folder = Path(os.environ.get("DBT_TARGET_PATH") or tempfile.mkdtemp()) / "profiles"
+    folder.mkdir(parents=True, exist_ok=True)
+    profile = {"bikematch": {"target": "default", "outputs": {"default": output}}}
+    (folder / "profiles.yml").write_text(yaml.safe_dump(profile))
+    return str(folder)
 
 
 def clusters_by_url(conn) -> dict[str, set[str]]:

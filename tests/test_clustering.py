@@ -487,8 +487,9 @@ def test_a_price_gap_between_currencies_is_judged_in_euros(db, database_url):
 
 def test_a_report_currency_that_is_not_a_currency_code_fails_in_one_line(db, database_url):
     load(db)
+    bad = {"embedding_model": MODEL, "report_currency": "eur'; drop table scraped_bikes; --"}
     with pytest.raises(DatabaseError, match="report_currency: expected an ISO 4217 code"):
-        cluster(database_url, report_currency="eur'; drop table scraped_bikes; --")
+        run_dbt(["build"], database_url, dbt_vars=bad, capture=True)
 
 
 def test_text_only_listings_match_on_their_text_cosine(db, database_url):
