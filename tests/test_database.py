@@ -286,6 +286,25 @@ def test_a_rewritten_migration_naming_the_applied_text_is_up_to_date(scratch_url
             apply_migrations(db, tmp_path)
 
 
+def test_a_database_set_up_by_a_newer_release_is_left_alone(scratch_url, tmp_path):
+    (tmp_path / "0001_table.sql").write_text("create table t (a int);\n")
+    (tmp_path / "functions").mkdir()
+    (tmp_path / "functions" / "01_f.sql").write_text(
+        "create or replace function f() returns int language sql as $$ select 2 $$;\n"
+    )
+    newer = tmp_path / "0002_more.sql"
+    newer.write_text("alter table t add column b int;\n")
+    with connect(scratch_url) as db:
+        apply_migrations(db, tmp_path)
+        newer.unlink()  # the older release, without that migration
+        (tmp_path / "functions" / "01_f.sql").write_text(
+            "create or replace function f() returns int language sql as $$ select 1 $$;\n"
+        )
+        with pytest.raises(DatabaseError, match="set up by a newer bikematch .migration 0002_more"):
+            apply_migrations(db, tmp_path)
+        assert db.execute("select f()").fetchone()[0] == 2
+
+
 def test_function_files_apply_after_the_migrations_and_again_when_edited(scratch_url, tmp_path):
     (tmp_path / "0001_table.sql").write_text("create table t (a int);\n")
     (tmp_path / "functions").mkdir()

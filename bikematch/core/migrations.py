@@ -106,6 +106,17 @@ def apply_migrations(conn: psycopg.Connection, sql_dir: Path = SQL_DIR) -> list[
             )
             """
         )
+        # An older release would put back its own functions over a newer one's.
+        known = [m.version for m in migrations]
+        unknown = conn.execute(
+            "select version from bikematch_migrations where version <> all(%s) order by 1",
+            (known,),
+        ).fetchall()
+        if unknown:
+            raise DatabaseError(
+                f"the database was set up by a newer bikematch (migration {unknown[-1][0]} "
+                "is not in this one): upgrade bikematch before running it on this database"
+            )
     for migration in migrations:
         with conn.transaction():
             _begin_migration(conn)
