@@ -139,6 +139,49 @@ def test_the_vocabulary_reads_each_wording(db, database_url):
     assert not wrong, "\n".join(wrong)
 
 
+def test_attributes_are_read_again_where_the_title_or_the_vocabulary_changed(db, database_url):
+    names = {
+        "a": "Gazelle Grenoble C7 500 Wh dames 2024",
+        "b": "Sparta M8b 400Wh heren 2023",
+        "c": "Batavus Finez 625Wh",
+    }
+    ids = {
+        url: add_listing(db, "shop.nl", url, product_vector(n), name=name)
+        for n, (url, name) in enumerate(names.items())
+    }
+
+    def build(*select):
+        args = ["build", "--select", *select, "--exclude-resource-type", "test"]
+        run_dbt(args, database_url, capture=True)
+
+    def battery(url):
+        row = db.execute(
+            "select battery_whs from int_listing_attributes where bike_id = %s", (ids[url],)
+        ).fetchone()
+        return row and row[0]
+
+    build("+int_listing_attributes")
+    assert (battery("a"), battery("b"), battery("c")) == (["500"], ["400"], ["625"])
+    # b's row is marked: kept as it is while b's title and the vocabulary stay the same
+    db.execute(
+        "update int_listing_attributes set battery_whs = '{1}' where bike_id = %s", (ids["b"],)
+    )
+    db.execute("update scraped_bikes set name = replace(name, '500', '545') where url = 'a'")
+    db.execute("delete from scraped_bikes where url = 'c'")
+    build("+int_listing_attributes")
+    assert (battery("a"), battery("b"), battery("c")) == (["545"], ["1"], None)
+    # a wording added to the vocabulary: every listing is read again
+    db.execute(
+        "insert into ebike_vocabulary (attribute, pattern, value) values"
+        " ('edition', '\\mzzz\\M', 'zzz')"
+    )
+    try:
+        build("int_listing_attributes")
+    finally:
+        db.execute("delete from ebike_vocabulary where value = 'zzz'")
+    assert battery("b") == ["400"]
+
+
 def test_what_the_title_says_is_readable_in_the_marts(db, database_url):
     add_listing(
         db, "anchor.nl", "a1", product_vector(1), name="Gazelle Grenoble C7 500 Wh dames (2024)"

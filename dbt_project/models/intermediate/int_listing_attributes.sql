@@ -10,8 +10,27 @@
 -- the vocabulary's aliases (brands); brand_as_written keeps the brand field as
 -- written (lower case, letters and digits) for brands the vocabulary does not know.
 --
--- Every build derives these again for every stored listing, so a wording added to
--- the seed applies to listings crawled long ago.
+-- Incremental: a build reads only the listings whose title or brand changed since
+-- their row was derived, and every listing when the vocabulary changed (read_from
+-- digests both), so a wording added to the seed applies to listings crawled long
+-- ago, and a night with few new listings reads few. The post-hook drops the rows of
+-- listings that are gone.
+{{
+    config(
+        materialized='incremental',
+        unique_key='bike_id',
+        incremental_strategy='delete+insert',
+        on_schema_change='append_new_columns',
+        post_hook=[
+            "
+            delete from {{ this }} as derived
+            where not exists (
+                select from {{ ref('stg_scraped_bikes') }} as listings
+                where listings.bike_id = derived.bike_id
+            )",
+        ],
+    )
+}}
 
 with
 
@@ -19,13 +38,52 @@ vocabulary as (
     select * from {{ ref('ebike_vocabulary') }}
 ),
 
-listings as (
+vocabulary_digest as (
     select
-        bike_id,
-        lower(name) as title,
-        lower(coalesce(nullif(btrim(brand), ''), name)) as brand_text,
-        lower(regexp_replace(brand, '[^[:alnum:]]', '', 'g')) as brand_as_written
-    from {{ ref('stg_scraped_bikes') }}
+        md5(
+            string_agg(
+                concat_ws(
+                    chr(31),
+                    quote_nullable(attribute),
+                    quote_nullable(pattern),
+                    quote_nullable(value),
+                    quote_nullable(factor::text)
+                ),
+                chr(30)
+                order by attribute, pattern, value
+            )
+        ) as digest
+    from vocabulary
+),
+
+all_listings as (
+    select
+        stored.bike_id,
+        lower(stored.name) as title,
+        lower(coalesce(nullif(btrim(stored.brand), ''), stored.name)) as brand_text,
+        lower(regexp_replace(stored.brand, '[^[:alnum:]]', '', 'g')) as brand_as_written,
+        md5(
+            concat_ws(
+                chr(31),
+                vocabulary_digest.digest,
+                quote_nullable(stored.name),
+                quote_nullable(stored.brand)
+            )
+        ) as read_from
+    from {{ ref('stg_scraped_bikes') }} as stored
+    cross join vocabulary_digest
+),
+
+listings as (
+    select * from all_listings
+    {% if is_incremental() %}
+        where not exists (
+            select from {{ this }} as done
+            where
+                done.bike_id = all_listings.bike_id
+                and done.read_from = all_listings.read_from
+        )
+    {% endif %}
 ),
 
 texts as (
@@ -151,7 +209,8 @@ select
     array_to_string(stated.motors, ' / ') as motor,
     array_to_string(stated.motor_positions, ' / ') as motor_position,
     array_to_string(stated.editions, ' ') as edition,
-    coalesce(read_words.attribute_words, '{}') as attribute_words
+    coalesce(read_words.attribute_words, '{}') as attribute_words,
+    listings.read_from
 from listings
 left join stated on listings.bike_id = stated.bike_id
 left join read_words on listings.bike_id = read_words.bike_id
