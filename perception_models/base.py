@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from perception_models.preprocess import normalise_batch
+from perception_models.tokenizers import token_lengths
 
 
 class EmbeddingModel(ABC):
@@ -203,13 +204,9 @@ def _rows(tokens) -> int:
 
 
 def _lengths(tokens) -> torch.Tensor:
-    """Each title's length in tokens: up to its last token that is not padding."""
-    if isinstance(tokens, dict):
-        used = tokens["attention_mask"] != 0
-    else:
-        used = tokens != 0  # the padding of the CLIP tokenizer
-    positions = torch.arange(1, used.shape[1] + 1)
-    return (used * positions).amax(dim=1)
+    """Each title's length in tokens: up to its last token that is not padding (for a
+    transformers tokenizer's batch, that its attention mask leaves out)."""
+    return token_lengths(tokens["attention_mask"] if isinstance(tokens, dict) else tokens)
 
 
 def batch_for_memory(budget: float, per_item: float, limit: int = 512, least: int = 8) -> int:

@@ -18,6 +18,13 @@ CLIP_TOKENIZER_FILES = [
 ]
 
 
+def token_lengths(tokens: torch.Tensor) -> torch.Tensor:
+    """Each row's length: up to its last token that is not padding (0, as the CLIP and
+    byte tokenizers pad)."""
+    positions = torch.arange(1, tokens.shape[1] + 1)
+    return ((tokens != 0) * positions).amax(dim=1)
+
+
 def trim_padding(tokens: torch.Tensor) -> torch.Tensor:
     """Drop the columns that are padding in every row.
 
@@ -26,7 +33,7 @@ def trim_padding(tokens: torch.Tensor) -> torch.Tensor:
     change any result, and short titles then cost a fraction of the context.
     Contiguous, as every batch is, so a compiled tower sees one layout.
     """
-    used = int((tokens != 0).any(dim=0).nonzero().max()) + 1 if tokens.numel() else 0
+    used = int(token_lengths(tokens).max()) if tokens.numel() else 0
     return tokens[:, : max(used, 1)].contiguous()
 
 

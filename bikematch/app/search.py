@@ -142,15 +142,14 @@ def nearest(
         "count": count,
     }
     with connect(url) as conn:
-        registered = conn.execute(
-            "select exists (select from embedding_models where name = %s)", (model_name,)
-        ).fetchone()[0]
+        registered, clustered = conn.execute(
+            "select exists (select from embedding_models where name = %s),"
+            " to_regclass('bike_offers') is not null"
+            " and to_regclass('bike_clusters') is not null",
+            (model_name,),
+        ).fetchone()
         if not registered:
             raise NoVectors(model_name)
-        clustered = conn.execute(
-            "select to_regclass('bike_offers') is not null"
-            " and to_regclass('bike_clusters') is not null"
-        ).fetchone()[0]
         rows = conn.execute(
             _NEAREST_CLUSTERED if clustered else _NEAREST_UNCLUSTERED, params
         ).fetchall()
