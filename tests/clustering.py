@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 from pgvector import HalfVector, Vector
-from psycopg.conninfo import conninfo_to_dict
 
+from bikematch.app.dbt import dbt_env
 from bikematch.core.settings import PROJECT_ROOT
 
 MODEL = "test-model"
@@ -115,8 +115,8 @@ def drop_dbt_tables(conn) -> None:
         conn.execute(f"drop table if exists {table} cascade")
 
 
-def cluster(url: str, *, checks: bool = False, **dbt_vars) -> None:
-    """Build the dbt project (its models; with `checks`, its data tests too).
+def cluster(url: str, **dbt_vars) -> None:
+    """Build the dbt project's models (not its data tests).
 
     In this process, through dbt's own runner: a build in a subprocess (as
     `bikematch cluster` runs it, which the tests of the command line exercise) spends
@@ -131,9 +131,7 @@ def cluster(url: str, *, checks: bool = False, **dbt_vars) -> None:
         **dbt_vars,
     }
     args = ["build", "--project-dir", str(PROJECT_ROOT), "--profiles-dir", _profiles(url)]
-    args += ["--vars", json.dumps(settings), "--quiet"]
-    if not checks:
-        args += ["--exclude-resource-type", "test"]
+    args += ["--vars", json.dumps(settings), "--quiet", "--exclude-resource-type", "test"]
     result = dbtRunner().invoke(args)
     if not result.success:
         failed = [
@@ -146,16 +144,17 @@ def cluster(url: str, *, checks: bool = False, **dbt_vars) -> None:
 
 @cache
 def _profiles(url: str) -> str:
-    """A profiles.yml naming the database at `url` outright: dbt in this process reads
-    no PG* variables, and the tests set none."""
-    params = conninfo_to_dict(url)
+    """A profiles.yml naming the database at `url` outright (the values `run_dbt` puts
+    in the PG* variables): dbt in this process reads no PG* variables, and the tests
+    set none."""
+    env = dbt_env(url)
     output = {
         "type": "postgres",
-        "host": params.get("host", "localhost"),
-        "port": int(params.get("port", 5432)),
-        "user": params.get("user", "postgres"),
-        "password": params.get("password", ""),
-        "dbname": params.get("dbname", "postgres"),
+        "host": env.get("PGHOST", "localhost"),
+        "port": int(env.get("PGPORT", 5432)),
+        "user": env.get("PGUSER", "postgres"),
+        "password": env.get("PGPASSWORD", ""),
+        "dbname": env.get("PGDATABASE", "postgres"),
         "schema": "public",
         "threads": 2,
     }
