@@ -114,18 +114,34 @@ class ImageServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            _counted = False
+
             def log_message(self, *args):
                 pass
 
+            # A request counts as being served from its arrival until its answer starts:
+            # the client cannot have its answer before then, so requests that overlap in
+            # that span were open at the client at the same time. (Counting until the
+            # handler returns would overlap the client's next request by a moment.)
             def do_GET(self):  # noqa: N802
+                self._counted = True
                 with server._counting:
                     server._serving += 1
                     server.most_at_once = max(server.most_at_once, server._serving)
                 try:
                     self._serve()
                 finally:
+                    self._answering()
+
+            def _answering(self):
+                if self._counted:
+                    self._counted = False
                     with server._counting:
                         server._serving -= 1
+
+            def send_response(self, *args, **kwargs):
+                self._answering()
+                super().send_response(*args, **kwargs)
 
             def _serve(self):
                 server.requests[self.path] += 1
