@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from bikematch.core.database import connect, start_embedded, stop_embedded
@@ -100,6 +101,15 @@ def conn(database_url):
     with connect(database_url, autocommit=True) as connection:
         connection.execute(f"truncate {SOURCE_TABLES} cascade")
         yield connection
+
+
+@pytest.fixture
+def scratch_url(conn, database_url):
+    """An empty database of its own (no migrations applied), dropped afterwards."""
+    conn.execute("drop database if exists scratch")
+    conn.execute("create database scratch")
+    yield psycopg.conninfo.make_conninfo(database_url, dbname="scratch")
+    conn.execute("drop database scratch with (force)")
 
 
 def eventually(condition, timeout: float = 60.0):

@@ -248,15 +248,6 @@ def test_a_connection_dropped_mid_command_is_one_line_exit_2(conn, database_url,
     ), stderr
 
 
-@pytest.fixture
-def scratch_url(conn, database_url):
-    """An empty database of its own, dropped afterwards."""
-    conn.execute("drop database if exists scratch")
-    conn.execute("create database scratch")
-    yield psycopg.conninfo.make_conninfo(database_url, dbname="scratch")
-    conn.execute("drop database scratch with (force)")
-
-
 def test_migrations_run_past_the_servers_statement_timeout(scratch_url, tmp_path):
     """Supabase stops any statement after 2 minutes; building an index over a large
     table in a migration takes longer. Each migration lifts the timeout for itself."""
