@@ -49,11 +49,10 @@ class PECore(EmbeddingModel):
         self.image_size = config.vision.image_size
         self.context_length = config.text.context_length
         self.tokenizer = tokenizer
-        self.network = pe_core.PECoreModel(config)
         if state_dict is None:
-            self.network.init_random(seed)
+            self.network = pe_core.PECoreModel(config).init_random(seed)
         else:
-            pe_core.load_official_state_dict(self.network, state_dict)
+            self.network = pe_core.from_official_state_dict(state_dict, config)
         self.network.eval().to(self.device)
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:

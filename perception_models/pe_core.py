@@ -379,6 +379,18 @@ def load_official_state_dict(model: PECoreModel, state_dict: dict[str, torch.Ten
     model.load_state_dict(mapped, strict=True)
 
 
+def from_official_state_dict(
+    state_dict: dict[str, torch.Tensor], config: PECoreConfig = PE_CORE_L14_336
+) -> PECoreModel:
+    """A model holding a checkpoint's weights (in float32), built without first filling
+    its 430M parameters with an initialisation the checkpoint replaces."""
+    with torch.device("meta"):
+        model = PECoreModel(config)
+    model.to_empty(device="cpu")  # no buffers: every tensor is a parameter loaded below
+    load_official_state_dict(model, state_dict)
+    return model
+
+
 def official_state_dict(model: PECoreModel) -> dict[str, torch.Tensor]:
     """The model's weights under the official names (the inverse of loading)."""
     return {ours_to_official(name): tensor for name, tensor in model.state_dict().items()}

@@ -20,6 +20,7 @@ from perception_models.models import TINY_CONFIG, PECore
 from perception_models.pe_core import (
     CheckpointError,
     PECoreModel,
+    from_official_state_dict,
     load_official_state_dict,
     official_state_dict,
 )
@@ -81,10 +82,14 @@ def test_official_checkpoint_layout_round_trips(tmp_path):
     assert "visual.transformer.resblocks.1.ls_2.gamma" in official_state_dict(source)
     loaded = PECoreModel(source.config)
     load_official_state_dict(loaded, torch.load(path, weights_only=True))
+    # built without an initialisation first (as the product loads the checkpoint)
+    built = from_official_state_dict(torch.load(path, weights_only=True), source.config)
+    assert list(built.buffers()) == []  # nothing left as to_empty made it
     pixels, tokens = torch.randn(2, 3, 32, 32), ByteTokenizer(32)(["a bike", "another"])
     with torch.inference_mode():
-        assert torch.equal(source.vision(pixels), loaded.vision(pixels))
-        assert torch.equal(source.text(tokens), loaded.text(tokens))
+        for model in (loaded, built):
+            assert torch.equal(source.vision(pixels), model.vision(pixels))
+            assert torch.equal(source.text(tokens), model.text(tokens))
 
 
 @pytest.mark.parametrize(
