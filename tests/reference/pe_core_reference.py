@@ -177,11 +177,7 @@ def main() -> None:
     import timm
     import torch
 
-    from perception_models.pe_core import (
-        PE_CORE_L14_336,
-        PECoreModel,
-        load_official_state_dict,
-    )
+    from perception_models.pe_core import PE_CORE_L14_336, from_official_state_dict
 
     torch.manual_seed(0)
     vision_ref = timm.create_model(
@@ -198,34 +194,37 @@ def main() -> None:
                 parameter.normal_(0, 0.02)
         vision_ref.head.bias.zero_()
 
-    text_ref = open_clip.create_model("PE-Core-L-14-336", pretrained=None)
+    # open_clip's PE-Core text tower alone (its whole model would build a second vision
+    # tower); encode_text is this tower's forward.
+    config = open_clip.get_model_config("PE-Core-L-14-336")
+    text_ref = open_clip.model._build_text_tower(config["embed_dim"], config["text_cfg"])
     text_ref.eval()
     with torch.no_grad():
-        for name, parameter in text_ref.text.named_parameters():
+        for name, parameter in text_ref.named_parameters():
             parameter.normal_(0, 0.02) if "norm" not in name else None
 
     official = timm_to_official(vision_ref.state_dict())
-    official.update(open_clip_text_to_official(text_ref.state_dict()))
+    official.update(
+        open_clip_text_to_official({f"text.{k}": v for k, v in text_ref.state_dict().items()})
+    )
     official["logit_scale"] = torch.tensor(4.6052)
+    ours = from_official_state_dict(official, PE_CORE_L14_336).eval()
 
-    ours = PECoreModel(PE_CORE_L14_336).eval()
-    load_official_state_dict(ours, official)
-
-    pixels = torch.randn(2, 3, 336, 336)
+    pixels = torch.randn(1, 3, 336, 336)  # one photo: the towers' cost is per photo
     tokens = torch.zeros(2, 32, dtype=torch.long)
     tokens[0, :6] = torch.tensor([49406, 320, 1125, 539, 2368, 49407])
     tokens[1, :32] = torch.randint(1, 49406, (32,))
     tokens[1, 0], tokens[1, 31] = 49406, 49407
     with torch.inference_mode():
-        image_diff = (ours.vision(pixels) - vision_ref(pixels)).abs().max().item()
-        text_diff = (ours.text(tokens) - text_ref.encode_text(tokens)).abs().max().item()
-        image_scale = vision_ref(pixels).abs().max().item()
+        reference = vision_ref(pixels)
+        image_diff = (ours.vision(pixels) - reference).abs().max().item()
+        text_diff = (ours.text(tokens) - text_ref(tokens)).abs().max().item()
     print(
         json.dumps(
             {
                 "image_max_abs_diff": image_diff,
                 "text_max_abs_diff": text_diff,
-                "image_scale": image_scale,
+                "image_scale": reference.abs().max().item(),
             }
         )
     )
