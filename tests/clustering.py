@@ -158,7 +158,9 @@ def _profiles(url: str) -> str:
         "schema": "public",
         "threads": 2,
     }
-    folder = Path(os.environ.get("DBT_TARGET_PATH") or tempfile.mkdtemp()) / "profiles"
+    # a folder per database: a test may cluster a database of its own beside the session's
+    digest = hashlib.sha256(url.encode()).hexdigest()[:12]
+    folder = Path(os.environ.get("DBT_TARGET_PATH") or tempfile.mkdtemp()) / f"profiles-{digest}"
     folder.mkdir(parents=True, exist_ok=True)
     profile = {"bikematch": {"target": "default", "outputs": {"default": output}}}
     (folder / "profiles.yml").write_text(yaml.safe_dump(profile))
