@@ -14,7 +14,8 @@ the first shop), and score with `bikematch eval`'s code, two ways:
 
 Prints both at each threshold of a sweep, so the best threshold is visible.
 
-Usage: python bench/er_benchmarks.py [--data DIR] [--thresholds 0.6:0.95:0.025] [--var NAME=VALUE]
+Usage: python bench/er_benchmarks.py [--data DIR] [--thresholds 0.6:0.95:0.025]
+       [--var NAME=VALUE] [--thin N]
 """
 
 from __future__ import annotations
@@ -78,18 +79,40 @@ def truth_pairs(folder: Path, spec: dict) -> list:
         return [((shop_a, a), (shop_b, b)) for a, b in rows]
 
 
-def run(name: str, folder: Path, thresholds: list[float], extra_vars: dict) -> dict[float, dict]:
+def thinned(source: Path, target: Path, separator: str, keep: set[str], every: int) -> Path:
+    """`source` with the rows whose id is in `keep`, and every `every`-th of the others
+    (in file order), written to `target`."""
+    with source.open(encoding="utf-8", newline="") as handle:
+        rows = csv.reader(handle, delimiter=separator)
+        header = next(rows)
+        kept = [row for number, row in enumerate(rows) if row[0] in keep or number % every == 0]
+    with target.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, delimiter=separator)
+        writer.writerow(header)
+        writer.writerows(kept)
+    return target
+
+
+def run(
+    name: str, folder: Path, thresholds: list[float], extra_vars: dict, thin: int = 1
+) -> dict[float, dict]:
+    """Scores at each threshold. `thin` > 1 keeps of the second shop only the listings the
+    truth names and every thin-th of the others: a smaller, easier benchmark (fewer
+    look-alikes) for a quick check."""
     spec = BENCHMARKS[name]
     root = Path(tempfile.mkdtemp(prefix=f"bikematch-er-{name}-"))
     url = start_embedded(root / "pgdata")
+    pairs = truth_pairs(folder, spec)
     try:
         with connect(url) as conn:
             apply_migrations(conn)
         with connect(url) as conn:
-            for file, shop in spec["shops"]:
-                summary = import_file(
-                    conn, folder / file, shop, spec["mapping"], spec["separator"], "USD"
-                )
+            for number, (file, shop) in enumerate(spec["shops"]):
+                path = folder / file
+                if number == 1 and thin > 1:
+                    named = {second[1] for _, second in pairs}
+                    path = thinned(path, root / file, spec["separator"], named, thin)
+                summary = import_file(conn, path, shop, spec["mapping"], spec["separator"], "USD")
                 print(f"{name}: {shop}: {summary.lines()[0]}", flush=True)
         model = load_model(MODEL, device="cpu")
         embedded = run_embedding(
@@ -97,7 +120,6 @@ def run(name: str, folder: Path, thresholds: list[float], extra_vars: dict) -> d
         )
         for line in embedded.lines():
             print(f"{name}: {line}", flush=True)
-        pairs = truth_pairs(folder, spec)
         base = {
             "embedding_model": MODEL,
             "anchor_shop": spec["shops"][0][1],
@@ -139,6 +161,13 @@ def main() -> None:
     parser.add_argument("--thresholds", default="0.60:0.95:0.025")
     parser.add_argument("--only", choices=list(BENCHMARKS))
     parser.add_argument("--var", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument(
+        "--thin",
+        type=int,
+        default=1,
+        metavar="N",
+        help="keep only every N-th listing of the second shop that the truth does not name",
+    )
     args = parser.parse_args()
     start, stop, step = (float(x) for x in args.thresholds.split(":"))
     thresholds = [round(start + i * step, 4) for i in range(int(round((stop - start) / step)) + 1)]
@@ -148,7 +177,7 @@ def main() -> None:
         extra[key] = json.loads(value) if value[:1] in "[{0123456789.-tf" else value
     scores = {}
     for name in [args.only] if args.only else BENCHMARKS:
-        scores[name] = run(name, Path(args.data) / name, thresholds, extra)
+        scores[name] = run(name, Path(args.data) / name, thresholds, extra, args.thin)
     for name, by_threshold in scores.items():
         for way in ("labelled", "complete"):
             best = max(by_threshold, key=lambda t: by_threshold[t][way]["f1"])

@@ -32,14 +32,15 @@ SOURCE_TABLES = (
 # file's tests on one worker) hands files out in collection order, so these start at
 # once and the workers finish together instead of one waiting on the last long file.
 LONGEST_FIRST = (
-    "test_er_benchmarks.py",
     "test_clustering.py",
-    "test_run.py",
-    "test_matching.py",
+    "test_er_benchmarks.py",
     "test_embed.py",
-    "test_models.py",
+    "test_matching.py",
     "test_demo.py",
+    "test_run.py",
     "test_scrape.py",
+    "test_quality.py",
+    "test_models.py",
 )
 
 

@@ -14,13 +14,16 @@ import pytest
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "er-benchmarks"
 
-# threshold, then F1 floors for the labelled and the complete scoring
-# (bench/er_benchmarks.py), a little under what docs/quality.md measured. The
-# thresholds differ: Walmart-Amazon's second shop has 22,074 listings, a
-# look-alike above 0.45 for nearly every Walmart listing without a match.
+# threshold, F1 floors for the labelled and the complete scoring
+# (bench/er_benchmarks.py) a little under what was measured, and how thinly the second
+# shop is sampled. The thresholds differ: Walmart-Amazon's second shop has 22,074
+# listings, a look-alike above 0.45 for nearly every Walmart listing without a match.
+# Its test keeps the Amazon listings the truth names and every 4th of the others
+# (6,172 of 22,074; 2 minutes less of the suite): fewer look-alikes, so higher scores
+# than the whole benchmark's (docs/quality.md: 0.815 / 0.648), which the bench measures.
 FLOORS = {
-    "amazon-google": (0.45, 0.78, 0.65),  # measured 0.797 / 0.661
-    "walmart-amazon": (0.85, 0.80, 0.64),  # measured 0.815 / 0.648
+    "amazon-google": (0.45, 0.78, 0.65, 1),  # measured 0.797 / 0.661
+    "walmart-amazon": (0.85, 0.81, 0.73, 4),  # measured 0.832 / 0.750
 }
 
 
@@ -29,7 +32,7 @@ FLOORS = {
 def test_end_to_end_f1_floor(name):
     from bench.er_benchmarks import run
 
-    threshold, labelled, complete = FLOORS[name]
-    scores = run(name, DATA / name, [threshold], {})[threshold]
+    threshold, labelled, complete, thin = FLOORS[name]
+    scores = run(name, DATA / name, [threshold], {}, thin)[threshold]
     assert scores["labelled"]["f1"] >= labelled, scores
     assert scores["complete"]["f1"] >= complete, scores
