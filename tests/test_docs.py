@@ -6,9 +6,10 @@ from __future__ import annotations
 import re
 from functools import cache
 
-from bikematch.core.settings import PROJECT_ROOT
+from click.testing import CliRunner
 
-from .conftest import run_cli
+from bikematch.app.cli import cli
+from bikematch.core.settings import PROJECT_ROOT
 
 DOCS = [PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "docs").glob("*.md"))]
 # Every fenced block, whatever its language, so that the fences pair up.
@@ -19,7 +20,11 @@ _OPTION = re.compile(r"(?<![\w-])--[a-z][\w-]*")
 
 @cache
 def _help(*path: str) -> str:
-    return run_cli(*path, "--help", check=True).stdout
+    """The command's --help as `bikematch` prints it, in this process (what is under test
+    is the text, not the program's start)."""
+    result = CliRunner().invoke(cli, [*path, "--help"], prog_name="bikematch")
+    assert result.exit_code == 0, result.output
+    return result.output
 
 
 def _subcommands(*path: str) -> set[str]:

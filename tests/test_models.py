@@ -388,13 +388,12 @@ def test_precision_check_compares_bf16_with_float32_and_applies_its_rule(monkeyp
     model.dtype = torch.float32
     assert check.agreement <= (low_images * full_images).sum(-1).min().item() + 1e-6
 
+    # the rule, read when asked, on the same measurement
     monkeypatch.setattr(precision, "MIN_AGREEMENT", 1.01)  # nothing agrees that well
-    check = precision.measure_precision(model, pixels, tokens)
     assert not check.worth_it
     assert check.describe().endswith(": keep --dtype float32 (needs >= 1.01 and 1.2x)")
     monkeypatch.setattr(precision, "MIN_AGREEMENT", 0.0)
     monkeypatch.setattr(precision, "MIN_SPEEDUP", 0.0)
-    check = precision.measure_precision(model, pixels, tokens)
     assert check.worth_it and check.describe().endswith(
         ": --dtype bfloat16 is safe and faster here"
     )
