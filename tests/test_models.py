@@ -50,7 +50,8 @@ def _references_missing() -> str | None:
 
 @pytest.mark.skipif(_references_missing() is not None, reason=str(_references_missing()))
 def test_pe_core_equals_the_reference_implementations():
-    """Full-size L14-336, random weights: our towers vs timm's vision and open_clip's text."""
+    """L14-336's shapes (4 of its 24 blocks per tower), random weights: our towers vs
+    timm's vision and open_clip's text."""
     result = subprocess.run(
         [sys.executable, str(HERE / "reference" / "pe_core_reference.py")],
         capture_output=True,

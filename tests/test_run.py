@@ -96,7 +96,8 @@ def test_run_does_every_stage_in_order_through_a_transaction_pooler(conn, databa
     args = result.args[1:]
     again = run_cli(*args, "--reembed-before", upgraded, env=env, check=True).stdout
     assert f"model tiny-random: embedded {embedded} " in again, again
-    assert "embedded 0, nothing pending" in run_cli(*args, env=env, check=True).stdout
+    embed = ("embed", "--model", "tiny-random", "--device", "cpu")
+    assert "embedded 0, nothing pending" in run_cli(*embed, env=env, check=True).stdout
 
 
 def test_run_stops_at_the_first_failed_stage(conn, database_url, shops):

@@ -17,9 +17,13 @@ import importlib.machinery
 import json
 import sys
 import types
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+#: Blocks per tower in the comparison (of the model's 24).
+LAYERS = 4
 
 
 def install_torchvision_stand_in() -> None:
@@ -179,9 +183,17 @@ def main() -> None:
 
     from perception_models.pe_core import PE_CORE_L14_336, from_official_state_dict
 
+    # L14-336 in every width, head, patch, position and pooling, with LAYERS of its 24
+    # blocks in each tower: the blocks are alike, and the comparison is about what each
+    # one computes and what the towers do around them.
+    config = replace(
+        PE_CORE_L14_336,
+        vision=replace(PE_CORE_L14_336.vision, layers=LAYERS),
+        text=replace(PE_CORE_L14_336.text, layers=LAYERS),
+    )
     torch.manual_seed(0)
     vision_ref = timm.create_model(
-        "vit_pe_core_large_patch14_336", pretrained=False, num_classes=1024
+        "vit_pe_core_large_patch14_336", pretrained=False, num_classes=1024, depth=LAYERS
     )
     vision_ref.eval()
     with torch.no_grad():  # random but non-trivial values everywhere (timm zero-inits some)
@@ -196,8 +208,10 @@ def main() -> None:
 
     # open_clip's PE-Core text tower alone (its whole model would build a second vision
     # tower); encode_text is this tower's forward.
-    config = open_clip.get_model_config("PE-Core-L-14-336")
-    text_ref = open_clip.model._build_text_tower(config["embed_dim"], config["text_cfg"])
+    text_config = open_clip.get_model_config("PE-Core-L-14-336")
+    text_ref = open_clip.model._build_text_tower(
+        text_config["embed_dim"], {**text_config["text_cfg"], "layers": LAYERS}
+    )
     text_ref.eval()
     with torch.no_grad():
         for name, parameter in text_ref.named_parameters():
@@ -208,7 +222,7 @@ def main() -> None:
         open_clip_text_to_official({f"text.{k}": v for k, v in text_ref.state_dict().items()})
     )
     official["logit_scale"] = torch.tensor(4.6052)
-    ours = from_official_state_dict(official, PE_CORE_L14_336).eval()
+    ours = from_official_state_dict(official, config).eval()
 
     pixels = torch.randn(1, 3, 336, 336)  # one photo: the towers' cost is per photo
     tokens = torch.zeros(2, 32, dtype=torch.long)
