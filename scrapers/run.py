@@ -14,6 +14,7 @@ from twisted.internet import task
 
 from bikematch.core.database import DatabaseError, connect
 from bikematch.core.settings import DEFAULT_CONTACT
+from scrapers.errors import CrawlError
 from scrapers.params import Shop
 from scrapers.spiders.shops import CssSpider, JsonLdSpider, ShopifySpider, WooCommerceSpider
 
@@ -91,10 +92,6 @@ def _stopped_early(stats: dict, config: Shop | None) -> list[str]:
         limit = f" ({config.max_depth})" if config else ""
         reasons.append(f"max_depth{limit} left {ignored} links unfollowed")
     return reasons
-
-
-class CrawlError(RuntimeError):
-    """A shop's crawl could not run (its spider failed to start or crashed)."""
 
 
 def shop_spider(shop: Shop) -> type:

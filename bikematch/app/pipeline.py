@@ -19,8 +19,8 @@ from bikematch.app.errors import UserError
 from bikematch.core.database import DatabaseError, connect, resolve_url
 from bikematch.core.migrations import apply_migrations
 from bikematch.core.settings import Settings
+from scrapers.errors import CrawlError
 from scrapers.params import ShopConfigError
-from scrapers.run import CrawlError
 
 DEFAULT_MODEL = "pe-core-l14-336"
 
