@@ -79,13 +79,15 @@ def truth_pairs(folder: Path, spec: dict) -> list:
         return [((shop_a, a), (shop_b, b)) for a, b in rows]
 
 
-def thinned(source: Path, target: Path, separator: str, keep: set[str], every: int) -> Path:
-    """`source` with the rows whose id is in `keep`, and every `every`-th of the others
-    (in file order), written to `target`."""
+def thinned(spec: dict, source: Path, target: Path, keep: set[str], every: int) -> Path:
+    """`source` with the rows whose id (the column imported as the listing's URL) is in
+    `keep`, and every `every`-th of the others (in file order), written to `target`."""
+    separator = spec["separator"]
     with source.open(encoding="utf-8", newline="") as handle:
         rows = csv.reader(handle, delimiter=separator)
         header = next(rows)
-        kept = [row for number, row in enumerate(rows) if row[0] in keep or number % every == 0]
+        key = header.index(spec["mapping"]["url"])
+        kept = [row for number, row in enumerate(rows) if row[key] in keep or number % every == 0]
     with target.open("w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle, delimiter=separator)
         writer.writerow(header)
@@ -111,7 +113,7 @@ def run(
                 path = folder / file
                 if number == 1 and thin > 1:
                     named = {second[1] for _, second in pairs}
-                    path = thinned(path, root / file, spec["separator"], named, thin)
+                    path = thinned(spec, path, root / file, named, thin)
                 summary = import_file(conn, path, shop, spec["mapping"], spec["separator"], "USD")
                 print(f"{name}: {shop}: {summary.lines()[0]}", flush=True)
         model = load_model(MODEL, device="cpu")
