@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 from psycopg import sql
 
 from bikematch.app.dbt import run_dbt
 
 from .clustering import (
+    HALF_DIMS,
     add_listing,
     at_cosine,
     cluster,
@@ -194,15 +196,17 @@ def test_what_the_title_says_is_readable_in_the_marts(db, database_url):
 
 
 def test_a_listing_that_contradicts_a_member_of_the_cluster_stays_out(db, database_url):
-    """c1 is a heren bike; b1 leaves its frame out and so matches both a1 (dames) and c1.
-    c1 would join a1's cluster through b1, but a1 contradicts it: it stays out."""
+    """c1 is a heren bike; b1 leaves its frame out and so matches both a1 (dames) and c1
+    (b1's price is a1's). c1 would join a1's cluster through b1, but a1 contradicts it:
+    it stays out."""
     p1 = product_vector(1)
     rows = [
-        ("anchor.nl", "a1", near(p1, 0.03, 11), "Gazelle Grenoble C7 500Wh dames 2024"),
-        ("shop-b.nl", "b1", near(p1, 0.03, 21), "Gazelle Grenoble C7 500Wh 2024"),
-        ("shop-c.nl", "c1", near(p1, 0.03, 31), "Gazelle Grenoble C7 500Wh heren 2024"),
+        ("anchor.nl", "a1", 11, "Gazelle Grenoble C7 500Wh dames 2024", 3000),
+        ("shop-b.nl", "b1", 21, "Gazelle Grenoble C7 500Wh 2024", 3000),
+        ("shop-c.nl", "c1", 31, "Gazelle Grenoble C7 500Wh heren 2024", 4000),
     ]
-    add_named(db, rows)
+    for shop, url, seed, name, price in rows:
+        add_listing(db, shop, url, near(p1, 0.03, seed), name=name, price=price)
     cluster(database_url)
     assert cluster_sets(db) == {frozenset({"a1", "b1"}), frozenset({"c1"})}
     # b1 and c1 are a candidate pair (what one omits is no conflict)...
@@ -296,6 +300,106 @@ def test_a_listing_that_leaves_out_what_tells_two_products_apart_goes_by_price(d
     )
     assert explained.returncode == 0, explained.stderr
     assert "B fits two different products" in explained.stdout
+
+
+def _placed(db) -> dict[str, str]:
+    return dict(
+        db.execute(
+            "select url, matched_via from master_bikes"
+            " join scraped_bikes on scraped_bikes.id = master_bikes.bike_id"
+        ).fetchall()
+    )
+
+
+def test_prices_compare_like_for_like_across_shops_priced_apart(db, database_url):
+    """shop-b prices every product 15% below the anchor shop. bx leaves out the motor
+    that tells a1 (3000) and a2 (3300) apart: at 2800 it is nearer a1's price, but
+    what shop-b asks is what the anchor shop would ask less 15%, 2800 / 0.85 = 3294:
+    it is a2's. The pairs that are each other's best match show shop-b's level."""
+    p1 = product_vector(1)
+    listings = [
+        ("anchor.nl", "a1", p1, 1, "Gazelle Grenoble C7 500Wh dames Bosch CX 2024", 3000),
+        ("anchor.nl", "a2", p1, 2, "Gazelle Grenoble C7 500Wh dames Bosch Active Plus 2024", 3300),
+        ("shop-b.nl", "bx", p1, 3, "Gazelle Grenoble C7 500Wh dames 2024", 2800),
+    ]
+    for number, price in enumerate((2000, 2600, 3400, 4100)):
+        vector = product_vector(10 + number)
+        name = f"Testbike Model{number} {400 + 100 * number}Wh"
+        listings += [
+            ("anchor.nl", f"a{number + 3}", vector, 10 + number, name, price),
+            ("shop-b.nl", f"b{number + 3}", vector, 20 + number, name, round(price * 0.85)),
+        ]
+    for shop, url, vector, seed, name, price in listings:
+        add_listing(db, shop, url, near(vector, 0.02, seed), name=name, price=price)
+    cluster(database_url, price_level_min_pairs=3)
+    sets = cluster_sets(db)
+    assert frozenset({"a2", "bx"}) in sets
+    assert frozenset({"a1"}) in sets
+    assert {frozenset({f"a{n}", f"b{n}"}) for n in range(3, 7)} <= sets
+    ratio = db.execute(
+        "select c.price_ratio from int_candidate_matches as c"
+        " join scraped_bikes as l on l.id = c.bike_id"
+        " join scraped_bikes as n on n.id = c.neighbour_id"
+        " where l.url = 'b4' and n.url = 'a4'"
+    ).fetchone()[0]
+    assert ratio == pytest.approx(1.0, abs=0.01)
+    # Too few pairs to know shop-b's level: prices compare as the shops ask them.
+    drop_dbt_tables(db)
+    cluster(database_url)
+    assert frozenset({"a1", "bx"}) in cluster_sets(db)
+
+
+def test_a_listing_placed_before_its_product_was_seen_moves_to_it(db, database_url):
+    """Shops are placed one at a time, so b1 (no motor, 4100) saw only a1's cluster
+    (no motor either, 3200) and joined it; c1 (Shimano EP801, 4150) came later and
+    could not join, since c2 (Bosch Active Line Plus, 3150) had. Once every shop is
+    placed, b1 fits both products and c1's price is its own: it moves there. Model
+    line two: the anchor listing d1 (no motor, 5300) is the odd one out of its
+    cluster, whose other members (e1, f1: Bosch CX, 4700) tell the product; f2
+    (Active Line Plus, 5250) is its own product: the anchor listing moves to f2."""
+    p1, p2 = product_vector(1), product_vector(2)
+    listings = [
+        ("anchor.nl", "a1", p1, 1, "Stromer ST1 Sport 750Wh heren 2024", 3200),
+        ("shop-b.nl", "b1", p1, 2, "Stromer ST1 Sport 750Wh heren MY24", 4100),
+        ("shop-c.nl", "c1", p1, 3, "Stromer ST1 Sport heren Shimano EP801 750Wh 2024", 4150),
+        ("shop-c.nl", "c2", p1, 4, "Stromer ST1 Sport heren Bosch Active Line Plus 750Wh 2024", 3150),
+        ("anchor.nl", "d1", p2, 5, "Gazelle Grenoble C8 545Wh dames 2025", 5300),
+        ("shop-e.nl", "e1", p2, 6, "Gazelle Grenoble C8 dames Bosch CX 545Wh 2025", 4700),
+        ("shop-f.nl", "f1", p2, 7, "Gazelle Grenoble C8 dames Bosch CX 545 Wh (2025)", 4750),
+        ("shop-f.nl", "f2", p2, 8, "Gazelle Grenoble C8 dames Bosch Active Line Plus 545 Wh", 5250),
+    ]
+    for shop, url, vector, seed, name, price in listings:
+        add_listing(db, shop, url, near(vector, 0.02, seed), name=name, price=price)
+    cluster(database_url)
+    sets = cluster_sets(db)
+    assert {frozenset({"a1", "c2"}), frozenset({"b1", "c1"})} <= sets
+    assert {frozenset({"d1", "f2"}), frozenset({"e1", "f1"})} <= sets
+    placed = _placed(db)
+    assert placed["b1"].startswith("embedding") and placed["d1"].startswith("embedding")
+
+
+def test_variants_are_told_by_their_photos_not_by_the_titles_wording(db, database_url):
+    """b1 leaves out the motor in which a1 and a2 differ, and the three are priced
+    alike. a2's title reads like b1's, but its photo is another bike's (cosine 0.85):
+    not a variant b1 could be, so b1 joins a1 rather than stay ambiguous. c1 leaves out
+    the motor of a3 and a4, which share one photo: it fits both and stays alone."""
+    p1, p3 = product_vector(1), product_vector(3)
+    other_photo = np.concatenate([at_cosine(p1, 0.85, 5)[:HALF_DIMS], p1[HALF_DIMS:]])
+    listings = [
+        ("anchor.nl", "a1", p1, "Cube Kathmandu 400Wh dames Bosch CX 2025", 3000),
+        ("anchor.nl", "a2", other_photo, "Cube Kathmandu 400Wh dames Bafang M420 2025", 3040),
+        ("shop-b.nl", "b1", p1, "Cube Kathmandu 400Wh dames 2025", 3020),
+        ("anchor.nl", "a3", p3, "Sparta M8b 500Wh dames Bosch CX 2024", 3000),
+        ("anchor.nl", "a4", p3, "Sparta M8b 500Wh dames Bafang M420 2024", 3030),
+        ("shop-c.nl", "c1", p3, "Sparta M8b 500Wh dames 2024", 3015),
+    ]
+    for seed, (shop, url, vector, name, price) in enumerate(listings):
+        add_listing(db, shop, url, near(vector, 0.01, seed), name=name, price=price)
+    cluster(database_url)
+    sets = cluster_sets(db)
+    assert frozenset({"a1", "b1"}) in sets
+    assert {frozenset({"a2"}), frozenset({"c1"})} <= sets
+    assert _placed(db)["c1"] == "ambiguous"
 
 
 def test_model_numbers_written_apart_agree_and_letters_make_another_model(db, database_url):

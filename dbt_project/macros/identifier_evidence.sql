@@ -249,15 +249,16 @@
     - case when {{ price_conflict }} then {{ var('price_conflict_penalty') }} else 0 end
 {%- endmacro %}
 
-{#- Whether `first` and `second`, members of two clusters, make the clusters two
-    different products: they disagree on an attribute (attribute_conflicts), or,
-    where a shop lists each product once (var('max_listings_per_shop') 1), one shop
-    sells them as two listings. -#}
+{#- Why `first` and `second`, members of two clusters, make the clusters two
+    different products, or null: 'attributes' when they disagree on an attribute
+    (attribute_conflicts; a listing that fits both leaves out what tells them
+    apart), 'shop' where a shop lists each product once (var('max_listings_per_shop')
+    1) and sells them as two listings. -#}
 {% macro rival_products(first, second) -%}
-    (
+    case
+        when {{ attribute_conflicts(first, second) }} is not null then 'attributes'
         {% if var('max_listings_per_shop') == 1 and var('rivals_within_a_shop') -%}
-            {{ first }}.webshop = {{ second }}.webshop or
+            when {{ first }}.webshop = {{ second }}.webshop then 'shop'
         {% endif -%}
-        {{ attribute_conflicts(first, second) }} is not null
-    )
+    end
 {%- endmacro %}

@@ -16,24 +16,30 @@
 --    model number), or was unlinked from one, stays out, even when its best
 --    neighbour there agrees.
 -- 2b. Rival products: a listing that fits the clusters of two different products
---    about equally well (scores within `score_window`; their members disagree on
---    something, `rivals`, so the listing leaves out what tells them apart: the
---    motor of two variants, say) cannot be placed by its similarity, which then
---    mostly measures wording. It keeps the one nearest in price when the next
---    one's price is at least `price_margin` times further from its own; otherwise
---    it is ambiguous: it stays in a cluster of its own (matched_via 'ambiguous')
---    that later listings join only through a link by hand or an equal GTIN.
+--    about equally well (their members disagree on something, `rivals`, so the
+--    listing leaves out what tells them apart: the motor of two variants, say;
+--    `decide` below says what "about equally" means) cannot be placed by its
+--    similarity, which then mostly measures wording. It keeps the one nearest in
+--    price when the next one's price is at least `price_margin` times further
+--    from its own; otherwise it is ambiguous: it stays in a cluster of its own
+--    (matched_via 'ambiguous') that later listings join only through a link by
+--    hand or an equal GTIN.
 -- 3. In up to `rounds` rounds, each listing not placed yet claims its best
 --    cluster that still has room; a cluster takes at most `max_per_shop`
 --    listings of one shop, keeping its best claims (link, GTIN, then fit, then
 --    url); a listing that lost tries its next choice in the next round.
 -- 4. A listing of that shop left without a cluster seeds its own, so bikes the
 --    anchor shop does not sell still merge across the other shops.
+-- 5. A second look once every shop is placed: each listing placed by its
+--    similarity (and each anchor listing) takes 2b's decision again among every
+--    cluster, those seeded after it included, and moves where it decides.
 --
 -- `blocks` is a boolean SQL expression over `listing` and `member` (rows of the
 -- listings table) and `candidate` (the candidate pair through which the listing
--- would join). `rivals` is one over `first_member` and `second_member` (rows of
--- the listings table): members of two clusters that make them different products.
+-- would join). `rivals` is a text one over `first_member` and `second_member`
+-- (rows of the listings table): why members of two clusters make them different
+-- products, 'attributes' (they disagree on one) or 'shop' (one shop's two
+-- listings), or null.
 -- dbt's master_bikes writes both from the project's rules.
 --
 -- A cluster's id is derived from its seed listing's (webshop, url): the same seed
@@ -66,12 +72,98 @@ language plpgsql volatile as $$
 #variable_conflict use_column
 declare
     shop integer;
+    -- Rival products: of a listing's options (assign_options), its best cluster
+    -- (preference 1, not by a link or GTIN) and the clusters that are rivals of it:
+    -- other products (`rivals`) that fit the listing about as well. A rival
+    -- whose members disagree with the best's on an attribute the listing leaves out
+    -- ('attributes': two variants of a model line) counts when its photos look as
+    -- much like the listing's (the clusters' best image similarity within
+    -- `score_window` / 2; the score where a side has no photo), since the titles'
+    -- similarity then mostly measures wording; a rival by a shop's two listings
+    -- ('shop') when its best score lies within `score_window` of the best
+    -- cluster's. With no rival the listing takes its best cluster; otherwise the
+    -- one nearest in price when the next one's price is at least `price_margin`
+    -- times further from its own, or none (cluster_id null: ambiguous).
+    decide text := format(
+        $query$
+        with clusters as (
+            select
+                option.bike_id,
+                option.cluster_id,
+                max(option.score) as score,
+                max(option.image_similarity) as image_similarity,
+                min(option.price_distance) as distance
+            from assign_options as option
+            group by option.bike_id, option.cluster_id
+        ),
+        best as (
+            select option.bike_id, fitting.cluster_id, fitting.score, fitting.image_similarity
+            from assign_options as option
+            inner join clusters as fitting
+                on option.bike_id = fitting.bike_id and option.cluster_id = fitting.cluster_id
+            where option.preference = 1 and option.evidence = 'embedding'
+        ),
+        contenders as (
+            select fitting.bike_id, fitting.cluster_id, fitting.distance
+            from clusters as fitting
+            inner join best on fitting.bike_id = best.bike_id
+            where
+                fitting.cluster_id = best.cluster_id
+                or exists (
+                    select
+                    from assign_placed as one
+                    inner join %1$s as first_member on one.bike_id = first_member.bike_id
+                    cross join assign_placed as other
+                    inner join %1$s as second_member on other.bike_id = second_member.bike_id
+                    where
+                        one.cluster_id = best.cluster_id
+                        and other.cluster_id = fitting.cluster_id
+                        and one.bike_id <> fitting.bike_id
+                        and other.bike_id <> fitting.bike_id
+                        and case (%2$s)
+                            when 'attributes' then coalesce(
+                                fitting.image_similarity >= best.image_similarity - %4$s / 2,
+                                fitting.score >= best.score - %4$s
+                            )
+                            when 'shop' then fitting.score >= best.score - %4$s
+                            else false
+                        end
+                )
+        ),
+        ranked as (
+            select
+                contenders.*,
+                count(*) over (partition by contenders.bike_id) as rival_count,
+                row_number() over (
+                    partition by contenders.bike_id
+                    order by contenders.distance asc nulls last, contenders.cluster_id
+                ) as nearness,
+                lead(contenders.distance) over (
+                    partition by contenders.bike_id
+                    order by contenders.distance asc nulls last, contenders.cluster_id
+                ) as next_distance
+            from contenders
+        )
+        select
+            ranked.bike_id,
+            best.cluster_id as best_cluster_id,
+            case
+                when ranked.rival_count = 1 then ranked.cluster_id
+                when ranked.next_distance - ranked.distance >= ln(%3$s) then ranked.cluster_id
+            end as cluster_id,
+            ranked.rival_count
+        from ranked
+        inner join best on ranked.bike_id = best.bike_id
+        where ranked.nearness = 1
+        $query$,
+        listings, rivals, price_margin, score_window
+    );
 begin
     -- Scratch tables live for this transaction (and a transaction pooler's
     -- server connection) alone.
     drop table if exists
         pg_temp.assign_placed, pg_temp.assign_options, pg_temp.assign_won,
-        pg_temp.assign_rivals;
+        pg_temp.assign_rivals, pg_temp.assign_movers, pg_temp.assign_second_look;
     create temp table assign_placed (
         bike_id uuid primary key,
         cluster_id uuid not null,
@@ -103,6 +195,7 @@ begin
                  placed.cluster_id,
                  candidate.neighbour_id as matched_bike_id,
                  candidate.similarity,
+                 candidate.image_similarity,
                  candidate.score,
                  candidate.fit,
                  candidate.evidence,
@@ -133,60 +226,13 @@ begin
             candidates, listings, shop, blocks
         );
 
-        -- 2b. Rival products: a listing whose best cluster (not by a link or GTIN)
-        --     has a rival among its other options scored within `score_window` of
-        --     the best keeps, of those, only the one clearly nearest in price, or
-        --     none (ambiguous).
+        -- 2b. Rival products (see `decide`).
         execute format(
             'create temp table assign_rivals on commit drop as
-             with best as (
-                 select option.bike_id, option.cluster_id, option.score
-                 from assign_options as option
-                 where option.preference = 1 and option.evidence = ''embedding''
-             ),
-             contenders as (
-                 select option.bike_id, option.cluster_id, min(option.price_distance) as distance
-                 from assign_options as option
-                 inner join best on option.bike_id = best.bike_id
-                 where
-                     option.cluster_id = best.cluster_id
-                     or option.score >= best.score - %4$s
-                     and exists (
-                         select
-                         from assign_placed as one
-                         inner join %1$s as first_member on one.bike_id = first_member.bike_id
-                         cross join assign_placed as other
-                         inner join %1$s as second_member on other.bike_id = second_member.bike_id
-                         where
-                             one.cluster_id = best.cluster_id
-                             and other.cluster_id = option.cluster_id
-                             and (%2$s)
-                     )
-                 group by option.bike_id, option.cluster_id
-             ),
-             ranked as (
-                 select
-                     contenders.*,
-                     count(*) over (partition by contenders.bike_id) as rival_count,
-                     row_number() over (
-                         partition by contenders.bike_id
-                         order by contenders.distance asc nulls last, contenders.cluster_id
-                     ) as nearness,
-                     lead(contenders.distance) over (
-                         partition by contenders.bike_id
-                         order by contenders.distance asc nulls last, contenders.cluster_id
-                     ) as next_distance
-                 from contenders
-             )
-             select
-                 ranked.bike_id,
-                 case
-                     when ranked.next_distance - ranked.distance >= ln(%3$s)
-                         then ranked.cluster_id
-                 end as cluster_id
-             from ranked
-             where ranked.rival_count > 1 and ranked.nearness = 1',
-            listings, rivals, price_margin, score_window
+             select decided.bike_id, decided.cluster_id
+             from (%s) as decided
+             where decided.rival_count > 1',
+            decide
         );
         delete from assign_options as option
         using assign_rivals as rival
@@ -268,6 +314,147 @@ begin
         );
         drop table assign_options, assign_won, assign_rivals;
     end loop;
+
+    -- 5. A second look, once every shop is placed: a listing that joined by its
+    --    similarity saw only the clusters of shops placed before its own, and an
+    --    anchor listing none at all. When a cluster seeded later is a rival of its
+    --    own (or of the best it now fits), 2b decides again with every cluster
+    --    known: the listing moves to the one clearly nearest in price, or stays
+    --    alone (ambiguous) when none is. Listings held by a link or an equal GTIN
+    --    stay; a cluster still takes at most `max_per_shop` listings of a shop.
+    execute format(
+        'create temp table assign_movers on commit drop as
+         select placed.bike_id, placed.cluster_id, listing.webshop, listing.url
+         from assign_placed as placed
+         inner join %2$s as listing on placed.bike_id = listing.bike_id
+         where
+             (placed.matched_via like ''embedding%%'' or placed.matched_via = ''anchor'')
+             and not exists (
+                 select
+                 from %1$s as firm
+                 inner join assign_placed as fellow on firm.neighbour_id = fellow.bike_id
+                 where
+                     firm.bike_id = placed.bike_id
+                     and firm.evidence <> ''embedding''
+                     and fellow.cluster_id = placed.cluster_id
+             )',
+        candidates, listings
+    );
+    execute format(
+        'create temp table assign_options on commit drop as
+         select
+             candidate.bike_id,
+             placed.cluster_id,
+             candidate.neighbour_id as matched_bike_id,
+             candidate.similarity,
+             candidate.image_similarity,
+             candidate.score,
+             candidate.fit,
+             candidate.evidence,
+             candidate.matched_via,
+             abs(ln(nullif(candidate.price_ratio, 0))) as price_distance,
+             row_number() over (
+                 partition by candidate.bike_id
+                 order by
+                     candidate.fit desc,
+                     candidate.neighbour_webshop asc,
+                     candidate.neighbour_url asc
+             ) as preference
+         from %1$s as candidate
+         inner join assign_movers as mover on candidate.bike_id = mover.bike_id
+         inner join assign_placed as placed on candidate.neighbour_id = placed.bike_id
+         inner join %2$s as listing on candidate.bike_id = listing.bike_id
+         where
+             candidate.evidence = ''embedding''
+             and placed.matched_via <> ''ambiguous''
+             and not exists (
+                 select
+                 from assign_placed as fellow
+                 inner join %2$s as member on fellow.bike_id = member.bike_id
+                 where
+                     fellow.cluster_id = placed.cluster_id
+                     and fellow.bike_id <> listing.bike_id
+                     and (%3$s)
+             )
+             and (
+                 select count(*)
+                 from assign_placed as fellow
+                 inner join %2$s as member on fellow.bike_id = member.bike_id
+                 where
+                     fellow.cluster_id = placed.cluster_id
+                     and fellow.bike_id <> listing.bike_id
+                     and member.webshop = listing.webshop
+             ) < %4$s',
+        candidates, listings, blocks, max_per_shop
+    );
+    execute format(
+        'create temp table assign_second_look on commit drop as
+         select
+             mover.bike_id,
+             mover.webshop,
+             mover.url,
+             decided.cluster_id,
+             chosen.matched_bike_id,
+             chosen.similarity,
+             chosen.score,
+             chosen.fit,
+             chosen.matched_via
+         from (%2$s) as decided
+         inner join assign_movers as mover on decided.bike_id = mover.bike_id
+         left join lateral (
+             select option.*
+             from assign_options as option
+             where option.bike_id = decided.bike_id and option.cluster_id = decided.cluster_id
+             order by option.preference
+             limit 1
+         ) as chosen on true
+         where
+             decided.cluster_id is distinct from mover.cluster_id
+             -- the listing that seeded its cluster (whose id it carries) moves only
+             -- to another cluster, never to stand alone
+             and (
+                 decided.cluster_id is not null
+                 or mover.cluster_id <> bikematch_cluster_id(mover.webshop, mover.url)
+             )
+             and (
+                 mover.cluster_id = decided.best_cluster_id
+                 or exists (
+                     select
+                     from assign_placed as one
+                     inner join %1$s as first_member on one.bike_id = first_member.bike_id
+                     cross join assign_placed as other
+                     inner join %1$s as second_member on other.bike_id = second_member.bike_id
+                     where
+                         one.cluster_id = mover.cluster_id
+                         and other.cluster_id = decided.best_cluster_id
+                         and one.bike_id <> mover.bike_id
+                         and other.bike_id <> mover.bike_id
+                         and (%3$s) is not null
+                 )
+             )',
+        listings, decide, rivals
+    );
+    -- Two listings of one shop moving to one cluster: the better fit goes.
+    delete from assign_second_look as look
+    using (
+        select
+            mover.bike_id,
+            row_number() over (
+                partition by mover.cluster_id, mover.webshop order by mover.fit desc, mover.bike_id
+            ) as place
+        from assign_second_look as mover
+        where mover.cluster_id is not null
+    ) as ranked
+    where look.bike_id = ranked.bike_id and ranked.place > 1;
+    update assign_placed as placed
+    set
+        cluster_id = coalesce(look.cluster_id, bikematch_cluster_id(look.webshop, look.url)),
+        matched_via = coalesce(look.matched_via, 'ambiguous'),
+        matched_bike_id = look.matched_bike_id,
+        similarity = look.similarity,
+        score = look.score
+    from assign_second_look as look
+    where placed.bike_id = look.bike_id;
 
     return query
         select

@@ -28,8 +28,9 @@
 --
 -- Everything is symmetric, so each pair is judged once, as (first_id,
 -- second_id) with first_id < second_id, and written in both directions.
--- price_ratio is the listing's price over the neighbour's (the assignment compares
--- rival products by it).
+-- price_ratio is the listing's price over the neighbour's, like for like: each
+-- shop's price level (against the anchor shop's, from the pairs that are each
+-- other's best match) taken out. The assignment compares rival products by it.
 {% set evidence = var('identifier_evidence') %}
 {% set bonus = var('code_agree_bonus') if evidence else 0 %}
 {% set image_weight = var('image_weight', none) %}
@@ -191,6 +192,12 @@ judged as (
                 + (1 - {{ image_weight if image_weight is not none else 0.5 }})
                 * (1 - (first_vector.text_embedding <=> second_vector.text_embedding))
         end as similarity,
+        -- The photos' own cosine, which a shop's wording does not move: two
+        -- variants of one model line look alike however the titles differ.
+        case
+            when not first_listing.text_only and not second_listing.text_only
+                then 1 - (first_vector.image_embedding <=> second_vector.image_embedding)
+        end as image_similarity,
         first_listing.webshop as first_webshop,
         first_listing.url as first_url,
         first_listing.shop_rank as first_shop_rank,
@@ -250,21 +257,79 @@ scored as (
 ),
 
 passing as (
-    select
-        *,
-        -- How well the pair fits, for choosing among a listing's candidates: the
-        -- score, plus var('agreement_fit_weight') for each product attribute both
-        -- state alike, less var('price_fit_weight') per unit of log price ratio.
-        -- Of two variants a title cannot tell apart (it leaves out the motor that
-        -- differs), the one nearer in price is the likelier; of two listings
-        -- claiming one place, the one that says more that agrees.
-        score
-        + {{ var('agreement_fit_weight') }} * agreements
-        - {{ var('price_fit_weight') }} * coalesce(abs(ln(price_ratio)), 0) as fit
-    from scored
+    select * from scored
     where
         evidence in ('link', 'gtin')
         or (score >= {{ var('match_threshold') }} and conflicts is null)
+),
+
+anchor_pairs as (
+    -- Passing pairs with a listing of the anchor shop: the other shop, and the log
+    -- of its listing's price over the anchor listing's.
+    select
+        case when first_is_anchor then second_id else first_id end as other_id,
+        case when first_is_anchor then first_id else second_id end as anchor_id,
+        case when first_is_anchor then second_webshop else first_webshop end as webshop,
+        case when first_is_anchor then -ln(price_ratio) else ln(price_ratio) end as log_ratio,
+        score
+    from passing
+    where (first_is_anchor or second_is_anchor) and price_ratio > 0
+),
+
+mutual_best as (
+    select
+        *,
+        row_number() over (
+            partition by anchor_id, webshop order by score desc, other_id
+        ) as anchor_choice,
+        row_number() over (partition by other_id order by score desc, anchor_id) as other_choice
+    from anchor_pairs
+),
+
+shop_price_levels as (
+    -- How a shop prices the products it shares with the anchor shop: the median
+    -- log price ratio of the pairs that are each other's best match (an outlet 7%
+    -- cheaper: ln 0.93). Known from var('price_level_min_pairs') such pairs on;
+    -- a shop without them counts as priced like the anchor shop.
+    select
+        webshop,
+        percentile_cont(0.5) within group (order by log_ratio) as price_level
+    from mutual_best
+    where anchor_choice = 1 and other_choice = 1
+    group by webshop
+    having count(*) >= {{ var('price_level_min_pairs') }}
+),
+
+levelled as (
+    -- The price ratio like for like: each shop's price level taken out, so a
+    -- listing's price is compared with what the other shop would ask for the same
+    -- product. How well the pair fits, for choosing among a listing's
+    -- candidates: the score, plus var('agreement_fit_weight') for each product
+    -- attribute both state alike, less var('price_fit_weight') per unit of log
+    -- price ratio. Of two variants a title cannot tell apart (it leaves out the
+    -- motor that differs), the one nearer in price is the likelier; of two
+    -- listings claiming one place, the one that says more that agrees.
+    select
+        passing.*,
+        exp(
+            ln(nullif(passing.price_ratio, 0))
+            - coalesce(first_level.price_level, 0)
+            + coalesce(second_level.price_level, 0)
+        ) as level_price_ratio
+    from passing
+    left join shop_price_levels as first_level
+        on passing.first_webshop = first_level.webshop
+    left join shop_price_levels as second_level
+        on passing.second_webshop = second_level.webshop
+),
+
+fitted as (
+    select
+        *,
+        score
+        + {{ var('agreement_fit_weight') }} * agreements
+        - {{ var('price_fit_weight') }} * coalesce(abs(ln(level_price_ratio)), 0) as fit
+    from levelled
 ),
 
 candidates as (
@@ -272,6 +337,7 @@ candidates as (
         first_id as bike_id,
         second_id as neighbour_id,
         similarity,
+        image_similarity,
         evidence,
         first_webshop as webshop,
         first_url as url,
@@ -288,13 +354,14 @@ candidates as (
         score,
         fit,
         matched_via,
-        price_ratio
-    from passing
+        level_price_ratio as price_ratio
+    from fitted
     union all
     select
         second_id as bike_id,
         first_id as neighbour_id,
         similarity,
+        image_similarity,
         evidence,
         second_webshop as webshop,
         second_url as url,
@@ -311,8 +378,8 @@ candidates as (
         score,
         fit,
         matched_via,
-        1 / nullif(price_ratio, 0) as price_ratio
-    from passing
+        1 / nullif(level_price_ratio, 0) as price_ratio
+    from fitted
 )
 
 select * from candidates
