@@ -104,7 +104,11 @@ declare
             where option.preference = 1 and option.evidence = 'embedding'
         ),
         contenders as (
-            select fitting.bike_id, fitting.cluster_id, fitting.distance
+            select
+                fitting.bike_id,
+                fitting.cluster_id,
+                fitting.distance,
+                best.cluster_id as best_cluster_id
             from clusters as fitting
             inner join best on fitting.bike_id = best.bike_id
             where
@@ -146,14 +150,13 @@ declare
         )
         select
             ranked.bike_id,
-            best.cluster_id as best_cluster_id,
+            ranked.best_cluster_id,
             case
                 when ranked.rival_count = 1 then ranked.cluster_id
                 when ranked.next_distance - ranked.distance >= ln(%3$s) then ranked.cluster_id
             end as cluster_id,
             ranked.rival_count
         from ranked
-        inner join best on ranked.bike_id = best.bike_id
         where ranked.nearness = 1
         $query$,
         listings, rivals, price_margin, score_window
@@ -340,6 +343,9 @@ begin
              )',
         candidates, listings
     );
+    -- (statistics, so that the planner sizes the joins below)
+    analyze assign_placed;
+    analyze assign_movers;
     execute format(
         'create temp table assign_options on commit drop as
          select
@@ -364,6 +370,12 @@ begin
          inner join assign_movers as mover on candidate.bike_id = mover.bike_id
          inner join assign_placed as placed on candidate.neighbour_id = placed.bike_id
          inner join %2$s as listing on candidate.bike_id = listing.bike_id
+         left join (
+             select fellow.cluster_id, member.webshop, count(*) as listings
+             from assign_placed as fellow
+             inner join %2$s as member on fellow.bike_id = member.bike_id
+             group by fellow.cluster_id, member.webshop
+         ) as taken on placed.cluster_id = taken.cluster_id and listing.webshop = taken.webshop
          where
              candidate.evidence = ''embedding''
              and placed.matched_via <> ''ambiguous''
@@ -376,17 +388,11 @@ begin
                      and fellow.bike_id <> listing.bike_id
                      and (%3$s)
              )
-             and (
-                 select count(*)
-                 from assign_placed as fellow
-                 inner join %2$s as member on fellow.bike_id = member.bike_id
-                 where
-                     fellow.cluster_id = placed.cluster_id
-                     and fellow.bike_id <> listing.bike_id
-                     and member.webshop = listing.webshop
-             ) < %4$s',
+             and coalesce(taken.listings, 0)
+             - case when placed.cluster_id = mover.cluster_id then 1 else 0 end < %4$s',
         candidates, listings, blocks, max_per_shop
     );
+    analyze assign_options;
     execute format(
         'create temp table assign_second_look on commit drop as
          select
