@@ -280,9 +280,9 @@ mutual_best as (
     select
         *,
         row_number() over (
-            partition by anchor_id, webshop order by score desc, other_id
+            partition by anchor_id, webshop order by score desc, other_id asc
         ) as anchor_choice,
-        row_number() over (partition by other_id order by score desc, anchor_id) as other_choice
+        row_number() over (partition by other_id order by score desc, anchor_id asc) as other_choice
     from anchor_pairs
 ),
 
