@@ -84,7 +84,27 @@ declare
     -- cluster's. With no rival the listing takes its best cluster; otherwise the
     -- one nearest in price when the next one's price is at least `price_margin`
     -- times further from its own, or none (cluster_id null: ambiguous).
-    decide text := format(
+    decide text;
+    -- Whether clusters A and B are two products: a member of each (the listing
+    -- being placed left out) are, by `rivals` (its verdict: rivalry.why) and a
+    -- condition on it. format() arguments: the listings table, `rivals`, A, B, the
+    -- listing, the condition.
+    clusters_rival constant text := $fragment$exists (
+            select
+            from assign_placed as one
+            inner join %1$s as first_member on one.bike_id = first_member.bike_id
+            cross join assign_placed as other
+            inner join %1$s as second_member on other.bike_id = second_member.bike_id
+            cross join lateral (select (%2$s) as why) as rivalry
+            where
+                one.cluster_id = %3$s
+                and other.cluster_id = %4$s
+                and one.bike_id <> %5$s
+                and other.bike_id <> %5$s
+                and (%6$s)
+        )$fragment$;
+begin
+    decide := format(
         $query$
         with clusters as (
             select
@@ -113,26 +133,7 @@ declare
             inner join best on fitting.bike_id = best.bike_id
             where
                 fitting.cluster_id = best.cluster_id
-                or exists (
-                    select
-                    from assign_placed as one
-                    inner join %1$s as first_member on one.bike_id = first_member.bike_id
-                    cross join assign_placed as other
-                    inner join %1$s as second_member on other.bike_id = second_member.bike_id
-                    where
-                        one.cluster_id = best.cluster_id
-                        and other.cluster_id = fitting.cluster_id
-                        and one.bike_id <> fitting.bike_id
-                        and other.bike_id <> fitting.bike_id
-                        and case (%2$s)
-                            when 'attributes' then coalesce(
-                                fitting.image_similarity >= best.image_similarity - %4$s / 2,
-                                fitting.score >= best.score - %4$s
-                            )
-                            when 'shop' then fitting.score >= best.score - %4$s
-                            else false
-                        end
-                )
+                or %1$s
         ),
         ranked as (
             select
@@ -153,15 +154,34 @@ declare
             ranked.best_cluster_id,
             case
                 when ranked.rival_count = 1 then ranked.cluster_id
-                when ranked.next_distance - ranked.distance >= ln(%3$s) then ranked.cluster_id
+                when ranked.next_distance - ranked.distance >= ln(%2$s) then ranked.cluster_id
             end as cluster_id,
             ranked.rival_count
         from ranked
         where ranked.nearness = 1
         $query$,
-        listings, rivals, price_margin, score_window
+        format(
+            clusters_rival,
+            listings,
+            rivals,
+            'best.cluster_id',
+            'fitting.cluster_id',
+            'fitting.bike_id',
+            format(
+                $condition$case rivalry.why
+                    when 'attributes' then coalesce(
+                        fitting.image_similarity >= best.image_similarity - %1$s / 2,
+                        fitting.score >= best.score - %1$s
+                    )
+                    when 'shop' then fitting.score >= best.score - %1$s
+                    else false
+                end$condition$,
+                score_window
+            )
+        ),
+        price_margin
     );
-begin
+
     -- Scratch tables live for this transaction (and a transaction pooler's
     -- server connection) alone.
     drop table if exists
@@ -424,21 +444,18 @@ begin
              )
              and (
                  mover.cluster_id = decided.best_cluster_id
-                 or exists (
-                     select
-                     from assign_placed as one
-                     inner join %1$s as first_member on one.bike_id = first_member.bike_id
-                     cross join assign_placed as other
-                     inner join %1$s as second_member on other.bike_id = second_member.bike_id
-                     where
-                         one.cluster_id = mover.cluster_id
-                         and other.cluster_id = decided.best_cluster_id
-                         and one.bike_id <> mover.bike_id
-                         and other.bike_id <> mover.bike_id
-                         and (%3$s) is not null
-                 )
+                 or %1$s
              )',
-        listings, decide, rivals
+        format(
+            clusters_rival,
+            listings,
+            rivals,
+            'mover.cluster_id',
+            'decided.best_cluster_id',
+            'mover.bike_id',
+            'rivalry.why is not null'
+        ),
+        decide
     );
     -- Two listings of one shop moving to one cluster: the better fit goes.
     delete from assign_second_look as look
