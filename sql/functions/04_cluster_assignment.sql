@@ -85,6 +85,31 @@ declare
     -- one nearest in price when the next one's price is at least `price_margin`
     -- times further from its own, or none (cluster_id null: ambiguous).
     decide text;
+    -- What a listing's options (assign_options) hold of each candidate pair
+    -- (`candidate`) through which it could join a placed listing's (`placed`)
+    -- cluster, and its preference among them: a link by hand, then an equal GTIN,
+    -- then the best fit, then the neighbour's (webshop, url).
+    option_columns constant text := $columns$
+        candidate.bike_id,
+        placed.cluster_id,
+        candidate.neighbour_id as matched_bike_id,
+        candidate.similarity,
+        candidate.image_similarity,
+        candidate.score,
+        candidate.fit,
+        candidate.evidence,
+        candidate.matched_via,
+        candidate.url,
+        abs(ln(nullif(candidate.price_ratio, 0))) as price_distance,
+        row_number() over (
+            partition by candidate.bike_id
+            order by
+                candidate.evidence = 'link' desc,
+                candidate.evidence = 'gtin' desc,
+                candidate.fit desc,
+                candidate.neighbour_webshop asc,
+                candidate.neighbour_url asc
+        ) as preference$columns$;
     -- Whether clusters A and B are two products: a member of each (the listing
     -- being placed left out) are, by `rivals` (its verdict: rivalry.why) and a
     -- condition on it. format() arguments: the listings table, `rivals`, A, B, the
@@ -213,27 +238,7 @@ begin
         --    listing's only through a link or an equal GTIN).
         execute format(
             'create temp table assign_options on commit drop as
-             select
-                 candidate.bike_id,
-                 placed.cluster_id,
-                 candidate.neighbour_id as matched_bike_id,
-                 candidate.similarity,
-                 candidate.image_similarity,
-                 candidate.score,
-                 candidate.fit,
-                 candidate.evidence,
-                 candidate.matched_via,
-                 candidate.url,
-                 abs(ln(nullif(candidate.price_ratio, 0))) as price_distance,
-                 row_number() over (
-                     partition by candidate.bike_id
-                     order by
-                         candidate.evidence = ''link'' desc,
-                         candidate.evidence = ''gtin'' desc,
-                         candidate.fit desc,
-                         candidate.neighbour_webshop asc,
-                         candidate.neighbour_url asc
-                 ) as preference
+             select %5$s
              from %1$s as candidate
              inner join assign_placed as placed on candidate.neighbour_id = placed.bike_id
              inner join %2$s as listing on candidate.bike_id = listing.bike_id
@@ -246,7 +251,7 @@ begin
                      inner join %2$s as member on fellow.bike_id = member.bike_id
                      where fellow.cluster_id = placed.cluster_id and (%4$s)
                  )',
-            candidates, listings, shop, blocks
+            candidates, listings, shop, blocks, option_columns
         );
 
         -- 2b. Rival products (see `decide`).
@@ -368,24 +373,7 @@ begin
     analyze assign_movers;
     execute format(
         'create temp table assign_options on commit drop as
-         select
-             candidate.bike_id,
-             placed.cluster_id,
-             candidate.neighbour_id as matched_bike_id,
-             candidate.similarity,
-             candidate.image_similarity,
-             candidate.score,
-             candidate.fit,
-             candidate.evidence,
-             candidate.matched_via,
-             abs(ln(nullif(candidate.price_ratio, 0))) as price_distance,
-             row_number() over (
-                 partition by candidate.bike_id
-                 order by
-                     candidate.fit desc,
-                     candidate.neighbour_webshop asc,
-                     candidate.neighbour_url asc
-             ) as preference
+         select %5$s
          from %1$s as candidate
          inner join assign_movers as mover on candidate.bike_id = mover.bike_id
          inner join assign_placed as placed on candidate.neighbour_id = placed.bike_id
@@ -410,7 +398,7 @@ begin
              )
              and coalesce(taken.listings, 0)
              - case when placed.cluster_id = mover.cluster_id then 1 else 0 end < %4$s',
-        candidates, listings, blocks, max_per_shop
+        candidates, listings, blocks, max_per_shop, option_columns
     );
     analyze assign_options;
     execute format(
