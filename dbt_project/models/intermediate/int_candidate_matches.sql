@@ -303,12 +303,7 @@ shop_price_levels as (
 levelled as (
     -- The price ratio like for like: each shop's price level taken out, so a
     -- listing's price is compared with what the other shop would ask for the same
-    -- product. How well the pair fits, for choosing among a listing's
-    -- candidates: the score, plus var('agreement_fit_weight') for each product
-    -- attribute both state alike, less var('price_fit_weight') per unit of log
-    -- price ratio. Of two variants a title cannot tell apart (it leaves out the
-    -- motor that differs), the one nearer in price is the likelier; of two
-    -- listings claiming one place, the one that says more that agrees.
+    -- product.
     select
         passing.*,
         exp(
@@ -324,6 +319,12 @@ levelled as (
 ),
 
 fitted as (
+    -- How well the pair fits, for choosing among a listing's candidates: the
+    -- score, plus var('agreement_fit_weight') for each product attribute both
+    -- state alike, less var('price_fit_weight') per unit of log price ratio (like
+    -- for like). Of two variants a title cannot tell apart (it leaves out the
+    -- motor that differs), the one nearer in price is the likelier; of two
+    -- listings claiming one place, the one that says more that agrees.
     select
         *,
         score
