@@ -259,6 +259,30 @@ def test_edition_words_make_another_model_line(db, database_url):
     assert {frozenset({"b1"}), frozenset({"c2"})} <= sets
 
 
+def test_a_brands_word_or_a_shared_part_number_outweighs_an_edition_word(db, database_url):
+    """ "Elite Screens" is a brand, not the Elite edition; a shared part number
+    (KX-TGA660B) names the edition, so "Plus" beside it describes. A model line's name
+    (Charger4) is no part number: Charger4 Sport is another line."""
+    p1, p2, p3 = product_vector(81), product_vector(82), product_vector(83)
+    rows = [
+        ("anchor.nl", "a1", p1, "Elite Screens MaxWhite Motorized Screen 92", "Elite Screens"),
+        ("shop-b.nl", "b1", near(p1, 0.01, 1), "MaxWhite Motorized Screen 92", "Elite"),
+        ("anchor.nl", "a2", p2, "Panasonic KX-TGA660B DECT 6.0 Plus Handset", None),
+        ("shop-b.nl", "b2", near(p2, 0.01, 2), "Panasonic KX-TGA660B Extra Handset", None),
+        ("anchor.nl", "a3", p3, "Riese & Müller Charger4 Sport 625Wh", None),
+        ("shop-b.nl", "b3", near(p3, 0.01, 3), "Riese & Müller Charger4 625Wh", None),
+    ]
+    for shop, url, vector, name, brand in rows:
+        add_listing(db, shop, url, vector, name=name, brand=brand)
+    cluster(database_url)
+    assert cluster_sets(db) == {
+        frozenset({"a1", "b1"}),
+        frozenset({"a2", "b2"}),
+        frozenset({"a3"}),
+        frozenset({"b3"}),
+    }
+
+
 def test_a_listing_that_leaves_out_what_tells_two_products_apart_goes_by_price(db, database_url):
     """The anchor shop sells two variants of one line, a motor apart (a2's title leaves
     its motor out: one shop listing both makes them two products all the same). Titles
@@ -432,6 +456,32 @@ def test_model_numbers_written_apart_agree_and_letters_make_another_model(db, da
         frozenset({"b2"}),
         frozenset({"a3"}),
         frozenset({"b3"}),
+    }
+
+
+def test_one_model_number_written_fuller_or_padded_is_one_model(db, database_url):
+    """C6658AN424 is C6658AN with a number written on; RVD0110 is RVD110 padded; 100-Disc
+    and 100-Pack are quantities of different things, not two models. C70 is another
+    model than C7: a number that goes on after a digit makes another number."""
+    p4, p5, p6, p7 = (product_vector(number) for number in (94, 95, 96, 97))
+    rows = [
+        ("anchor.nl", "a4", p4, "HP 58 Photo Cartridge C6658AN"),
+        ("shop-b.nl", "b4", near(p4, 0.01, 4), "HP 58 Photo Cartridge C6658AN424"),
+        ("anchor.nl", "a5", p5, "OCZ RevoDrive RVD0110"),
+        ("shop-b.nl", "b5", at_cosine(p5, 0.8, 5), "OCZ RevoDrive 110 GB RVD110"),
+        ("anchor.nl", "a6", p6, "Verbatim 97017 DVD-R 100-Disc Spindle"),
+        ("shop-b.nl", "b6", near(p6, 0.01, 6), "Verbatim 97017 DVD-R 100-Pack Spindle"),
+        ("anchor.nl", "a7", p7, "Gazelle Orange C7 dames"),
+        ("shop-b.nl", "b7", near(p7, 0.01, 7), "Gazelle Orange C70 dames"),
+    ]
+    add_named(db, rows)
+    cluster(database_url)
+    assert cluster_sets(db) == {
+        frozenset({"a4", "b4"}),
+        frozenset({"a5", "b5"}),
+        frozenset({"a6", "b6"}),
+        frozenset({"a7"}),
+        frozenset({"b7"}),
     }
 
 

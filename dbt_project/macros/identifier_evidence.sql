@@ -29,8 +29,10 @@
 {%- endmacro %}
 
 {#- Different model numbers of the same kind, and none of that kind shared: the same
-    letters (C380 vs C7, M8B vs M10B), or the same digits and length with other
-    letters (PX2210KW vs PX2210KS); common or rare codes alike. `first` and `second`
+    letters (C380 vs C7, M8B vs M10B; not where one is the other with a number
+    written on, code_extends), or the same digits and length with other
+    letters (PX2210KW vs PX2210KS; not two quantities, a number and a word: 100DISC
+    and 100PACK count different things); common or rare codes alike. `first` and `second`
     are relations with int_listings' conflict_codes (title and SKU), their
     conflict_code_kinds, and title_codes. Two numbers that are both only in SKU
     fields are not compared: shops number their articles each their own way; a
@@ -49,7 +51,11 @@
             inner join unnest({{ second_codes }}, {{ second }}.conflict_code_kinds) as theirs (
                 code, kind
             )
-                on mine.kind = theirs.kind and mine.code <> theirs.code
+                on
+                    mine.kind = theirs.kind
+                    and mine.code <> theirs.code
+                    and not {{ code_extends('mine.code', 'theirs.code') }}
+                    and not {{ code_extends('theirs.code', 'mine.code') }}
             where
                 {{ in_a_title }}
                 and mine.kind <> all(
@@ -70,12 +76,31 @@
                 length(mine.code) = length(theirs.code)
                 and mine.code <> theirs.code
                 and mine.code ~ '[0-9]{3}'
+                and not (mine.code ~ '^[0-9]+[A-Z]{3,}$' and theirs.code ~ '^[0-9]+[A-Z]{3,}$')
                 and regexp_replace(mine.code, '[A-Z]', '', 'g')
                 = regexp_replace(theirs.code, '[A-Z]', '', 'g')
         where
             {{ in_a_title }}
             and mine.code <> all({{ second_codes }})
             and theirs.code <> all({{ first_codes }})
+    )
+{%- endmacro %}
+
+{#- `longer` is `shorter` with a number written on where a letter ends or starts
+    it: the fuller form of one code (C6658AN and its C6658AN424, 16GB and 16GB20,
+    MF8090AA004 and 51MF8090AA004), where C7 and C70 are two model names. -#}
+{% macro code_extends(longer, shorter) -%}
+    (
+        (
+            {{ shorter }} ~ '[A-Z]$'
+            and left({{ longer }}, length({{ shorter }})) = {{ shorter }}
+            and substr({{ longer }}, length({{ shorter }}) + 1) ~ '^[0-9]+$'
+        )
+        or (
+            {{ shorter }} ~ '^[A-Z]'
+            and right({{ longer }}, length({{ shorter }})) = {{ shorter }}
+            and left({{ longer }}, length({{ longer }}) - length({{ shorter }})) ~ '^[0-9]+$'
+        )
     )
 {%- endmacro %}
 
@@ -132,11 +157,44 @@
 {#- The edition words of the two titles' model lines (Plus, Pro, Sport... as the
     vocabulary reads them) are not the same set: an edition is part of the model
     line's name, so a title without one names the base line (Endeavour 5.B is not
-    Endeavour 5.B Pro, Altura E-go Plus not Altura E-go Sport). -#}
+    Endeavour 5.B Pro, Altura E-go Plus not Altura E-go Sport). A word of either
+    brand field is no edition ("Elite Screens" is a brand). And where both carry
+    one part number (share_part_number), it names the edition too: a title that
+    adds "Plus" to it describes rather than names. -#}
 {% macro editions_differ(first, second) -%}
-    not (
-        {{ first }}.editions @> {{ second }}.editions
-        and {{ first }}.editions <@ {{ second }}.editions
+    exists (
+        select
+        from (
+            (
+                select unnest({{ first }}.editions)
+                except
+                select unnest({{ second }}.editions)
+            )
+            union all
+            (
+                select unnest({{ second }}.editions)
+                except
+                select unnest({{ first }}.editions)
+            )
+        ) as differing (word)
+        where
+            strpos(coalesce({{ first }}.brand_as_written, ''), differing.word) = 0
+            and strpos(coalesce({{ second }}.brand_as_written, ''), differing.word) = 0
+    )
+    and not {{ share_part_number(first, second) }}
+{%- endmacro %}
+
+{#- Both listings carry one rare code that reads as a manufacturer's part number:
+    five characters or more, three digits or more (KX-TGA660B, K72343US), unlike a
+    model line's name (Charger4, C380). -#}
+{% macro share_part_number(first, second) -%}
+    exists (
+        select
+        from unnest({{ first }}.rare_codes) as code
+        where
+            code = any({{ second }}.rare_codes)
+            and length(code) >= 5
+            and code ~ '[0-9][^0-9]*[0-9][^0-9]*[0-9]'
     )
 {%- endmacro %}
 

@@ -5,7 +5,8 @@
     edition Plus, which the vocabulary reads), or all digits from
     five up (article numbers such as 96438). Shorter numbers (sizes, years) say
     too little alone. In the SKU, digit groups split by spaces are one number
-    ("020 45821 07" and "020-45821-07" are both 0204582107). What ebike_vocabulary
+    ("020 45821 07" and "020-45821-07" are both 0204582107); a number after a
+    letter loses its leading zeros (code_form). What ebike_vocabulary
     reads as the battery, the model year or the frame is no model number: a
     capacity ("625Wh"), a frame size ("53cm", "D53": a dames frame of 53 cm) or
     a model year ("MY24"). With short_codes, also a letter and a digit either way
@@ -25,7 +26,7 @@
             'g'
         ) as written (token)
         cross join lateral (
-            select regexp_replace(written.token[1], '[-/.+]', '', 'g') as code
+            select {{ code_form('written.token[1]') }} as code
         ) as token
         where
             (token.code ~ '[A-Z]' and token.code ~ '[0-9]' and length(token.code) >= 3)
@@ -34,7 +35,7 @@
             {%- endif %}
             or token.code ~ '^[0-9]{5,}$'
         except
-        select regexp_replace(token[1], '[-/.+]', '', 'g')
+        select {{ code_form('token[1]') }}
         from regexp_matches(
             upper(coalesce({{ name }}, '')),
             '\m([0-9]+K?WH|[0-9]{2,3}CM|[DH][4-6][0-9]|MY[0-9]{2})\M',
@@ -47,4 +48,11 @@
     (400WH and 625WH are both capacities; C380 and C7 both model names). -#}
 {% macro code_kind(code) -%}
     regexp_replace({{ code }}, '[^A-Z]', '', 'g')
+{%- endmacro %}
+
+{#- A written code as model_codes compares it: without - / . + separators, and
+    without the zeros a number after a letter starts with (D05 is D5, RVD0110 is
+    RVD110: shops pad model numbers to a width, or do not). -#}
+{% macro code_form(written) -%}
+    regexp_replace(regexp_replace({{ written }}, '[-/.+]', '', 'g'), '([A-Z])0+([0-9])', '\1\2', 'g')
 {%- endmacro %}
