@@ -289,6 +289,16 @@ def test_concurrent_requests_are_embedded_as_one_batch(tiny, serving):
     assert 'bikematch_request_seconds{route="/",quantile="0.95"}' in metrics
 
 
+def test_a_lone_request_waits_for_no_batch(tiny, serving):
+    """With nothing else on its way, a request runs at once: a batching window of an
+    hour (beyond the request's 10 s timeout, which would answer 504) costs it nothing."""
+    service = serving(tiny, wait=3600, timeout=10, streams=1)
+    for body in (_image_request(1), {"texts": ["Gazelle Ultimate C380"]}):
+        status, _, answer = service.request("/embed", body)
+        assert status == 200, answer
+    assert dict(service.service.batcher.sizes) == {("image", 1): 1, ("text", 1): 1}
+
+
 def test_a_full_queue_answers_503_with_retry_after(tiny, serving):
     gated = Gated(tiny)
     service = serving(gated, max_queue=2)

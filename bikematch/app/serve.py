@@ -11,8 +11,9 @@ runner, so the service adds no dependency):
 - `GET /health`, `GET /metrics` (Prometheus text format).
 
 Requests are embedded together: `Batcher` lets the first queued item wait a few
-milliseconds for others (up to `max_batch`) and runs the model on the whole batch in
-one worker thread, so under load the service runs at the model's batch throughput.
+milliseconds for requests already on their way (up to `max_batch`) and runs the model
+on the whole batch in one worker thread, so under load the service runs at the model's
+batch throughput, and a lone request at idle waits for nothing.
 The queue is bounded: when it is full a request is answered 503 with Retry-After.
 """
 
@@ -53,7 +54,7 @@ class ServeOptions:
     #: Bearer token every request but /health must carry; None: no token.
     token: str | None = None
     #: The most items the model embeds at once, and how long (seconds) the first queued
-    #: item waits for others.
+    #: item waits for others while requests are on their way (read, decoded).
     max_batch: int = 32
     wait: float = 0.005
     #: Items waiting to be embedded beyond which a request is refused (503).
@@ -75,8 +76,10 @@ class Batcher:
     """Embeds the items concurrent requests queue, a batch at a time per stream.
 
     Items are ('image', preprocessed pixels) or ('text', a string). A batch is formed
-    when a stream is free: the first item waits up to `wait` seconds for others, and
-    whatever queued while every stream was busy joins it, up to `max_batch`. Streams as
+    when a stream is free: whatever queued while every stream was busy joins the first
+    item, up to `max_batch`, and while requests are on their way (`arrival`: being read
+    and decoded) it waits up to `wait` seconds for them. With none on the way it runs at
+    once: at idle a request costs one forward, not the wait besides. Streams as
     the embedder's (`embedder.job.inference_streams`): on CPU one per core, each
     running torch on its own core (a team of threads started from a thread other than
     the main one ran a forward 2.5x slower here); on a GPU one. `sizes` counts the
@@ -93,6 +96,8 @@ class Batcher:
         self.streams, self._threads = inference_streams(streams, model.device)
         self.sizes: Counter[tuple[str, int]] = Counter()
         self.waiting = 0
+        #: Requests read and decoded now, whose items will queue soon.
+        self.arriving = 0
         self._queue: asyncio.Queue | None = None
         self._worker: asyncio.Task | None = None
         self._pool = contextlib.ExitStack()
@@ -116,6 +121,16 @@ class Batcher:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
         self._pool.close()
+
+    @contextlib.contextmanager
+    def arrival(self):
+        """Marks a request on its way while it is read and decoded: a batch being formed
+        waits for it (up to `wait`)."""
+        self.arriving += 1
+        try:
+            yield
+        finally:
+            self.arriving -= 1
 
     async def embed(self, kind: str, items: list) -> list[torch.Tensor]:
         """The unit vectors of `items` (all of one kind), in order; raises QueueFull."""
@@ -146,6 +161,8 @@ class Batcher:
             if not self._queue.empty():
                 batch.append(self._queue.get_nowait())
                 continue
+            if not self.arriving:  # nothing on its way: waiting would only delay
+                break
             left = deadline - loop.time()
             if left <= 0:
                 break
@@ -347,6 +364,13 @@ class Service:
         return web.Response(text=self.metrics.text(self.batcher), content_type="text/plain")
 
     async def embed(self, request) -> web.Response:
+        with self.batcher.arrival():
+            kind, items = await self._embed_items(request)
+        vectors = await self._embed(kind, items)
+        return web.json_response({"embeddings": [vector.tolist() for vector in vectors]})
+
+    async def _embed_items(self, request) -> tuple[str, list]:
+        """('text', titles) or ('image', decoded photos) of an /embed request."""
         payload = await _json(request)
         name = payload.get("model", self.model.name)
         if name != self.model.name:
@@ -360,26 +384,24 @@ class Service:
         if len(items) > MAX_ITEMS:
             raise BadRequest(f"at most {MAX_ITEMS} items a request, got {len(items)}")
         if kinds[0] == "texts":
-            queued = [_text(item, f"texts[{i}]") for i, item in enumerate(items)]
-            vectors = await self._embed("text", queued)
-        else:
-            photos = [_base64(item, f"images[{i}]") for i, item in enumerate(items)]
-            pixels = await asyncio.gather(
-                *(self._pixels(photo, f"images[{i}]") for i, photo in enumerate(photos))
-            )
-            vectors = await self._embed("image", list(pixels))
-        return web.json_response({"embeddings": [vector.tolist() for vector in vectors]})
+            return "text", [_text(item, f"texts[{i}]") for i, item in enumerate(items)]
+        photos = [_base64(item, f"images[{i}]") for i, item in enumerate(items)]
+        pixels = await asyncio.gather(
+            *(self._pixels(photo, f"images[{i}]") for i, photo in enumerate(photos))
+        )
+        return "image", list(pixels)
 
     async def search(self, request) -> web.Response:
-        query = await self._search_query(request)
-        if self.database_url is None:
-            return _error(503, "this service has no database to search")
-        kind = "text" if "text" in query else "image"
-        if kind == "text":
-            (vector,) = await self._embed("text", [query["text"]])
-        else:
-            pixels = await self._pixels(query["photo"], "the image")
-            (vector,) = await self._embed("image", [pixels])
+        with self.batcher.arrival():
+            query = await self._search_query(request)
+            if self.database_url is None:
+                return _error(503, "this service has no database to search")
+            kind = "text" if "text" in query else "image"
+            if kind == "text":
+                item = query["text"]
+            else:
+                item = await self._pixels(query["photo"], "the image")
+        (vector,) = await self._embed(kind, [item])
         try:
             results = await asyncio.to_thread(
                 nearest,

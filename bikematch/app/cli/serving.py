@@ -38,7 +38,7 @@ LOOPBACK = {"127.0.0.1", "::1", "localhost"}
     type=click.FloatRange(0, 1000),
     default=5.0,
     show_default=True,
-    help="How long the first queued item waits for others to batch with.",
+    help="How long a batch waits for requests on their way (read, decoded) to join it.",
 )
 @click.option(
     "--max-queue",
