@@ -53,6 +53,19 @@ def test_make_demo_runs_the_demo():
     assert re.search(r"^\S*/bikematch demo$", dry.stdout, re.M), dry.stdout
 
 
+def test_another_seed_generates_another_catalogue_the_same_every_time():
+    from bikematch.app.demo.catalogue import generate
+
+    def offers(catalogue):
+        return [(listing.title, listing.price) for listing in catalogue.listings]
+
+    assert offers(generate(48)) == offers(generate(48))
+    assert offers(generate(48, seed=1)) == offers(generate(48, seed=1))
+    assert offers(generate(48, seed=1)) != offers(generate(48))
+    shown = run_cli("demo", "--help")
+    assert shown.returncode == 0 and "--seed" in shown.stdout
+
+
 def test_demo_prints_its_summary_and_scores(demo):
     out = demo["first"]
     for shop in (

@@ -326,6 +326,27 @@ def test_a_listing_that_leaves_out_what_tells_two_products_apart_goes_by_price(d
     assert "B fits two different products" in explained.stdout
 
 
+def test_a_clusters_price_is_its_members_median_not_its_nearest_member(db, database_url):
+    """e1 leaves out the motor that tells a1's product (EUR 3,000 at both shops) from
+    a2's (3,600 at two shops, 3,130 at shop c, whose discount is its own). e1's 3,115 is
+    near a1's product; shop c's one low price must not make a2's look as near."""
+    p1 = product_vector(1)
+    listings = [
+        ("anchor.nl", "a1", 1, "Gazelle Grenoble C7 500Wh dames Bosch CX 2024", 3000),
+        ("anchor.nl", "a2", 2, "Gazelle Grenoble C7 500Wh dames Bafang M420 2024", 3600),
+        ("shop-c.nl", "c1", 3, "Gazelle Grenoble C7 500Wh dames Bosch CX (2024)", 3000),
+        ("shop-c.nl", "c2", 4, "Gazelle Grenoble C7 500Wh dames Bafang M420 (2024)", 3130),
+        ("shop-d.nl", "d2", 5, "Gazelle Grenoble C7 dames 500Wh Bafang M420 2024", 3600),
+        ("shop-e.nl", "e1", 6, "Gazelle Grenoble C7 500 Wh Damesfiets 2024", 3115),
+    ]
+    for shop, url, seed, name, price in listings:
+        add_listing(db, shop, url, near(p1, 0.02, seed), name=name, price=price)
+    cluster(database_url)
+    sets = cluster_sets(db)
+    assert frozenset({"a1", "c1", "e1"}) in sets
+    assert frozenset({"a2", "c2", "d2"}) in sets
+
+
 def _placed(db) -> dict[str, str]:
     return dict(
         db.execute(

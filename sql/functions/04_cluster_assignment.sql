@@ -83,7 +83,10 @@ declare
     -- ('shop') when its best score lies within `score_window` of the best
     -- cluster's. With no rival the listing takes its best cluster; otherwise the
     -- one nearest in price when the next one's price is at least `price_margin`
-    -- times further from its own, or none (cluster_id null: ambiguous).
+    -- times further from its own, or none (cluster_id null: ambiguous). A cluster's
+    -- price is the median of its members' the listing is compared with (like for
+    -- like, price_ratio): the nearest member alone would follow one shop's
+    -- discount, and favour the cluster with the most members.
     decide text;
     -- What a listing's options (assign_options) hold of each candidate pair
     -- (`candidate`) through which it could join a placed listing's (`placed`)
@@ -100,7 +103,7 @@ declare
         candidate.evidence,
         candidate.matched_via,
         candidate.url,
-        abs(ln(nullif(candidate.price_ratio, 0))) as price_distance,
+        ln(nullif(candidate.price_ratio, 0)) as log_price_ratio,
         row_number() over (
             partition by candidate.bike_id
             order by
@@ -137,7 +140,9 @@ begin
                 option.cluster_id,
                 max(option.score) as score,
                 max(option.image_similarity) as image_similarity,
-                min(option.price_distance) as distance
+                abs(
+                    percentile_cont(0.5) within group (order by option.log_price_ratio)
+                ) as distance
             from assign_options as option
             group by option.bike_id, option.cluster_id
         ),

@@ -22,7 +22,7 @@ from bikematch.app.cli.options import (
     shops_option,
 )
 from bikematch.app.cli.scraping import scrape_progress
-from bikematch.app.demo.catalogue import DEFAULT_PRODUCTS
+from bikematch.app.demo.catalogue import DEFAULT_PRODUCTS, DEFAULT_SEED
 from bikematch.app.pipeline import JobOptions, JobReport
 
 
@@ -157,8 +157,15 @@ def run(
     show_default=True,
     help="How many products the generated catalogue holds (look-alike variants included).",
 )
+@click.option(
+    "--seed",
+    type=int,
+    default=DEFAULT_SEED,
+    show_default=True,
+    help="Which catalogue to generate: another seed draws other bikes, prices and wordings.",
+)
 @pass_app
-def demo(app: App, port, report_dir, products) -> None:
+def demo(app: App, port, report_dir, products, seed) -> None:
     """The whole job, offline, on a generated catalogue served as four local shops.
 
     Scrapes them with the real spiders, embeds with minilm-effnet-lite0 (no
@@ -181,6 +188,7 @@ def demo(app: App, port, report_dir, products) -> None:
             port,
             echo=click.echo,
             products=products,
+            seed=seed,
         )
     except OSError as exc:
         if "Address already in use" in str(exc):

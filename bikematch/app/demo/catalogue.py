@@ -25,6 +25,8 @@ ANCHOR = "fietsvoordeelshop.nl"
 #: demo stores this rate (source 'demo') so they compare with the others'.
 DEMO_GBP_PER_EURO = 0.86
 DEFAULT_PRODUCTS = 48
+#: The catalogue `bikematch demo` generates unless given another --seed.
+DEFAULT_SEED = 7
 
 BRANDS = {
     "Gazelle": ["Ultimate C380", "Grenoble C7", "Grenoble C8", "Arroyo C5", "Chamonix C7"],
@@ -208,7 +210,7 @@ def _identity(product: Product) -> tuple:
     )
 
 
-def generate(products: int = DEFAULT_PRODUCTS, seed: int = 7) -> Catalogue:
+def generate(products: int = DEFAULT_PRODUCTS, seed: int = DEFAULT_SEED) -> Catalogue:
     rng = random.Random(seed)
     items: list[Product] = []
     lines = [(brand, model) for brand, models in BRANDS.items() for model in models]

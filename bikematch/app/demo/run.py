@@ -11,6 +11,7 @@ from bikematch.app.clusters import biggest_spreads, listings_per_shop
 from bikematch.app.demo.catalogue import (
     ANCHOR,
     DEFAULT_PRODUCTS,
+    DEFAULT_SEED,
     DEMO_GBP_PER_EURO,
     SHOPS,
     Catalogue,
@@ -86,6 +87,7 @@ def run_demo(
     port: int = DEFAULT_PORT,
     echo=print,
     products: int = DEFAULT_PRODUCTS,
+    seed: int = DEFAULT_SEED,
 ) -> Scores:
     """Serve, then run the job on the served shops; echo a summary; return the scores
     against the truth. Images are cached where the settings say, as `embed` caches them,
@@ -93,7 +95,7 @@ def run_demo(
     from scrapers.params import load_shops
 
     work_dir.mkdir(parents=True, exist_ok=True)
-    catalogue = generate(products)
+    catalogue = generate(products, seed)
     removed = _forget_other_catalogues(url, catalogue)
     if removed:
         echo(f"removed {removed} listings of an earlier demo catalogue")
