@@ -483,8 +483,9 @@ def test_model_numbers_written_apart_agree_and_letters_make_another_model(db, da
 def test_one_model_number_written_fuller_or_padded_is_one_model(db, database_url):
     """C6658AN424 is C6658AN with a number written on; RVD0110 is RVD110 padded; 100-Disc
     and 100-Pack are quantities of different things, not two models. C70 is another
-    model than C7: a number that goes on after a digit makes another number."""
-    p4, p5, p6, p7 = (product_vector(number) for number in (94, 95, 96, 97))
+    model than C7: a number that goes on after a digit makes another number. A seller's
+    letters before a number (VER97185) still carry it: it lifts the pair."""
+    p4, p5, p6, p7, p8 = (product_vector(number) for number in (94, 95, 96, 97, 98))
     rows = [
         ("anchor.nl", "a4", p4, "HP 58 Photo Cartridge C6658AN"),
         ("shop-b.nl", "b4", near(p4, 0.01, 4), "HP 58 Photo Cartridge C6658AN424"),
@@ -494,6 +495,8 @@ def test_one_model_number_written_fuller_or_padded_is_one_model(db, database_url
         ("shop-b.nl", "b6", near(p6, 0.01, 6), "Verbatim 97017 DVD-R 100-Pack Spindle"),
         ("anchor.nl", "a7", p7, "Gazelle Orange C7 dames"),
         ("shop-b.nl", "b7", near(p7, 0.01, 7), "Gazelle Orange C70 dames"),
+        ("anchor.nl", "a8", p8, "Verbatim Acclaim 320 GB Drive 97185"),
+        ("shop-b.nl", "b8", at_cosine(p8, 0.8, 8), "Verbatim Acclaim Portable VER97185"),
     ]
     add_named(db, rows)
     cluster(database_url)
@@ -503,6 +506,7 @@ def test_one_model_number_written_fuller_or_padded_is_one_model(db, database_url
         frozenset({"a6", "b6"}),
         frozenset({"a7"}),
         frozenset({"b7"}),
+        frozenset({"a8", "b8"}),
     }
 
 

@@ -5,8 +5,10 @@
 -#}
 
 {#- Two listings share a rare model number, or one extends the other's letters
-    (MC359LL vs MC359LLA); a code that ends in a digit is not agreed with by one
-    that goes on (DSCTX10 vs DSCTX100V, T300 vs T300X may be two products). Only
+    (MC359LL vs MC359LLA), or one is the other with a seller's letters before it
+    (VER97185 vs 97185, HD527B3 vs 527B3); a code that ends in a digit is not
+    agreed with by one that goes on (DSCTX10 vs DSCTX100V, T300 vs T300X may be
+    two products). Only
     rare codes count: one on forty listings ("1993UP") says nothing. -#}
 {% macro codes_agree(first_rare_codes, second_rare_codes) -%}
     case
@@ -22,6 +24,16 @@
                         and (
                             (mine like theirs || '%' and theirs ~ '[A-Z]$')
                             or (theirs like mine || '%' and mine ~ '[A-Z]$')
+                            or (
+                                length(mine) > length(theirs)
+                                and right(mine, length(theirs)) = theirs
+                                and left(mine, length(mine) - length(theirs)) ~ '^[A-Z]+$'
+                            )
+                            or (
+                                length(theirs) > length(mine)
+                                and right(theirs, length(mine)) = mine
+                                and left(theirs, length(theirs) - length(mine)) ~ '^[A-Z]+$'
+                            )
                         )
                     )
         )
