@@ -174,7 +174,8 @@
     one part number (share_part_number), it names the edition too: a title that
     adds "Plus" to it describes rather than names. -#}
 {% macro editions_differ(first, second) -%}
-    exists (
+    cardinality({{ first }}.editions) + cardinality({{ second }}.editions) > 0
+    and exists (
         select
         from (
             (
