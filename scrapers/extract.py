@@ -378,7 +378,8 @@ def _prop(node: dict, key: str):
 
 
 def _offers(node: dict) -> list[dict]:
-    offers = _prop(node, "offers")
+    # offerDetails: data-vocabulary.org's name for them, which older themes still write
+    offers = _prop(node, "offers") or _prop(node, "offerDetails")
     offers = offers if isinstance(offers, list) else [offers] if offers else []
     found = []
     for offer in offers:
@@ -399,10 +400,8 @@ def _lowest_offer_price(offers: list[dict]):
     prices = []
     error = None
     for offer in offers:
-        candidates = [
-            (_prop(offer, "price"), _prop(offer, "priceCurrency")),
-            (_prop(offer, "lowPrice"), _prop(offer, "priceCurrency")),
-        ]
+        currency = _prop(offer, "priceCurrency") or _prop(offer, "currency")  # data-vocabulary
+        candidates = [(_prop(offer, "price"), currency), (_prop(offer, "lowPrice"), currency)]
         for spec in _as_list(_prop(offer, "priceSpecification")):
             if not isinstance(spec, dict):
                 continue
