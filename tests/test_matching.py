@@ -484,8 +484,10 @@ def test_one_model_number_written_fuller_or_padded_is_one_model(db, database_url
     """C6658AN424 is C6658AN with a number written on; RVD0110 is RVD110 padded; 100-Disc
     and 100-Pack are quantities of different things, not two models. C70 is another
     model than C7: a number that goes on after a digit makes another number. A seller's
-    letters before a number (VER97185) still carry it: it lifts the pair."""
-    p4, p5, p6, p7, p8 = (product_vector(number) for number in (94, 95, 96, 97, 98))
+    letters before a number (VER97185) still carry it: it lifts the pair. Letters after
+    a number name a colour or region: KX-TG4022N and KX-TG6532B are two models, C270
+    and C270H one number."""
+    p4, p5, p6, p7, p8, p9, p10 = (product_vector(number) for number in range(94, 101))
     rows = [
         ("anchor.nl", "a4", p4, "HP 58 Photo Cartridge C6658AN"),
         ("shop-b.nl", "b4", near(p4, 0.01, 4), "HP 58 Photo Cartridge C6658AN424"),
@@ -497,6 +499,10 @@ def test_one_model_number_written_fuller_or_padded_is_one_model(db, database_url
         ("shop-b.nl", "b7", near(p7, 0.01, 7), "Gazelle Orange C70 dames"),
         ("anchor.nl", "a8", p8, "Verbatim Acclaim 320 GB Drive 97185"),
         ("shop-b.nl", "b8", at_cosine(p8, 0.8, 8), "Verbatim Acclaim Portable VER97185"),
+        ("anchor.nl", "a9", p9, "Panasonic KX-TG4022N DECT Cordless Phone"),
+        ("shop-b.nl", "b9", near(p9, 0.01, 9), "Panasonic KX-TG6532B DECT Cordless Phone"),
+        ("anchor.nl", "a10", p10, "Logitech HD Webcam C270"),
+        ("shop-b.nl", "b10", near(p10, 0.01, 10), "Logitech USB Webcam C270H"),
     ]
     add_named(db, rows)
     cluster(database_url)
@@ -507,6 +513,9 @@ def test_one_model_number_written_fuller_or_padded_is_one_model(db, database_url
         frozenset({"a7"}),
         frozenset({"b7"}),
         frozenset({"a8", "b8"}),
+        frozenset({"a9"}),
+        frozenset({"b9"}),
+        frozenset({"a10", "b10"}),
     }
 
 

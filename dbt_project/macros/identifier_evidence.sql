@@ -44,7 +44,10 @@
     letters (C380 vs C7, M8B vs M10B; not where one is the other with a number
     written on, code_extends), or the same digits and length with other
     letters (PX2210KW vs PX2210KS; not two quantities, a number and a word: 100DISC
-    and 100PACK count different things); common or rare codes alike. `first` and `second`
+    and 100PACK count different things), or the same letters before other numbers
+    of three digits or more, whatever letters follow (KX-TG4022N vs KX-TG6532B, C270H
+    vs C210: a suffix names a colour or region; T300 vs T300X share their number
+    and do not conflict); common or rare codes alike. `first` and `second`
     are relations with int_listings' conflict_codes (title and SKU), their
     conflict_code_kinds, and title_codes. Two numbers that are both only in SKU
     fields are not compared: shops number their articles each their own way; a
@@ -96,6 +99,33 @@
             and mine.code <> all({{ second_codes }})
             and theirs.code <> all({{ first_codes }})
     )
+    or exists (
+        select
+        from unnest({{ first_codes }}) as mine (code)
+        inner join unnest({{ second_codes }}) as theirs (code)
+            on
+                mine.code ~ '^[A-Z]+[0-9]{3,}[A-Z]*$'
+                and theirs.code ~ '^[A-Z]+[0-9]{3,}[A-Z]*$'
+                and {{ code_stem('mine.code') }} <> {{ code_stem('theirs.code') }}
+                and regexp_replace(mine.code, '[0-9]+[A-Z]*$', '')
+                = regexp_replace(theirs.code, '[0-9]+[A-Z]*$', '')
+                and regexp_replace(mine.code, '^[A-Z]+[0-9]+', '')
+                <> regexp_replace(theirs.code, '^[A-Z]+[0-9]+', '')
+        where
+            {{ in_a_title }}
+            and {{ code_stem('mine.code') }} <> all(
+                array(select {{ code_stem('code') }} from unnest({{ second_codes }}) as code)
+            )
+            and {{ code_stem('theirs.code') }} <> all(
+                array(select {{ code_stem('code') }} from unnest({{ first_codes }}) as code)
+            )
+    )
+{%- endmacro %}
+
+{#- A code without the letters it ends in: the model number a colour or region
+    suffix follows (KXTG4022 of KX-TG4022N). -#}
+{% macro code_stem(code) -%}
+    regexp_replace({{ code }}, '[A-Z]+$', '')
 {%- endmacro %}
 
 {#- `longer` is `shorter` with a number written on where a letter ends or starts
