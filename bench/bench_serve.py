@@ -6,7 +6,11 @@ threads of this one, each sending one photo (a 640x480 JPEG, base64 in the embed
 contract's JSON) or one title per request, as an app's users would.
 
 Usage: python bench/bench_serve.py [--model minilm-effnet-lite0] [--max-batch N]
-           [--clients 1,8,32] [--seconds 10] [--device cpu]
+           [--clients 1,8,32] [--seconds 10] [--device cpu] [--batch-sizes 4,8,16,32]
+           [--compile | --no-compile]
+
+The service starts as `python -m bikematch serve`, so the benchmark runs where
+bikematch is importable (PYTHONPATH) without its console script, as on a GPU machine.
 """
 
 from __future__ import annotations
@@ -50,14 +54,17 @@ def photo() -> bytes:
     return buffer.getvalue()
 
 
-def model_only(name: str, device: str, batch: int, seconds: float) -> tuple[float, float]:
-    """(images/s of in-memory batches of `batch`, run on the streams the service runs
-    the model on; seconds of one image's forward on one stream)."""
+def model_only(
+    name: str, device: str, batches: list[int], seconds: float, compile_model: bool | None
+) -> tuple[dict[int, float], float]:
+    """({batch size: images/s of in-memory batches of it, run on the streams the service
+    runs the model on}, seconds of one image's forward on one stream). The model is
+    loaded once, as the service loads it (compiled where `compile_model` or, unset, its
+    default says)."""
     if device != "cuda":
         keep_freed_memory()  # as the service does (bikematch.app.pipeline)
-    model = load_model(name, device=device)
+    model = load_model(name, device=device, compile=compile_model)
     pixels = decode_image(photo(), model.preprocess, model.image_size)
-    batched = model.collate([pixels] * batch)
     single = model.collate([pixels])
 
     def forward(inputs) -> float:
@@ -66,23 +73,28 @@ def model_only(name: str, device: str, batch: int, seconds: float) -> tuple[floa
             model.embed_images(inputs)
             return time.perf_counter() - started
 
+    rates = {}
     streams, threads = inference_streams(None, model.device)
     with inference_pool(streams, threads) as pool:
-        for warming in [pool.submit(forward, batched) for _ in range(2 * streams)]:
-            warming.result()
-        done, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            for running in [pool.submit(forward, batched) for _ in range(streams)]:
-                running.result()
-            done += streams * batch
-        rate = done / (time.perf_counter() - started)
+        for batch in batches:
+            batched = model.collate([pixels] * batch)
+            for warming in [pool.submit(forward, batched) for _ in range(2 * streams)]:
+                warming.result()
+            done, started = 0, time.perf_counter()
+            while time.perf_counter() - started < seconds:
+                for running in [pool.submit(forward, batched) for _ in range(streams)]:
+                    running.result()
+                done += streams * batch
+            rates[batch] = done / (time.perf_counter() - started)
         one = statistics.median(pool.submit(forward, single).result() for _ in range(20))
-    return rate, one
+    return rates, one
 
 
 def start_service(args) -> tuple[subprocess.Popen, str]:
     command = [
-        str(Path(sys.executable).parent / "bikematch"),
+        sys.executable,
+        "-m",
+        "bikematch",
         "serve",
         "--no-database",
         "--port",
@@ -92,6 +104,7 @@ def start_service(args) -> tuple[subprocess.Popen, str]:
         "--device",
         args.device,
         *(["--max-batch", str(args.max_batch)] if args.max_batch else []),
+        *([] if args.compile is None else ["--compile" if args.compile else "--no-compile"]),
         "--wait-ms",
         str(args.wait_ms),
     ]
@@ -152,13 +165,23 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--wait-ms", type=float, default=5.0)
+    parser.add_argument(
+        "--batch-sizes", default=None, help="model-only batch sizes [4,8,16,32; on cuda 32,64,128]"
+    )
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the model as torch.compile graphs, in both [the service's default: on CUDA]",
+    )
     args = parser.parse_args()
 
     # The model's best: its throughput at the batch size that suits it best here (on
     # CPU, small batches on one core each beat large ones).
-    rates = {}
-    for batch in (4, 8, 16, 32):
-        rates[batch], forward = model_only(args.model, args.device, batch, args.seconds / 2)
+    sizes = args.batch_sizes or ("32,64,128" if args.device == "cuda" else "4,8,16,32")
+    rates, forward = model_only(
+        args.model, args.device, [int(n) for n in sizes.split(",")], args.seconds / 2, args.compile
+    )
     rate = max(rates.values())
     print(
         f"model {args.model} on {args.device}: model-only images/s by batch size "

@@ -4,6 +4,8 @@ otherwise fail only for the reader who types it."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from functools import cache
 
 from click.testing import CliRunner
@@ -63,3 +65,17 @@ def test_every_command_and_option_the_docs_show_exists():
                 )
                 checked += 1
     assert checked > 20  # the parsing found the documented options
+
+
+def test_python_dash_m_bikematch_runs_the_command_line():
+    """Where the installed script is not on PATH (a machine that only has PYTHONPATH),
+    `python -m bikematch` is the same command line."""
+    shown = subprocess.run(
+        [sys.executable, "-m", "bikematch", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith("Usage: bikematch serve"), shown.stdout
