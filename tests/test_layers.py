@@ -1,5 +1,6 @@
 """Imports point one way: the application on top, the core at the bottom.
 
+    bikematch.__main__             `python -m bikematch`: the command line's entry
     bikematch.app                  orchestration, cluster running, eval, calibrate,
                                    report, search, demo, the command line
     embedder                       batched embedding (uses perception_models)
@@ -18,6 +19,7 @@ from pathlib import Path
 from bikematch.core.settings import PROJECT_ROOT
 
 LAYERS = {
+    "bikematch.__main__": 4,
     "bikematch.app": 3,
     "embedder": 2,
     "scrapers": 1,
