@@ -400,16 +400,20 @@ def _lowest_offer_price(offers: list[dict]):
     prices = []
     error = None
     for offer in offers:
-        currency = _prop(offer, "priceCurrency") or _prop(offer, "currency")  # data-vocabulary
-        candidates = [(_prop(offer, "price"), currency), (_prop(offer, "lowPrice"), currency)]
+        # priceCurrency, or data-vocabulary.org's currency
+        offer_currency = _prop(offer, "priceCurrency") or _prop(offer, "currency")
+        candidates = [
+            (_prop(offer, "price"), offer_currency),
+            (_prop(offer, "lowPrice"), offer_currency),
+        ]
         for spec in _as_list(_prop(offer, "priceSpecification")):
             if not isinstance(spec, dict):
                 continue
             kind = str(_prop(spec, "priceType") or "").rsplit("/", 1)[-1].lower()
             if kind in _LIST_PRICE_TYPES:
                 continue
-            currency = _prop(spec, "priceCurrency") or _prop(offer, "priceCurrency")
-            candidates.append((_prop(spec, "price"), currency))
+            spec_currency = _prop(spec, "priceCurrency") or offer_currency
+            candidates.append((_prop(spec, "price"), spec_currency))
         for value, currency in candidates:
             value = _first_text(value) if isinstance(value, list | dict) else value
             if value is None or value == "":

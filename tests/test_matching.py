@@ -104,10 +104,11 @@ WORDINGS = [
 ]
 
 
-def add_named(db, rows) -> None:
-    """Listings from (shop, url, vector, title) rows."""
-    for shop, url, vector, name in rows:
-        add_listing(db, shop, url, vector, name=name)
+def add_named(db, rows, field: str | None = None) -> None:
+    """Listings from (shop, url, vector, title) rows, or (shop, url, vector, title, value
+    of `field`) rows where a field is named (brand, sku)."""
+    for shop, url, vector, name, *value in rows:
+        add_listing(db, shop, url, vector, name=name, **({field: value[0]} if field else {}))
 
 
 @pytest.fixture
@@ -272,8 +273,7 @@ def test_a_brands_word_or_a_shared_part_number_outweighs_an_edition_word(db, dat
         ("anchor.nl", "a3", p3, "Riese & Müller Charger4 Sport 625Wh", None),
         ("shop-b.nl", "b3", near(p3, 0.01, 3), "Riese & Müller Charger4 625Wh", None),
     ]
-    for shop, url, vector, name, brand in rows:
-        add_listing(db, shop, url, vector, name=name, brand=brand)
+    add_named(db, rows, "brand")
     cluster(database_url)
     assert cluster_sets(db) == {
         frozenset({"a1", "b1"}),
@@ -468,8 +468,7 @@ def test_model_numbers_written_apart_agree_and_letters_make_another_model(db, da
         ("anchor.nl", "a3", p3, "Lamp T300", None),
         ("shop-b.nl", "b3", at_cosine(p3, 0.8, 3), "Lamp T300X", None),
     ]
-    for shop, url, vector, name, sku in rows:
-        add_listing(db, shop, url, vector, name=name, sku=sku)
+    add_named(db, rows, "sku")
     cluster(database_url)
     assert cluster_sets(db) == {
         frozenset({"a1", "b1"}),
