@@ -22,6 +22,7 @@ from decimal import Decimal
 import extruct
 import jstyleson
 from parsel import Selector
+from w3lib.encoding import html_to_unicode
 from w3lib.url import canonicalize_url
 
 from bikematch.core.normalise import (
@@ -30,8 +31,10 @@ from bikematch.core.normalise import (
     availability,
     clean_text,
     currency_code,
+    looks_like_code,
     only_value,
     parse_price,
+    plausible_brand,
     valid_gtin,
 )
 from scrapers import heuristics, labels
@@ -78,6 +81,13 @@ class ProductPage:
     is_product: bool = False
 
     def fill(self, source: str, **values) -> None:
+        """Set the fields still empty to the values given; a brand or an article number
+        that cannot be one (a placeholder, a title, plain words) is left for the next
+        source."""
+        if values.get("brand") is not None:
+            values["brand"] = plausible_brand(values["brand"])
+        if values.get("sku") is not None and not looks_like_code(values["sku"]):
+            values["sku"] = None
         for key, value in values.items():
             if value is not None and value != "" and getattr(self, key) is None:
                 setattr(self, key, value)
@@ -96,8 +106,8 @@ def extract_product(html: str | bytes, url: str) -> dict:
 
 
 def read_product_page(html: str | bytes, url: str) -> ProductPage:
-    if isinstance(html, bytes):
-        html = html.decode("utf-8", errors="replace")
+    if isinstance(html, bytes):  # in the encoding its <meta charset> names, else UTF-8
+        html = html_to_unicode(None, html)[1]
     page = Selector(text=html or "<html></html>")
     canonical = page.css("link[rel=canonical]::attr(href)").get()
     page_urls = {_url_key(url)} | ({_url_key(absolute_url(canonical, url))} if canonical else set())
@@ -105,10 +115,14 @@ def read_product_page(html: str | bytes, url: str) -> ProductPage:
     result = ProductPage()
     documents = _json_ld_documents(page)
 
+    # extruct parses the whole page again per syntax: only where the page uses it
+    # (microdata needs an itemscope, an RDFa product a typeof)
+    has_microdata = page.xpath("boolean(//*[@itemscope])").get() == "1"
+    has_rdfa = page.xpath("boolean(//*[@typeof])").get() == "1"
     for source, products in (
         ("json-ld", _products(documents)),
-        ("microdata", _extruct_products(html, url, "microdata")),
-        ("rdfa", _extruct_products(html, url, "rdfa")),
+        ("microdata", _extruct_products(html, url, "microdata") if has_microdata else []),
+        ("rdfa", _extruct_products(html, url, "rdfa") if has_rdfa else []),
     ):
         main = _choose_main(products, page_urls, heading, url)
         if main is not None:

@@ -9,29 +9,57 @@ Dutch, English and German.
 
 from __future__ import annotations
 
+import copy
 import re
 
 from parsel import Selector
 
-from bikematch.core.normalise import clean_text
+from bikematch.core.normalise import clean_text, looks_like_code
 
-#: Field -> the labels shops give it (lower case, without a trailing colon).
+#: Field -> the labels shops give it (lower case, without a trailing colon): Dutch,
+#: English and German first, then the other languages European shops write in.
 LABELS = {
     "sku": (
         "artikelnummer", "artikelnr", "art.nr", "art. nr", "art.-nr", "artikel-nr",
         "artikelcode", "artikel code", "productcode", "product code", "productnummer",
         "produktnummer", "bestelnummer", "bestellnummer", "sku", "item number", "item no",
-        "item #", "article number", "referentie", "reference",
+        "item #", "article number", "referentie", "reference", "asin",
+        # French, Italian, Spanish, Portuguese
+        "référence", "réf", "ref", "code article", "code produit", "numéro d'article",
+        "n° d'article", "codice articolo", "codice prodotto", "cod. articolo",
+        "riferimento", "referencia", "ref.", "código de producto", "código del producto",
+        "código de artículo", "referência", "código do produto", "código do artigo",
+        # Polish, Czech, Slovak, Slovenian, Croatian, Hungarian
+        "kod produktu", "numer katalogowy", "indeks", "kód produktu", "katalogové číslo",
+        "objednací číslo", "kód tovaru", "šifra", "šifra proizvoda", "šifra artikla",
+        "cikkszám", "termékkód",
+        # Danish, Norwegian, Swedish, Finnish
+        "varenummer", "varenr", "varenr.", "artikkelnummer", "artikelnummer",
+        "tuotenumero", "tuotekoodi",
+        # Russian, Ukrainian; Chinese, Japanese
+        "артикул", "код товара", "код", "код товару", "商品編號", "商品编号", "商品番号",
     ),
     "mpn": (
         "mpn", "fabrikantcode", "fabrikantnummer", "herstellernummer",
         "hersteller-artikelnummer", "manufacturer part number", "part number", "typenummer",
+        "model number", "item model number", "modellnummer", "référence fabricant",
+        "codice produttore", "referencia del fabricante", "numer części", "型號", "型番",
     ),
-    "gtin": ("ean", "ean-code", "ean code", "ean13", "gtin", "gtin13", "barcode", "upc"),
-    "brand": ("merk", "marke", "brand", "hersteller", "fabrikant", "manufacturer"),
+    "gtin": (
+        "ean", "ean-code", "ean code", "ean13", "gtin", "gtin13", "barcode", "upc",
+        "code ean", "codice ean", "código ean", "kod ean", "ean kód", "штрихкод",
+    ),
+    "brand": (
+        "merk", "marke", "brand", "hersteller", "fabrikant", "manufacturer",
+        "marque", "fabricant", "marca", "produttore", "fabricante", "marka", "producent",
+        "značka", "výrobce", "výrobca", "proizvajalec", "proizvođač", "gyártó", "márka",
+        "mærke", "merke", "märke", "produsent", "tillverkare", "valmistaja", "merkki",
+        "kaubamärk", "tootja", "zīmols", "ražotājs", "prekės ženklas", "gamintojas",
+        "бренд", "производитель", "виробник", "品牌", "ブランド", "メーカー",
+    ),
 }  # fmt: skip
 _FIELD_OF = {label: name for name, labels in LABELS.items() for label in labels}
-_LABEL_TEXT = re.compile(r"^\s*([^:|]{1,40}?)\s*[:|]\s*(.{1,80}?)\s*$")
+_LABEL_TEXT = re.compile(r"^\s*([^:：|]{1,40}?)\s*[:：|]\s*(.{1,80}?)\s*$")
 
 #: Stock phrases, the negative ones first ("niet op voorraad" holds "op voorraad"). As
 #: for schema.org's BackOrder, "available on backorder" is not in stock.
@@ -44,14 +72,23 @@ _STOCK = (
         "tijdelijk uitverkocht", "niet beschikbaar", "out of stock", "sold out",
         "soldout", "currently unavailable", "not available", "unavailable",
         "nicht lieferbar", "nicht auf lager", "nicht verfügbar", "ausverkauft",
-        "vergriffen", "nicht vorrätig", "backorder", "nabestelling", "epuisé", "épuisé",
-        "rupture de stock",
+        "vergriffen", "nicht vorrätig", "backorder", "nabestelling",
+        # French, Italian, Spanish, Portuguese
+        "epuisé", "épuisé", "rupture de stock", "indisponible", "non disponible",
+        "esaurito", "non disponibile", "agotado", "sin stock", "no disponible",
+        "esgotado", "indisponível",
+        # Polish, Czech, Slovak; Danish, Norwegian, Swedish, Finnish
+        "niedostępny", "brak w magazynie", "vyprodáno", "nedostupné", "vypredané",
+        "udsolgt", "utsolgt", "slutsåld", "loppu varastosta",
     )),
     ("InStock", (
         "op voorraad", "direct leverbaar", "leverbaar", "beschikbaar", "in stock",
         "available", "ships in", "auf lager", "sofort lieferbar", "lieferbar",
         "verfügbar", "vorrätig", "versandfertig", "pre-order", "preorder", "pre order",
         "vooruitbestellen", "vorbestellen", "vorbestellbar", "en stock", "disponible",
+        "disponibile", "disponibilità immediata", "em stock", "disponível", "dostępny",
+        "w magazynie", "skladem", "na skladě", "na sklade", "på lager", "i lager",
+        "varastossa",
     )),
 )  # fmt: skip
 #: Where themes write stock: class or id words.
@@ -65,7 +102,9 @@ _STOCK_AREA = (
 #: ("Available in 3 colours").
 _VAGUE = {"available", "unavailable", "not available", "beschikbaar", "niet beschikbaar",
           "leverbaar", "verfügbar", "nicht verfügbar", "disponible", "ships in",
-          "en stock"}  # fmt: skip
+          "en stock", "indisponible", "non disponible", "non disponibile", "disponibile",
+          "no disponible", "disponível", "indisponível", "dostępny", "niedostępny",
+          "nedostupné"}  # fmt: skip
 #: A short text that starts with one of the other stock phrases says stock anywhere.
 _PLAIN_STOCK = re.compile(
     "^(?:"
@@ -88,43 +127,83 @@ def labelled_values(page: Selector) -> dict[str, str]:
     found: dict[str, str] = {}
 
     def add(label: str | None, value: str | None) -> None:
-        label = (clean_text(label) or "").lower().rstrip(":.# ").strip()
+        label = (clean_text(label) or "").lower().rstrip(":：.# ").strip()
         field = _FIELD_OF.get(label)
         value = clean_text(value)
-        if field and value and field not in found and len(value) <= 80:
-            found[field] = value.lstrip(": ").strip()
+        if not (field and value and field not in found and len(value) <= 80):
+            return
+        value = value.lstrip(":： ").strip()
+        # "Ref: nieuwsbrief" or "Part number: see manual" names no article
+        if field in ("sku", "mpn") and not looks_like_code(value, label=True):
+            return
+        found[field] = value
 
-    for row in page.css("tr"):
-        cells = row.xpath("./th | ./td")
+    # lxml's own elements, not parsel's: a page has thousands of them
+    root = _without_scripts(page.root)
+    for row in root.iter("tr"):
+        cells = [cell for cell in row if cell.tag in ("th", "td")]
         if len(cells) == 2:
-            add(_text(cells[0]), _text(cells[1]))
-    for term in page.css("dt"):
-        add(_text(term), _text(term.xpath("following-sibling::dd[1]")))
+            add(_plain(cells[0]), _plain(cells[1]))
+    for term in root.iter("dt"):
+        value = next((sibling for sibling in term.itersiblings() if sibling.tag == "dd"), None)
+        add(_plain(term), _plain(value))
     # "Artikelnummer: 4561-22" in one element, or a label element and its value
-    for element in page.xpath(
-        "//body//*[self::li or self::p or self::span or self::div or self::small"
-        " or self::strong or self::b or self::label]"
-        "[not(ancestor::script) and not(ancestor::style)]"
-    ):
-        own = clean_text(" ".join(element.xpath("./text()").getall()))
-        if own and own.endswith(":") and len(own) <= 40:
+    body = root.find("body")
+    for element in (root if body is None else body).iter(*_LINE_TAGS):
+        own = " ".join(filter(None, [element.text, *(child.tail for child in element)]))
+        own = " ".join(own.split())
+        if own and own[-1] in ":：" and len(own) <= 40:
             # "Artikelnummer: <span>4561-22</span>" (the value inside), else the label
             # element and its value beside it
-            whole = _text(element) or ""
+            whole = _plain(element) or ""
             inside = whole[len(own) :].strip() if whole.startswith(own) else ""
-            value = (
-                inside
-                or _text(element.xpath("following-sibling::*[1]"))
-                or clean_text(" ".join(element.xpath("following-sibling::text()[1]").getall()))
-            )
-            add(own, value)
+            # the label element's sibling, or its wrapper's ("<div><span>Merk:</span>
+            # </div><div>Gazelle</div>")
+            beside = _next_element(element)
+            parent = element.getparent()
+            if beside is None and parent is not None and len(parent) == 1:
+                beside = _next_element(parent)
+            add(own, inside or _plain(beside) or clean_text(element.tail))
             continue
-        text = _text(element)
-        if text and len(text) <= 120 and ":" in text and not element.xpath("./*[self::li]"):
+        text = _plain(element)
+        if (
+            text
+            and len(text) <= 120
+            and (":" in text or "：" in text)
+            and not any(child.tag == "li" for child in element)
+        ):
             match = _LABEL_TEXT.match(text)
-            if match:
+            # one line, not a block holding several ("Merk: B&S Art.nr.: 0638")
+            if match and not _HAS_LABEL.search(match.group(2)):
                 add(match.group(1), match.group(2))
     return found
+
+
+_LINE_TAGS = ("li", "p", "span", "div", "small", "strong", "b", "label")
+_HAS_LABEL = re.compile(r"\w[:：]\s")
+
+
+def _next_element(element):
+    return next((s for s in element.itersiblings() if isinstance(s.tag, str)), None)
+
+
+def _without_scripts(root):
+    """A copy of the page whose scripts and styles hold no text."""
+    root = copy.deepcopy(root)
+    for element in root.iter("script", "style"):
+        element.text = None
+        for child in list(element):
+            element.remove(child)
+    return root
+
+
+def _plain(element) -> str | None:
+    """The text of an lxml element, whitespace collapsed; cleaned only when short (a
+    page's containers hold all of it)."""
+    if element is None or not isinstance(element.tag, str):  # a comment
+        return None
+    text = " ".join(" ".join(element.itertext()).split())
+    return clean_text(text) if len(text) <= 200 else text
 
 
 def visible_availability(page: Selector) -> str | None:

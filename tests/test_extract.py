@@ -165,6 +165,73 @@ def test_stock_text_and_labels_in_three_languages():
     assert breadcrumb_brand(page, "Gazelle Ultimate") is None
 
 
+def test_labels_and_stock_text_in_other_european_languages():
+    from parsel import Selector
+
+    from scrapers.labels import labelled_values, stock_phrase
+
+    # a French shop, a label element in a wrapper beside its value, a full-width colon
+    page = Selector(
+        text="<div class=spec><div><span>Marque :</span></div><div>Moustache</div></div>"
+        "<p>Référence : VE900</p><p>商品編號：M67296549</p>"
+    )
+    assert labelled_values(page) == {"brand": "Moustache", "sku": "VE900"}
+    assert labelled_values(Selector(text="<li>Бренд: SAMSUNG</li><li>Код: 01245</li>")) == {
+        "brand": "SAMSUNG",
+        "sku": "01245",
+    }
+    assert labelled_values(Selector(text="<p>商品編號：M67296549</p>")) == {"sku": "M67296549"}
+    # a block holding several labelled lines is read line by line, not as one value
+    block = Selector(
+        text="<div class=info><ul><li><strong>Proizvajalec:</strong> <a>B&amp;S</a></li>"
+        "<li><strong>Šifra:</strong> 0638</li></ul></div>"
+    )
+    assert labelled_values(block) == {"brand": "B&S", "sku": "0638"}
+    for text, state in [
+        ("Actuellement indisponible.", "OutOfStock"),
+        ("Non disponibile", "OutOfStock"),
+        ("Agotado", "OutOfStock"),
+        ("Brak w magazynie", "OutOfStock"),
+        ("Udsolgt", "OutOfStock"),
+        ("Disponibilità immediata", "InStock"),
+        ("Skladem", "InStock"),
+        ("På lager", "InStock"),
+    ]:
+        assert stock_phrase(text) == state, text
+    # "disponible" is no part of "indisponible"
+    assert stock_phrase("Indisponible") == "OutOfStock"
+
+
+def test_a_name_is_no_sku_and_a_placeholder_or_title_no_brand():
+    from bikematch.core.normalise import looks_like_code, plausible_brand
+
+    assert not looks_like_code("Fake Wounds") and not looks_like_code("Gazelle Ultimate C380")
+    assert looks_like_code("GARNI 570 EASY II") and looks_like_code("HMP 2000")
+    assert looks_like_code("BAT-FIN-EGPS", label=True) and looks_like_code("nieuwsbrief")
+    assert not looks_like_code("nieuwsbrief", label=True)
+    for junk in ("$metabrand", "{{ product.vendor }}", "%brand%", "Gazelle Ultimate | Fietsshop"):
+        assert plausible_brand(junk) is None, junk
+    assert plausible_brand("Riese & Müller") == "Riese & Müller"
+    # a later source fills what an earlier one gave as junk
+    page = (
+        '<div itemscope itemtype="https://schema.org/Product"><h1 itemprop="name">Stromer ST3'
+        '</h1><span itemprop="sku">Stromer ST3 Sport</span>'
+        '<span itemprop="brand">$metabrand</span></div>'
+        "<table><tr><th>Marke</th><td>Stromer</td></tr><tr><th>SKU</th><td>ST3-22</td></tr>"
+        "</table>"
+    )
+    found = extract_product(page, "https://shop.example/st3")
+    assert (found["brand"], found["sku"]) == ("Stromer", "ST3-22")
+
+
+def test_page_bytes_are_read_in_the_encoding_the_page_names():
+    page = (
+        '<html><head><meta charset="iso-8859-1"><title>x</title></head><body>'
+        "<h1>Kalkhoff Endeavour M\xfcnchen</h1></body></html>"
+    ).encode("latin-1")
+    assert extract_product(page, "https://shop.example/k")["name"] == "Kalkhoff Endeavour München"
+
+
 def test_gtins_titles_and_images():
     assert valid_gtin("8712345678906") == "8712345678906"
     assert valid_gtin("8712345678907") is None  # wrong check digit

@@ -135,6 +135,31 @@ def valid_gtin(value) -> str | None:
     return digits if (10 - total % 10) % 10 == check else None
 
 
+def looks_like_code(value: str, label: bool = False) -> bool:
+    """Whether a value can be an article number: not written as words ("Fake
+    Wounds", "Gazelle Ultimate C380" are names; "GARNI 570 EASY II" is a code). A
+    labelled one also holds a digit or is written in capitals ("BAT-FIN-EGPS"), not
+    as a word ("Ref: nieuwsbrief")."""
+    words = value.split()
+    if len(words) > 1 and any(
+        len(word) >= 4 and word.isalpha() and not word.isupper() for word in words
+    ):
+        return False
+    return not label or any(c.isdigit() for c in value) or not any(c.islower() for c in value)
+
+
+#: A template's unfilled placeholder ("$metabrand", "{{ product.vendor }}", "%brand%").
+_PLACEHOLDER = re.compile(r"^\$\w+$|\{\{|\}\}|\$\{|^%\w+%$")
+
+
+def plausible_brand(value: str | None) -> str | None:
+    """A brand as a page gives it, or None where it is no brand: a template's
+    placeholder, or a whole page title ("Gazelle Ultimate C380 | Fietsshop")."""
+    if not value or _PLACEHOLDER.search(value) or " | " in value or len(value) > 60:
+        return None
+    return value
+
+
 def only_value(values, key=lambda value: value) -> str | None:
     """The one value the non-empty `values` agree on (equal under `key`), else None.
 
