@@ -140,6 +140,11 @@ def labelled_values(page: Selector) -> dict[str, str]:
 
     # lxml's own elements, not parsel's: a page has thousands of them
     root = _without_scripts(page.root)
+    texts = _short_texts(root)
+
+    def _plain(element) -> str | None:
+        return clean_text(texts.get(element))
+
     for row in root.iter("tr"):
         cells = [cell for cell in row if cell.tag in ("th", "td")]
         if len(cells) == 2:
@@ -197,13 +202,26 @@ def _without_scripts(root):
     return root
 
 
-def _plain(element) -> str | None:
-    """The text of an lxml element, whitespace collapsed; cleaned only when short (a
-    page's containers hold all of it)."""
-    if element is None or not isinstance(element.tag, str):  # a comment
-        return None
-    text = " ".join(" ".join(element.itertext()).split())
-    return clean_text(text) if len(text) <= 200 else text
+def _short_texts(root, limit: int = 200) -> dict:
+    """{element: its text, whitespace collapsed} for the elements whose text is at most
+    `limit` characters; built from the leaves up, so each text is joined once."""
+    texts: dict = {}
+    for element in reversed(list(root.iter())):  # children before their parent
+        if not isinstance(element.tag, str):  # a comment
+            continue
+        parts = [element.text or ""]
+        for child in element:
+            if isinstance(child.tag, str):
+                text = texts.get(child)
+                if text is None:
+                    break  # a child too long: so is its parent
+                parts.append(text)
+            parts.append(child.tail or "")
+        else:
+            text = " ".join(" ".join(parts).split())
+            if len(text) <= limit:
+                texts[element] = text
+    return texts
 
 
 def visible_availability(page: Selector) -> str | None:
