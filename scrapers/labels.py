@@ -47,7 +47,8 @@ LABELS = {
     ),
     "gtin": (
         "ean", "ean-code", "ean code", "ean13", "gtin", "gtin13", "barcode", "upc",
-        "code ean", "codice ean", "código ean", "kod ean", "ean kód", "штрихкод",
+        "code ean", "codice ean", "código ean", "kod ean", "ean kód", "штрихкод", "isbn",
+        "isbn-13", "isbn13",
     ),
     "brand": (
         "merk", "marke", "brand", "hersteller", "fabrikant", "manufacturer",
@@ -147,8 +148,9 @@ def labelled_values(page: Selector) -> dict[str, str]:
 
     for row in root.iter("tr"):
         cells = [cell for cell in row if cell.tag in ("th", "td")]
-        if len(cells) == 2:
-            add(_plain(cells[0]), _plain(cells[1]))
+        if len(cells) % 2 == 0:  # label | value, or two pairs side by side
+            for label, value in zip(cells[::2], cells[1::2], strict=True):
+                add(_plain(label), _plain(value))
     for term in root.iter("dt"):
         value = next((sibling for sibling in term.itersiblings() if sibling.tag == "dd"), None)
         add(_plain(term), _plain(value))
@@ -157,7 +159,9 @@ def labelled_values(page: Selector) -> dict[str, str]:
     for element in (root if body is None else body).iter(*_LINE_TAGS):
         own = " ".join(filter(None, [element.text, *(child.tail for child in element)]))
         own = " ".join(own.split())
-        if own and own[-1] in ":：" and len(own) <= 40:
+        colon = own[-1:] in (":", "：")
+        # a label element with or without its colon ("<p>Merk</p><p>Gazelle</p>")
+        if own and len(own) <= 40 and (colon or (len(element) == 0 and _is_label(own))):
             # "Artikelnummer: <span>4561-22</span>" (the value inside), else the label
             # element and its value beside it
             whole = _plain(element) or ""
@@ -168,6 +172,10 @@ def labelled_values(page: Selector) -> dict[str, str]:
             parent = element.getparent()
             if beside is None and parent is not None and len(parent) == 1:
                 beside = _next_element(parent)
+            if beside is not None and (
+                beside.tag in ("ul", "ol", "select") or beside.find(".//li") is not None
+            ):
+                beside = None  # a list of choices (a filter's brands), not a value
             add(own, inside or _plain(beside) or clean_text(element.tail))
             continue
         text = _plain(element)
@@ -186,6 +194,10 @@ def labelled_values(page: Selector) -> dict[str, str]:
 
 _LINE_TAGS = ("li", "p", "span", "div", "small", "strong", "b", "label")
 _HAS_LABEL = re.compile(r"\w[:：]\s")
+
+
+def _is_label(text: str) -> bool:
+    return text.lower().rstrip(":：.# ").strip() in _FIELD_OF
 
 
 def _next_element(element):

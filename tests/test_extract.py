@@ -181,6 +181,17 @@ def test_labels_and_stock_text_in_other_european_languages():
         "sku": "01245",
     }
     assert labelled_values(Selector(text="<p>商品編號：M67296549</p>")) == {"sku": "M67296549"}
+    # a spec table of two label | value pairs a row
+    table = Selector(
+        text="<table><tr><td>Condition:</td><td>New</td><td>Brand:</td><td>Cube</td></tr>"
+        "<tr><td>Type:</td><td>E-bike</td><td>MPN:</td><td>F123</td></tr></table>"
+    )
+    assert labelled_values(table) == {"brand": "Cube", "mpn": "F123"}
+    # a label element without its colon, and a filter's list of brands (no value)
+    grid = Selector(text="<div><p>Výrobca</p><p>ANPIX</p></div><div><p>EAN</p></div>")
+    assert labelled_values(grid) == {"brand": "ANPIX"}
+    facet = Selector(text="<aside><span>Brand</span><ul><li>Cube</li><li>Gazelle</li></ul></aside>")
+    assert labelled_values(facet) == {}
     # a block holding several labelled lines is read line by line, not as one value
     block = Selector(
         text="<div class=info><ul><li><strong>Proizvajalec:</strong> <a>B&amp;S</a></li>"
@@ -212,6 +223,7 @@ def test_a_name_is_no_sku_and_a_placeholder_or_title_no_brand():
     for junk in ("$metabrand", "{{ product.vendor }}", "%brand%", "Gazelle Ultimate | Fietsshop"):
         assert plausible_brand(junk) is None, junk
     assert plausible_brand("Riese & Müller") == "Riese & Müller"
+    assert plausible_brand("Ver mais artigos da Marca: Panasonic") == "Panasonic"
     # a later source fills what an earlier one gave as junk
     page = (
         '<div itemscope itemtype="https://schema.org/Product"><h1 itemprop="name">Stromer ST3'

@@ -153,11 +153,13 @@ _PLACEHOLDER = re.compile(r"^\$\w+$|\{\{|\}\}|\$\{|^%\w+%$")
 
 
 def plausible_brand(value: str | None) -> str | None:
-    """A brand as a page gives it, or None where it is no brand: a template's
-    placeholder, or a whole page title ("Gazelle Ultimate C380 | Fietsshop")."""
+    """A brand as a page gives it (after a label the value carries: "More from the
+    brand: Gazelle"), or None where it is no brand: a template's placeholder, or a
+    whole page title ("Gazelle Ultimate C380 | Fietsshop")."""
     if not value or _PLACEHOLDER.search(value) or " | " in value or len(value) > 60:
         return None
-    return value
+    # a link's text: "More from the brand: Gazelle"
+    return value.rpartition(": ")[2].strip() or None
 
 
 def only_value(values, key=lambda value: value) -> str | None:
