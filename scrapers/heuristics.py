@@ -18,6 +18,13 @@ _CURRENT = re.compile(r"sale|special|current|actual|final|now|offer|aanbieding|p
 _NOT_CURRENT = re.compile(
     r"old|was|regular|list|strike|before|compare|msrp|van-?prijs|adviesprijs|original", re.I
 )
+# A price per unit or per month beside the price ("(36,22 € / kg)", "je 100 g", a
+# lease's "€ 89 per maand", "€ 39 / month").
+_UNIT_PRICE = re.compile(
+    r"(?:/|\bper\b|\bpro\b|\bje\b|\bpar\b|\bal\b)\s*(?:\d+\s*)?"
+    r"(?:kg|g|l|ml|cl|liter|litre|m|m²|m2|maand|mnd|month|mo|monat|mois|mese|mes)(?!\w)",
+    re.IGNORECASE,
+)
 _PRICE_CONTAINER = "[class*=price], [id*=price], [class*=Price], [class*=prijs], [id*=prijs]"
 
 
@@ -71,7 +78,7 @@ def visible_price(page: Selector):
             ).getall()
         )
         text = clean_text(text)
-        if not text or not re.search(r"\d", text) or len(text) > 80:
+        if not text or not re.search(r"\d", text) or len(text) > 80 or _UNIT_PRICE.search(text):
             continue
         try:
             amount, currency = parse_price(text)

@@ -236,6 +236,16 @@ def test_a_name_is_no_sku_and_a_placeholder_or_title_no_brand():
     assert (found["brand"], found["sku"]) == ("Stromer", "ST3-22")
 
 
+def test_a_visible_price_per_unit_or_per_month_is_not_the_price():
+    page = (
+        "<h1>Sparta M8b</h1><div class=price-per-unit>(€ 36,22 / kg)</div>"
+        "<div class=lease-price>Lease vanaf € 89 per maand</div>"
+        "<div class=product-price>€ 3.199,00</div>"
+    )
+    found = extract_product(page, "https://shop.example/m8b")
+    assert (found["price"], found["currency"]) == ("3199.00", "EUR")
+
+
 def test_page_bytes_are_read_in_the_encoding_the_page_names():
     page = (
         '<html><head><meta charset="iso-8859-1"><title>x</title></head><body>'
