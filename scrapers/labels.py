@@ -128,12 +128,17 @@ def labelled_values(page: Selector) -> dict[str, str]:
     found: dict[str, str] = {}
 
     def add(label: str | None, value: str | None) -> None:
-        label = (clean_text(label) or "").lower().rstrip(":：.# ").strip()
+        # "〈商品編號：M67296549〉": no brackets or marks before the label
+        label = _LEADING_MARKS.sub("", (clean_text(label) or "").lower()).rstrip(":：.# ").strip()
         field = _FIELD_OF.get(label)
         value = clean_text(value)
         if not (field and value and field not in found and len(value) <= 80):
             return
         value = value.lstrip(":： ").strip()
+        # and no closing bracket after the value whose opening one was before the label
+        for opening, closing in _BRACKETS:
+            if value.endswith(closing) and opening not in value:
+                value = value[: -len(closing)].strip()
         # "Ref: nieuwsbrief" or "Part number: see manual" names no article
         if field in ("sku", "mpn") and not looks_like_code(value, label=True):
             return
@@ -192,7 +197,9 @@ def labelled_values(page: Selector) -> dict[str, str]:
     return found
 
 
-_LINE_TAGS = ("li", "p", "span", "div", "small", "strong", "b", "label")
+_LINE_TAGS = ("li", "p", "span", "div", "small", "strong", "b", "label", "td", "dd")
+_LEADING_MARKS = re.compile(r"^[^\w]+")
+_BRACKETS = (("(", ")"), ("[", "]"), ("〈", "〉"), ("【", "】"), ("「", "」"))
 _HAS_LABEL = re.compile(r"\w[:：]\s")
 
 
