@@ -506,15 +506,19 @@ def _meta(page: Selector, *names: str) -> str | None:
 
 
 # What shops put between a page's title and their own name: "Stromer ST3 | Fietsshop".
-_TITLE_SEPARATORS = (" | ", " – ", " — ", " - ", " :: ", " » ")
+_TITLE_SEPARATORS = (" | ", "｜", " – ", " — ", " - ", " :: ", " » ")
 
 
 def _without_site_name(title: str | None, site: str | None, heading: str | None) -> str | None:
     """An og:title without the shop's name after it, where the page says that is what
-    follows (its og:site_name), or the page's heading is what precedes it."""
+    follows (its og:site_name), or the page's heading is what precedes it; or without
+    the shop's name before it ("Fietsshop | Gazelle Ultimate C380")."""
     if not title:
         return title
     for separator in _TITLE_SEPARATORS:
+        head, found, tail = title.partition(separator)
+        if found and tail.strip() and site and head.strip().lower() == site.lower():
+            return tail.strip()
         head, found, tail = title.rpartition(separator)
         if not found or not head.strip():
             continue

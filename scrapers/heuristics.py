@@ -48,18 +48,27 @@ _SITE_PART = (
 
 
 def visible_title(page: Selector) -> str | None:
-    """The page's heading: its first non-empty h1 that is not the site's logo (themes
-    put that in an h1 too), else its <title>, else the logo's h1."""
+    """The page's heading: its non-empty h1 that is not the site's logo (themes put
+    that in an h1 too), of several the one its <title> shares most words with;
+    else its <title>, else the logo's h1."""
     headings = [
         (heading, clean_text(" ".join(heading.css("::text").getall())))
         for heading in page.css("h1")
     ]
     headings = [(heading, text) for heading, text in headings if text]
-    for heading, text in headings:
-        if not heading.xpath(_SITE_PART):
-            return text
     title = clean_text(" ".join(page.css("title ::text").getall()))
+    own = [text for heading, text in headings if not heading.xpath(_SITE_PART)]
+    if len(own) > 1 and title:
+        # several: the one the <title> repeats most of (not a popup's "Adding to cart")
+        said = _words(title)
+        return max(own, key=lambda text: len(_words(text) & said))  # the first of equals
+    if own:
+        return own[0]
     return title or (headings[0][1] if headings else None)
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"\w+", text.lower()))
 
 
 def visible_price(page: Selector):

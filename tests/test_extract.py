@@ -247,6 +247,23 @@ def test_a_visible_price_per_unit_or_per_month_is_not_the_price():
     assert (found["price"], found["currency"]) == ("3199.00", "EUR")
 
 
+def test_the_heading_the_title_repeats_and_no_shop_name_before_the_title():
+    # a popup's heading before the product's: the <title> says which is the product
+    page = (
+        "<html><head><title>Amslod Cooper N8 | Fietsshop</title></head><body>"
+        '<div class="popover" style="display:none"><h1>Adding to basket...</h1></div>'
+        "<h1>Amslod Cooper N8</h1><h1>Specifications</h1></body></html>"
+    )
+    assert extract_product(page, "https://shop.example/cooper")["name"] == "Amslod Cooper N8"
+    # og:title with the shop's name (og:site_name) before the product's, or after it
+    for title in ("Fietsshop | Amslod Cooper N8", "Amslod Cooper N8｜Fietsshop"):
+        page = (
+            f'<meta property="og:title" content="{title}">'
+            '<meta property="og:site_name" content="Fietsshop">'
+        )
+        assert extract_product(page, "https://shop.example/c")["name"] == "Amslod Cooper N8"
+
+
 def test_page_bytes_are_read_in_the_encoding_the_page_names():
     page = (
         '<html><head><meta charset="iso-8859-1"><title>x</title></head><body>'
