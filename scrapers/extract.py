@@ -152,7 +152,8 @@ def read_product_page(html: str | bytes, url: str) -> ProductPage:
         elif amount == result.price:  # the price shown is the one found: its currency
             result.fill("heuristic", currency=currency)
     if result.image_url is None:
-        result.fill("heuristic", image_url=absolute_url(heuristics.main_image(page), url))
+        image = heuristics.main_image(page, result.name)
+        result.fill("heuristic", image_url=absolute_url(image, url))
     if result.availability is None:
         result.fill("heuristic", availability=labels.visible_availability(page))
     if result.brand is None:

@@ -108,14 +108,29 @@ def visible_price(page: Selector):
     return best[2], best[3], None
 
 
-def main_image(page: Selector) -> str | None:
-    """The largest image of the product area, by declared size or srcset."""
+def main_image(page: Selector, name: str | None = None) -> str | None:
+    """The product's photo: the largest image whose alt text is the product's name
+    (`name`), else the largest of the product area's images, by declared size or
+    srcset; the first of equals."""
     linked = page.css("link[rel=image_src]::attr(href)").get()
     if linked:
         return linked
-    best, best_area = None, -1
+    named = _words(name or "")
+    if len(named) >= 2:
+        photo = _largest(
+            image
+            for image in page.css("img[alt]")
+            if len(_words(image.attrib["alt"]) & named) >= 0.6 * len(named)
+        )
+        if photo:
+            return photo
     scope = page.css(_PRODUCT_AREA) or [page]
-    for image in scope[0].css("img"):
+    return _largest(scope[0].css("img"))
+
+
+def _largest(images) -> str | None:
+    best, best_area = None, -1
+    for image in images:
         src, from_srcset = _image_source(image)
         if not src or image.xpath(_SITE_PART):  # the shop's logo, not the product
             continue
@@ -137,6 +152,7 @@ _SRCSET_ATTRIBUTES = ("data-srcset", "data-lazy-srcset", "srcset")
 _SRC_ATTRIBUTES = (
     "data-large_image",
     "data-zoom-image",
+    "data-old-hires",
     "data-src",
     "data-lazy-src",
     "data-original",

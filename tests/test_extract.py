@@ -264,6 +264,18 @@ def test_the_heading_the_title_repeats_and_no_shop_name_before_the_title():
         assert extract_product(page, "https://shop.example/c")["name"] == "Amslod Cooper N8"
 
 
+def test_the_photo_named_after_the_product_over_a_larger_banner():
+    page = (
+        "<h1>Batavus Finez E-go Power</h1>"
+        '<div class="product-promo"><img src="/banner.jpg" width="1600" height="400"'
+        ' alt="Winter sale"></div>'
+        '<div id="gallery"><img src="/thumb.jpg" data-old-hires="/finez-1500.jpg"'
+        ' alt="Batavus Finez E-go Power, 500 Wh"></div>'
+    )
+    found = extract_product(page, "https://shop.example/finez")
+    assert found["image_url"] == "https://shop.example/finez-1500.jpg"
+
+
 def test_page_bytes_are_read_in_the_encoding_the_page_names():
     page = (
         '<html><head><meta charset="iso-8859-1"><title>x</title></head><body>'
