@@ -70,6 +70,7 @@ _STOCK = (
         "back in stock", "weer op voorraad", "weer leverbaar", "wieder verfügbar",
         "wieder lieferbar", "wieder auf lager",
         "niet op voorraad", "niet leverbaar", "niet meer leverbaar", "uitverkocht",
+        "geen voorraad",
         "tijdelijk uitverkocht", "niet beschikbaar", "out of stock", "sold out",
         "soldout", "currently unavailable", "not available", "unavailable",
         "nicht lieferbar", "nicht auf lager", "nicht verfügbar", "ausverkauft",
@@ -86,7 +87,8 @@ _STOCK = (
         "op voorraad", "direct leverbaar", "leverbaar", "beschikbaar", "in stock",
         "available", "ships in", "auf lager", "sofort lieferbar", "lieferbar",
         "verfügbar", "vorrätig", "versandfertig", "pre-order", "preorder", "pre order",
-        "vooruitbestellen", "vorbestellen", "vorbestellbar", "en stock", "disponible",
+        "vooruitbestellen", "vorbestellen", "vorbestellbar", "bestellbar", "bestelbaar",
+        "en stock", "disponible",
         "disponibile", "disponibilità immediata", "em stock", "disponível", "dostępny",
         "w magazynie", "skladem", "na skladě", "na sklade", "på lager", "i lager",
         "varastossa",
@@ -274,12 +276,21 @@ def stock_phrase(text: str | None) -> str | None:
     """The stock state a short text says ("Op voorraad", "Sold out"), else None."""
     if not text or len(text) > 200:
         return None
-    lowered = text.lower()
+    lowered = text.lower().replace("-", " ").replace("_", " ")  # "out-of-stock"
     for state, phrases in _STOCK:
         for phrase in phrases:
-            if re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", lowered):
+            found = re.search(rf"(?<!\w){re.escape(phrase.replace('-', ' '))}(?!\w)", lowered)
+            if found:
+                # "nicht mehr lieferbar", "niet meer op voorraad", "no longer available"
+                if state == "InStock" and _NEGATED.search(lowered[: found.start()]):
+                    return "OutOfStock"
                 return state
     return None
+
+
+#: A negation just before a stock phrase: "nicht (mehr)", "niet (meer)", "not", "no
+#: (longer)", "non", "nie", "ne", "geen", "kein(e)".
+_NEGATED = re.compile(r"(?<!\w)(?:niet|nicht|not|no|non|nie|ne|geen|kein|keine)\s+(?:\w+\s+)?$")
 
 
 #: Breadcrumb entries that are never a brand.

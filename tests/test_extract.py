@@ -212,6 +212,12 @@ def test_labels_and_stock_text_in_other_european_languages():
         assert stock_phrase(text) == state, text
     # "disponible" is no part of "indisponible"
     assert stock_phrase("Indisponible") == "OutOfStock"
+    # a negation before an in-stock phrase, in any language; hyphens and all
+    for text in ("Nicht mehr lieferbar", "Niet meer op voorraad", "No longer available",
+                 "Out-of-stock", "Geen voorraad", "Nicht bestellbar"):  # fmt: skip
+        assert stock_phrase(text) == "OutOfStock", text
+    for text in ("Only 2 left in stock", "Nog 2 op voorraad", "Bestellbar, Lieferzeit 3-5 Tage"):
+        assert stock_phrase(text) == "InStock", text
 
 
 def test_a_name_is_no_sku_and_a_placeholder_or_title_no_brand():
