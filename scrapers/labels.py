@@ -23,7 +23,9 @@ LABELS = {
         "artikelnummer", "artikelnr", "art.nr", "art. nr", "art.-nr", "artikel-nr",
         "artikelcode", "artikel code", "productcode", "product code", "productnummer",
         "produktnummer", "bestelnummer", "bestellnummer", "sku", "item number", "item no",
-        "item #", "article number", "referentie", "reference", "asin",
+        "item nr", "sku nr", "article number", "referentie", "reference", "asin",
+        "bestelnr", "best.-nr", "bestellnr", "produktnr", "productnr", "item code",
+        "product id", "artikel id",
         # French, Italian, Spanish, Portuguese
         "référence", "réf", "ref", "code article", "code produit", "numéro d'article",
         "n° d'article", "codice articolo", "codice prodotto", "cod. articolo",
@@ -42,16 +44,19 @@ LABELS = {
     "mpn": (
         "mpn", "fabrikantcode", "fabrikantnummer", "herstellernummer",
         "hersteller-artikelnummer", "manufacturer part number", "part number", "typenummer",
+        "hersteller-nr", "herstellernr", "modelnummer", "teilenummer", "onderdeelnummer",
         "model number", "item model number", "modellnummer", "référence fabricant",
         "codice produttore", "referencia del fabricante", "numer części", "型號", "型番",
     ),
     "gtin": (
         "ean", "ean-code", "ean code", "ean13", "gtin", "gtin13", "barcode", "upc",
+        "ean/gtin", "gtin/ean", "ean-nummer", "gtin-13",
         "code ean", "codice ean", "código ean", "kod ean", "ean kód", "штрихкод", "isbn",
         "isbn-13", "isbn13",
     ),
     "brand": (
-        "merk", "marke", "brand", "hersteller", "fabrikant", "manufacturer",
+        "merk", "marke", "brand", "hersteller", "fabrikant", "manufacturer", "merknaam",
+        "brand name", "markenname",
         "marque", "fabricant", "marca", "produttore", "fabricante", "marka", "producent",
         "značka", "výrobce", "výrobca", "proizvajalec", "proizvođač", "gyártó", "márka",
         "mærke", "merke", "märke", "produsent", "tillverkare", "valmistaja", "merkki",
@@ -59,7 +64,17 @@ LABELS = {
         "бренд", "производитель", "виробник", "品牌", "ブランド", "メーカー",
     ),
 }  # fmt: skip
-_FIELD_OF = {label: name for name, labels in LABELS.items() for label in labels}
+
+
+def _label_key(label: str) -> str:
+    """A label as compared: lower case, without a note in brackets, spaces and
+    punctuation, "#" read as "nr" ("Art.-Nr.", "Art. nr", "artnr" and "Art #" are
+    one; "Artikelnummer (SKU)" is "artikelnummer")."""
+    label = re.sub(r"\([^)]*\)", " ", label.lower()).replace("#", "nr")
+    return re.sub(r"[\W_]+", "", label)
+
+
+_FIELD_OF = {_label_key(label): name for name, labels in LABELS.items() for label in labels}
 _LABEL_TEXT = re.compile(r"^\s*([^:：|]{1,40}?)\s*[:：|]\s*(.{1,80}?)\s*$")
 
 #: Stock phrases, the negative ones first ("niet op voorraad" holds "op voorraad"). As
@@ -131,8 +146,8 @@ def labelled_values(page: Selector) -> dict[str, str]:
 
     def add(label: str | None, value: str | None) -> None:
         # "〈商品編號：M67296549〉": no brackets or marks before the label
-        label = _LEADING_MARKS.sub("", (clean_text(label) or "").lower()).rstrip(":：.# ").strip()
-        field = _FIELD_OF.get(label)
+        label = _LEADING_MARKS.sub("", (clean_text(label) or "").lower())
+        field = _FIELD_OF.get(_label_key(label))
         value = clean_text(value)
         if not (field and value and field not in found and len(value) <= 80):
             return
@@ -206,7 +221,7 @@ _HAS_LABEL = re.compile(r"\w[:：]\s")
 
 
 def _is_label(text: str) -> bool:
-    return text.lower().rstrip(":：.# ").strip() in _FIELD_OF
+    return _label_key(text) in _FIELD_OF
 
 
 def _next_element(element):

@@ -180,6 +180,16 @@ def test_labels_and_stock_text_in_other_european_languages():
         "brand": "SAMSUNG",
         "sku": "01245",
     }
+    # labels written with other punctuation, a note in brackets, "#" for number
+    for text, found in [
+        ("Art.-Nr.: 123-4", {"sku": "123-4"}),
+        ("Artikelnummer (SKU): AB12", {"sku": "AB12"}),
+        ("Item #: 418295", {"sku": "418295"}),
+        ("EAN/GTIN: 8712345678906", {"gtin": "8712345678906"}),
+        ("Hersteller-Nr.: HX-2", {"mpn": "HX-2"}),
+        ("Item: Gazelle Ultimate", {}),
+    ]:
+        assert labelled_values(Selector(text=f"<p>{text}</p>")) == found, text
     one_cell = "<table><tr><td>〈商品編號：M67296549〉</td></tr></table>"
     assert labelled_values(Selector(text=one_cell)) == {"sku": "M67296549"}
     # a spec table of two label | value pairs a row
