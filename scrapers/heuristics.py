@@ -10,7 +10,13 @@ import re
 
 from parsel import Selector
 
-from bikematch.core.normalise import PriceError, clean_text, largest_from_srcset, parse_price
+from bikematch.core.normalise import (
+    PriceError,
+    clean_text,
+    largest_from_srcset,
+    parse_price,
+    says_old_then_new,
+)
 
 # Class/id words that mark the price a buyer pays, and those that mark a price
 # that is struck through or otherwise not the current one.
@@ -19,10 +25,18 @@ _NOT_CURRENT = re.compile(
     r"old|was|regular|list|strike|before|compare|msrp|van-?prijs|adviesprijs|original", re.I
 )
 # A price per unit or per month beside the price ("(36,22 € / kg)", "je 100 g", a
-# lease's "€ 89 per maand", "€ 39 / month").
+# lease's "€ 89 per maand", "€ 39 / month"), or without VAT ("€ 2.065,29 excl. BTW").
 _UNIT_PRICE = re.compile(
     r"(?:/|\bper\b|\bpro\b|\bje\b|\bpar\b|\bal\b)\s*(?:\d+\s*)?"
-    r"(?:kg|g|l|ml|cl|liter|litre|m|m²|m2|maand|mnd|month|mo|monat|mois|mese|mes)(?!\w)",
+    r"(?:kg|g|l|ml|cl|liter|litre|m|m²|m2|maand|mnd|month|mo|monat|mois|mese|mes)(?!\w)"
+    r"|\b(?:excl|exkl|ex|ohne|zzgl|sans|senza|sin|bez|brez)\.?\s*(?:btw|vat|mwst|ust|tva|"
+    r"iva|dph|ddv|pdv)\b",
+    re.IGNORECASE,
+)
+# The words shops write before a recommended or former price.
+_OLD_PRICE_WORD = re.compile(
+    r"^\W*(?:adviesprijs|van|was|uvp|rrp|msrp|statt|vorher|regulär|normalpreis|"
+    r"listprijs|list price|prix conseillé|prezzo consigliato|pvp)(?!\w)",
     re.IGNORECASE,
 )
 _PRICE_CONTAINER = "[class*=price], [id*=price], [class*=Price], [class*=prijs], [id*=prijs]"
@@ -81,13 +95,12 @@ def visible_price(page: Selector):
         if element.xpath("ancestor::del | ancestor::s | ancestor::strike"):
             continue
         marks = " ".join(element.xpath("@class | @id").getall())
-        text = " ".join(
-            element.xpath(
-                ".//text()[not(ancestor::del) and not(ancestor::s) and not(ancestor::strike)]"
-            ).getall()
-        )
-        text = clean_text(text)
+        text = clean_text(_current_text(element.root))
+        if not re.search(r"\d", text or ""):  # an "old" price with none beside it is the price
+            text = clean_text(_current_text(element.root, by_class=False))
         if not text or not re.search(r"\d", text) or len(text) > 80 or _UNIT_PRICE.search(text):
+            continue
+        if _said_beside(element.root.getparent()):
             continue
         try:
             amount, currency = parse_price(text)
@@ -96,16 +109,51 @@ def visible_price(page: Selector):
             continue
         if amount is None:
             continue
-        score = (
-            (2 if _CURRENT.search(marks) else 0)
-            - (3 if _NOT_CURRENT.search(marks) else 0)
-            + (1 if currency else 0)
+        # an old price by its class or by the word before it ("Adviesprijs € 3.299"),
+        # unless the text goes on to the price to pay ("van € 3.299 voor € 2.799")
+        old = _NOT_CURRENT.search(marks) or (
+            _OLD_PRICE_WORD.match(text) and not says_old_then_new(text)
         )
+        score = (2 if _CURRENT.search(marks) else 0) - (3 if old else 0) + (1 if currency else 0)
         if best is None or score > best[0]:
             best = (score, -rank, amount, currency)
     if best is None:
         return None, None, error
     return best[2], best[3], None
+
+
+def _said_beside(parent) -> bool:
+    """Whether the element around a price says it is per unit or without VAT:
+    "Excl. BTW: <span class=price>...", "<span>bez DPH</span> <span class=price>...",
+    where that element holds no other price."""
+    if parent is None:
+        return False
+    text = clean_text(_current_text(parent, by_class=False)) or ""
+    return (
+        len(text) <= 60
+        and len(re.findall(r"\d[\d.,]*", text)) == 1
+        and bool(_UNIT_PRICE.search(text))
+    )
+
+
+def _current_text(element, by_class: bool = True) -> str:
+    """An lxml element's text without what a part of it marks as an old price (struck
+    through, or by_class a class such as "price-old" inside a "product-price")."""
+    parts = []
+    for text in element.xpath(".//text()"):
+        node = text.getparent()
+        if text.is_tail:
+            node = node.getparent()
+        while node is not None and node is not element:
+            marks = f"{node.get('class') or ''} {node.get('id') or ''}"
+            if node.tag in ("del", "s", "strike", "script", "style"):
+                break
+            if by_class and _NOT_CURRENT.search(marks):
+                break
+            node = node.getparent()
+        else:
+            parts.append(text)
+    return " ".join(parts)
 
 
 def main_image(page: Selector, name: str | None = None) -> str | None:

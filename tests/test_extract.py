@@ -253,6 +253,29 @@ def test_a_name_is_no_sku_and_a_placeholder_or_title_no_brand():
     assert (found["brand"], found["sku"]) == ("Stromer", "ST3-22")
 
 
+@pytest.mark.parametrize(
+    "prices",
+    [
+        "<div class=price>Adviesprijs € 3.299,00</div><div class=price>€ 2.799,00</div>",
+        "<div class=price>UVP 3.299,00 €</div><div class=price>2.799,00 €</div>",
+        "<div class=price><span>Van</span> € 3.299,- <span>voor</span> € 2.799,-</div>",
+        # the old price inside the container of both
+        "<div class=product-price><span class=price-old>€ 3.299</span>"
+        "<span class=price-new>€ 2.799</span></div>",
+        # a price without VAT, said in it, before it, or beside it
+        "<div class=price><span>€ 2.313,22 excl. BTW</span></div><div class=price>€ 2.799</div>",
+        "<div><span>Excl. BTW</span> <span class=price>€ 2.313,22</span></div>"
+        "<div><span>Incl. BTW</span> <span class=price>€ 2.799,00</span></div>",
+        # a theme's "old" price with no other beside it is the price
+        "<ul class=prices><li class=price><span class=price-old>€ 2.799,00</span></li>"
+        "<li>Excl. BTW: <span class=price-tax>€ 2.313,22</span></li></ul>",
+    ],
+)
+def test_the_visible_price_to_pay_not_a_former_or_untaxed_one(prices):
+    found = extract_product(f"<h1>Gazelle Ultimate C380</h1>{prices}", "https://shop.example/u")
+    assert (found["price"], found["currency"]) == ("2799.00", "EUR")
+
+
 def test_a_visible_price_per_unit_or_per_month_is_not_the_price():
     page = (
         "<h1>Sparta M8b</h1><div class=price-per-unit>(€ 36,22 / kg)</div>"

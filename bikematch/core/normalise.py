@@ -66,6 +66,12 @@ def currency_code(text: str | None) -> str | None:
     return _CURRENCY_CODES.get(cleaned.lower())
 
 
+def says_old_then_new(text: str) -> bool:
+    """Whether a price text holds an old price and then the one to pay ("van € 3.499
+    voor € 2.999")."""
+    return len(_WAS_NOW.split(text)) > 1
+
+
 def parse_price(value, currency_hint: str | None = None) -> tuple[Decimal | None, str | None]:
     """(amount, ISO currency) from a number or a shop's price text.
 
