@@ -95,6 +95,8 @@ def visible_price(page: Selector):
         if element.xpath("ancestor::del | ancestor::s | ancestor::strike"):
             continue
         marks = " ".join(element.xpath("@class | @id").getall())
+        if len(element.root.text_content()) > 5000:  # a wrapper of much more than a price
+            continue
         text = clean_text(_current_text(element.root))
         if not re.search(r"\d", text or ""):  # an "old" price with none beside it is the price
             text = clean_text(_current_text(element.root, by_class=False))
@@ -126,7 +128,7 @@ def _said_beside(parent) -> bool:
     """Whether the element around a price says it is per unit or without VAT:
     "Excl. BTW: <span class=price>...", "<span>bez DPH</span> <span class=price>...",
     where that element holds no other price."""
-    if parent is None:
+    if parent is None or len(parent.text_content()) > 1000:
         return False
     text = clean_text(_current_text(parent, by_class=False)) or ""
     return (

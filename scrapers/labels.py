@@ -4,7 +4,7 @@ Shops without structured data for a field still show it to the buyer: a spec tab
 row "Merk | Gazelle", "Artikelnummer: 4561-22", "EAN 8712345678906", a stock line
 "Op voorraad", a sold-out button, a breadcrumb "Home > E-bikes > Gazelle". Each
 function takes a parsed page (a parsel Selector) and reads one kind of them, in
-Dutch, English and German.
+Dutch, English and German, and in the other languages European shops write in.
 """
 
 from __future__ import annotations
