@@ -16,43 +16,42 @@ from parsel import Selector
 
 from bikematch.core.normalise import clean_text, looks_like_code
 
-#: Field -> the labels shops give it (lower case, without a trailing colon): Dutch,
-#: English and German first, then the other languages European shops write in.
+#: Field -> the labels shops give it, compared as _label_key writes them (so "Art.nr"
+#: is also "Art. nr." and "Art.-Nr."): Dutch, English and German first, then the
+#: other languages European shops write in.
 LABELS = {
     "sku": (
-        "artikelnummer", "artikelnr", "art.nr", "art. nr", "art.-nr", "artikel-nr",
-        "artikelcode", "artikel code", "productcode", "product code", "productnummer",
-        "produktnummer", "bestelnummer", "bestellnummer", "sku", "item number", "item no",
-        "item nr", "sku nr", "article number", "referentie", "reference", "asin",
+        "artikelnummer", "artikelnr", "art.nr", "artikelcode", "productcode",
+        "productnummer", "produktnummer", "bestelnummer", "bestellnummer", "sku",
+        "item number", "item no", "item nr", "sku nr", "article number", "referentie",
+        "reference", "asin",
         "bestelnr", "best.-nr", "bestellnr", "produktnr", "productnr", "item code",
         "product id", "artikel id",
         # French, Italian, Spanish, Portuguese
         "référence", "réf", "ref", "code article", "code produit", "numéro d'article",
         "n° d'article", "codice articolo", "codice prodotto", "cod. articolo",
-        "riferimento", "referencia", "ref.", "código de producto", "código del producto",
+        "riferimento", "referencia", "código de producto", "código del producto",
         "código de artículo", "referência", "código do produto", "código do artigo",
         # Polish, Czech, Slovak, Slovenian, Croatian, Hungarian
         "kod produktu", "numer katalogowy", "indeks", "kód produktu", "katalogové číslo",
         "objednací číslo", "kód tovaru", "šifra", "šifra proizvoda", "šifra artikla",
         "cikkszám", "termékkód",
         # Danish, Norwegian, Swedish, Finnish
-        "varenummer", "varenr", "varenr.", "artikkelnummer", "artikelnummer",
-        "tuotenumero", "tuotekoodi",
+        "varenummer", "varenr", "artikkelnummer", "tuotenumero", "tuotekoodi",
         # Russian, Ukrainian; Chinese, Japanese
         "артикул", "код товара", "код", "код товару", "商品編號", "商品编号", "商品番号",
     ),
     "mpn": (
         "mpn", "fabrikantcode", "fabrikantnummer", "herstellernummer",
         "hersteller-artikelnummer", "manufacturer part number", "part number", "typenummer",
-        "hersteller-nr", "herstellernr", "modelnummer", "teilenummer", "onderdeelnummer",
+        "hersteller-nr", "modelnummer", "teilenummer", "onderdeelnummer",
         "model number", "item model number", "modellnummer", "référence fabricant",
         "codice produttore", "referencia del fabricante", "numer części", "型號", "型番",
     ),
     "gtin": (
-        "ean", "ean-code", "ean code", "ean13", "gtin", "gtin13", "barcode", "upc",
-        "ean/gtin", "gtin/ean", "ean-nummer", "gtin-13",
-        "code ean", "codice ean", "código ean", "kod ean", "ean kód", "штрихкод", "isbn",
-        "isbn-13", "isbn13",
+        "ean", "ean-code", "ean13", "gtin", "gtin13", "barcode", "upc", "ean/gtin",
+        "gtin/ean", "ean-nummer", "code ean", "codice ean", "código ean", "kod ean",
+        "ean kód", "штрихкод", "isbn", "isbn-13",
     ),
     "brand": (
         "merk", "marke", "brand", "hersteller", "fabrikant", "manufacturer", "merknaam",
