@@ -61,11 +61,14 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.zyte_benchmark:
+        truth_file = args.zyte_benchmark / "dataset" / "ground-truth.json"
+        if not truth_file.is_file():
+            parser.exit(2, f"error: {truth_file} not found: give a clone of the benchmark\n")
         corpus, fields = zyte_corpus(args.zyte_benchmark), ZYTE_FIELDS
     else:
         corpus, fields = local_corpus(args.pages), dict.fromkeys(FIELDS, lambda value: value)
     if not corpus:
-        sys.exit("error: no labelled pages found there")
+        parser.exit(2, "error: no labelled pages found there\n")
 
     started = time.perf_counter()
     results = [extract_product(html, url) for _, url, _, html in corpus]
@@ -119,10 +122,7 @@ def local_corpus(pages: Path) -> list[tuple[str, str, dict, str]]:
 def zyte_corpus(clone: Path) -> list[tuple[str, str, dict, bytes]]:
     """(page, URL, {field: [values]}, HTML) of each page of Zyte's benchmark."""
     dataset = clone / "dataset"
-    truth_file = dataset / "ground-truth.json"
-    if not truth_file.is_file():
-        sys.exit(f"error: {truth_file} not found: give a clone of product-extraction-benchmark")
-    truth = json.loads(truth_file.read_text(encoding="utf-8"))
+    truth = json.loads((dataset / "ground-truth.json").read_text(encoding="utf-8"))
     corpus = []
     for page, labelled in sorted(truth.items()):
         with gzip.open(dataset / "html" / f"{page}.html.gz") as saved:
