@@ -126,7 +126,7 @@ def visible_price(page: Selector):
 
 def _said_beside(parent) -> bool:
     """Whether the element around a price says it is per unit or without VAT:
-    "Excl. BTW: <span class=price>...", "<span>bez DPH</span> <span class=price>...",
+    "Excl. BTW: <span class=price>...", "<span>ohne MwSt.</span> <span class=price>...",
     where that element holds no other price."""
     if parent is None or len(parent.text_content()) > 1000:
         return False

@@ -144,7 +144,7 @@ def labelled_values(page: Selector) -> dict[str, str]:
     found: dict[str, str] = {}
 
     def add(label: str | None, value: str | None) -> None:
-        # "〈商品編號：M67296549〉": no brackets or marks before the label
+        # "〈商品編號：M10023〉": no brackets or marks before the label
         label = _LEADING_MARKS.sub("", (clean_text(label) or "").lower())
         field = _FIELD_OF.get(_label_key(label))
         value = clean_text(value)
@@ -207,7 +207,7 @@ def labelled_values(page: Selector) -> dict[str, str]:
             and not any(child.tag == "li" for child in element)
         ):
             match = _LABEL_TEXT.match(text)
-            # one line, not a block holding several ("Merk: B&S Art.nr.: 0638")
+            # one line, not a block holding several ("Merk: Sparta Art.nr.: 0412")
             if match and not _HAS_LABEL.search(match.group(2)):
                 add(match.group(1), match.group(2))
     return found

@@ -142,8 +142,8 @@ def valid_gtin(value) -> str | None:
 
 
 def looks_like_code(value: str, label: bool = False) -> bool:
-    """Whether a value can be an article number: not written as words ("Fake
-    Wounds", "Gazelle Ultimate C380" are names; "GARNI 570 EASY II" is a code). A
+    """Whether a value can be an article number: not written as words ("Zwart
+    Frame", "Gazelle Ultimate C380" are names; "GAZ 570 EASY II" is a code). A
     labelled one also holds a digit or is written in capitals ("BAT-FIN-EGPS"), not
     as a word ("Ref: nieuwsbrief")."""
     words = value.split()
