@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+from lxml.cssselect import CSSSelector
 from parsel import Selector
 
 from bikematch.core.normalise import (
@@ -40,6 +41,8 @@ _OLD_PRICE_WORD = re.compile(
     re.IGNORECASE,
 )
 _PRICE_CONTAINER = "[class*=price], [id*=price], [class*=Price], [class*=prijs], [id*=prijs]"
+_PRICE_ELEMENTS = CSSSelector(_PRICE_CONTAINER, translator="html")
+_MAX_PRICE_ELEMENTS = 500
 
 
 #: Where a product page keeps its product (and main_image looks for its photo).
@@ -89,20 +92,22 @@ def visible_price(page: Selector):
     """(amount, currency, error) from the most price-like element on the page."""
     best = None
     error = None
-    for rank, element in enumerate(page.css(_PRICE_CONTAINER)):
-        if element.root.tag in ("del", "s", "strike", "script", "style"):
+    # lxml's own elements (parsel's cost more than the reading here), the first
+    # _MAX_PRICE_ELEMENTS: the page's own price comes before a long list's
+    for rank, element in enumerate(_PRICE_ELEMENTS(page.root)[:_MAX_PRICE_ELEMENTS]):
+        if element.tag in ("del", "s", "strike", "script", "style"):
             continue
         if element.xpath("ancestor::del | ancestor::s | ancestor::strike"):
             continue
-        marks = " ".join(element.xpath("@class | @id").getall())
-        if len(element.root.text_content()) > 5000:  # a wrapper of much more than a price
+        marks = f"{element.get('class') or ''} {element.get('id') or ''}"
+        if len(element.text_content()) > 5000:  # a wrapper of much more than a price
             continue
-        text = clean_text(_current_text(element.root))
+        text = clean_text(_current_text(element))
         if not re.search(r"\d", text or ""):  # an "old" price with none beside it is the price
-            text = clean_text(_current_text(element.root, by_class=False))
+            text = clean_text(_current_text(element, by_class=False))
         if not text or not re.search(r"\d", text) or len(text) > 80 or _UNIT_PRICE.search(text):
             continue
-        if _said_beside(element.root.getparent()):
+        if _said_beside(element.getparent()):
             continue
         try:
             amount, currency = parse_price(text)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import re
 
+from lxml import etree
 from parsel import Selector
 
 from bikematch.core.normalise import clean_text, looks_like_code
@@ -269,7 +270,7 @@ def visible_availability(page: Selector) -> str | None:
         if state:
             return state
     for element in page.xpath(
-        "//body//*[self::p or self::span or self::div or self::li or self::strong]"
+        "//body/descendant::*[self::p or self::span or self::div or self::li or self::strong]"
         "[not(*[self::p or self::div or self::li])]"
         "[not(ancestor::nav or ancestor::header or ancestor::footer or ancestor::script)]"
     ):
@@ -344,5 +345,8 @@ def breadcrumb_brand(page: Selector, name: str | None, crumbs: list[str] = ()) -
 def _text(element) -> str | None:
     if not element:
         return None
-    parts = element.xpath(".//text()[not(ancestor::script) and not(ancestor::style)]").getall()
-    return clean_text(" ".join(parts))
+    # on lxml's element: parsel would wrap each text in a Selector
+    return clean_text(" ".join(_VISIBLE_TEXTS(element.root)))
+
+
+_VISIBLE_TEXTS = etree.XPath(".//text()[not(ancestor::script) and not(ancestor::style)]")
