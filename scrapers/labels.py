@@ -185,7 +185,8 @@ def labelled_values(page: Selector) -> dict[str, str]:
         # a label element with or without its colon ("<p>Merk</p><p>Gazelle</p>")
         if own and len(own) <= 40 and (colon or (len(element) == 0 and _is_label(own))):
             # "Artikelnummer: <span>4561-22</span>" (the value inside), else the label
-            # element and its value beside it
+            # element and its value after it: its text ("<span>Item #</span> 4561"),
+            # else the next element
             whole = _plain(element) or ""
             inside = whole[len(own) :].strip() if whole.startswith(own) else ""
             # the label element's sibling, or its wrapper's ("<div><span>Merk:</span>
@@ -198,7 +199,7 @@ def labelled_values(page: Selector) -> dict[str, str]:
                 beside.tag in ("ul", "ol", "select") or beside.find(".//li") is not None
             ):
                 beside = None  # a list of choices (a filter's brands), not a value
-            add(own, inside or _plain(beside) or clean_text(element.tail))
+            add(own, inside or clean_text(element.tail) or _plain(beside))
             continue
         text = _plain(element)
         if (

@@ -185,6 +185,7 @@ def test_labels_and_stock_text_in_other_european_languages():
         ("Art.-Nr.: 123-4", {"sku": "123-4"}),
         ("Artikelnummer (SKU): AB12", {"sku": "AB12"}),
         ("Item #: 554120", {"sku": "554120"}),
+        ("<span>Item #</span> 554120<div><div>Qty</div></div>", {"sku": "554120"}),
         ("EAN/GTIN: 8712345678906", {"gtin": "8712345678906"}),
         ("Hersteller-Nr.: HX-2", {"mpn": "HX-2"}),
         ("Item: Gazelle Ultimate", {}),
