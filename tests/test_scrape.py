@@ -433,6 +433,19 @@ def test_shops_add_detects_each_platform_and_check_reads_without_storing(
             assert checked.returncode == 0, checked.stderr
             assert f"{name}: 3 listings read (nothing stored)" in checked.stdout, checked.stdout
             assert "fields found: price 3/3, currency 3/3, image_url 3/3" in checked.stdout
+        # the shop without product markup, tried as a jsonld shop: said what is missing
+        bare = {
+            "name": "bare.co.uk",
+            "platform": "jsonld",
+            "start_urls": [shops.base + "/uk/e-bikes"],
+            "allow": [f"^{re.escape(shops.base)}/uk/"],
+        }
+        config.write_text(yaml.safe_dump({"shops": [*entries.values(), bare]}))
+        checked = run_cli("shops", "check", "bare.co.uk", "--pages", "3", "--shops", str(config),
+                          env=env)  # fmt: skip
+        assert checked.returncode == 0, checked.stderr
+        assert "bare.co.uk: 0 listings read" in checked.stdout, checked.stdout
+        assert "pages read: none declares a product" in checked.stdout, checked.stdout
     assert conn.execute("select count(*) from scraped_bikes").fetchone()[0] == 0
     assert conn.execute("select count(*) from crawls").fetchone()[0] == 0
 

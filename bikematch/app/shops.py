@@ -66,6 +66,7 @@ class CheckResult:
     shop: str
     listings: list = field(default_factory=list)
     crawl: object | None = None
+    platform: str = ""
 
     def lines(self) -> list[str]:
         found = Counter(
@@ -88,7 +89,15 @@ class CheckResult:
             if "closespider_itemcount" not in reason  # the dry run's own stop
         ]
         lines += [f"limit hit: {reason}" for reason in reasons]
-        if not self.listings:
+        pages = self.crawl.pages if self.crawl else 0
+        if not self.listings and pages and self.platform == "jsonld":
+            lines.append(
+                f"no listing found in {pages} pages read: none declares a product (JSON-LD,"
+                " microdata or RDFa, or og:type product). Check start_urls and allow/deny;"
+                " a shop whose product pages carry no such markup needs a css entry with"
+                " selectors (bikematch -v shops check ... shows the crawl's log)"
+            )
+        elif not self.listings:
             lines.append(
                 "no listing found: check start_urls, allow/deny and the platform"
                 " (bikematch -v shops check ... shows the crawl's log)"
@@ -104,7 +113,7 @@ def check_shop(settings: Settings, path: Path, name: str, pages: int, verbose: b
     if not shops:
         configured = ", ".join(shop.name for shop in load_shops(path))
         raise UserError(f"{path}: no shop named {name} (configured: {configured})")
-    result = CheckResult(name)
+    result = CheckResult(name, platform=shops[0].platform)
     (crawl,) = run_shops(
         shops,
         "",
