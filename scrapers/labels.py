@@ -9,7 +9,6 @@ Dutch, English and German, and in the other languages European shops write in.
 
 from __future__ import annotations
 
-import copy
 import re
 
 from lxml import etree
@@ -162,7 +161,7 @@ def labelled_values(page: Selector) -> dict[str, str]:
         found[field] = value
 
     # lxml's own elements, not parsel's: a page has thousands of them
-    root = _without_scripts(page.root)
+    root = page.root
     texts = _short_texts(root)
 
     def _plain(element) -> str | None:
@@ -229,22 +228,16 @@ def _next_element(element):
     return next((s for s in element.itersiblings() if isinstance(s.tag, str)), None)
 
 
-def _without_scripts(root):
-    """A copy of the page whose scripts and styles hold no text."""
-    root = copy.deepcopy(root)
-    for element in root.iter("script", "style"):
-        element.text = None
-        for child in list(element):
-            element.remove(child)
-    return root
-
-
 def _short_texts(root, limit: int = 200) -> dict:
     """{element: its text, whitespace collapsed} for the elements whose text is at most
-    `limit` characters; built from the leaves up, so each text is joined once."""
+    `limit` characters (a script's or style's counts as none); built from the leaves
+    up, so each text is joined once."""
     texts: dict = {}
     for element in reversed(list(root.iter())):  # children before their parent
         if not isinstance(element.tag, str):  # a comment
+            continue
+        if element.tag in ("script", "style"):
+            texts[element] = ""
             continue
         parts = [element.text or ""]
         for child in element:
