@@ -4,11 +4,13 @@ Sources are tried in order of trust: JSON-LD, then microdata/RDFa (through
 extruct), then the shop platform's own product data (`platforms`), then
 OpenGraph/meta tags, then labelled values the page shows (`labels`: "Artikelnummer:
 ...", a spec table's "Merk" row), then visible-page heuristics (heading, price,
-image, stock text, the breadcrumb's brand); each later source only fills fields
-the earlier ones left empty. When the markup holds
-several products (related items, a carousel, variants), the main one is the
-product whose URL is the page's, whose name matches the page heading, that
-has an offer, and that is not nested under a "related" property.
+image, stock text, the breadcrumb's brand), and for the SKU last the number in the
+page's address; each later source only fills fields the earlier ones left empty
+(a labelled article number the page shows beats a markup SKU it never shows).
+
+When the markup holds several products (related items, a carousel, variants), the
+main one is the product whose URL is the page's, whose name matches the page
+heading, that has an offer, and that is not nested under a "related" property.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal
+from urllib.parse import parse_qsl, urlsplit
 
 import extruct
 import jstyleson
@@ -134,6 +137,7 @@ def read_product_page(html: str | bytes, url: str) -> ProductPage:
     result.fill("platform", **platform_fields(page, html))
     _fill_from_meta(result, page, url, heading)
     labelled = labels.labelled_values(page)
+    _prefer_shown_sku(result, page, labelled.get("sku"))
     result.fill(
         "label",
         sku=labelled.get("sku") or labelled.get("mpn"),
@@ -141,6 +145,8 @@ def read_product_page(html: str | bytes, url: str) -> ProductPage:
         brand=labelled.get("brand"),
     )
 
+    if result.sku is None:  # last: the shop's number for the page, in its address
+        result.fill("url", sku=_url_sku(absolute_url(canonical, url) if canonical else url))
     if result.name is None:
         result.fill("heuristic", name=heading)
     if result.price is None or result.currency is None:
@@ -162,6 +168,44 @@ def read_product_page(html: str | bytes, url: str) -> ProductPage:
     if result.price is not None and result.price_error:
         result.price_error = None
     return result
+
+
+#: Query parameters that carry a shop's product number (?pid=260591).
+_ID_PARAMETERS = {"pid", "productid", "product_id", "itemid", "item_id", "sku", "articleid"}
+#: A path segment that is a number ("/itm/302474151804", "/Prod/144432/"), or a
+#: slug's last part ("/babybjorn-one-987929.html"): five digits up, so no model year.
+_PATH_ID = re.compile(r"(?:^|[-_])([0-9]{5,20})(?:\.[a-z]{2,5})?$")
+
+
+def _url_sku(url: str | None) -> str | None:
+    """The product number a shop writes in a product page's address, or None."""
+    if not url:
+        return None
+    parts = urlsplit(url)
+    for name, value in parse_qsl(parts.query):
+        if name.lower() in _ID_PARAMETERS and re.fullmatch(r"[\w.-]{3,40}", value):
+            return value
+    segments = [segment for segment in parts.path.split("/") if segment]
+    match = _PATH_ID.search(segments[-1].lower()) if segments else None
+    return match.group(1) if match else None
+
+
+def _prefer_shown_sku(result: ProductPage, page: Selector, shown: str | None) -> None:
+    """The article number the page shows under its label, where the markup's SKU is
+    one the page never shows (a variant's or a database id): the shown one is the
+    number the shop gives its buyers."""
+    if shown is None or result.sku is None or shown == result.sku:
+        return
+    if result.sources.get("sku") not in ("json-ld", "microdata", "rdfa", "platform", "meta"):
+        return
+    hidden = page.xpath(
+        "not(//body/descendant::text()[not(ancestor::script) and not(ancestor::style)]"
+        "[contains(., $sku)])",
+        sku=result.sku,
+    ).get()
+    if hidden == "1":
+        result.sku = None
+        result.fill("label", sku=shown)
 
 
 # ---------------------------------------------------------------- JSON-LD

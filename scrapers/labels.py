@@ -40,6 +40,9 @@ LABELS = {
         "varenummer", "varenr", "artikkelnummer", "tuotenumero", "tuotekoodi",
         # Russian, Ukrainian; Chinese, Japanese
         "артикул", "код товара", "код", "код товару", "商品編號", "商品编号", "商品番号",
+        # Romanian, Greek, Turkish, Hebrew
+        "cod produs", "cod articol", "κωδικός προϊόντος", "κωδικός", "ürün kodu",
+        "stok kodu", "קוד מוצר", "מק\"ט",
     ),
     "mpn": (
         "mpn", "fabrikantcode", "fabrikantnummer", "herstellernummer",
@@ -181,8 +184,11 @@ def labelled_values(page: Selector) -> dict[str, str]:
         own = " ".join(filter(None, [element.text, *(child.tail for child in element)]))
         own = " ".join(own.split())
         colon = own[-1:] in (":", "：")
-        # a label element with or without its colon ("<p>Merk</p><p>Gazelle</p>")
-        if own and len(own) <= 40 and (colon or (len(element) == 0 and _is_label(own))):
+        # a label element with or without its colon ("<p>Merk</p><p>Gazelle</p>"); a
+        # heading only with one ("<h4>Bestellnummer:</h4>", not "<h3>Brand</h3>" above
+        # a story)
+        plain_label = len(element) == 0 and element.tag not in _HEADINGS and _is_label(own)
+        if own and len(own) <= 40 and (colon or plain_label):
             # "Artikelnummer: <span>4561-22</span>" (the value inside), else the label
             # element and its value after it: its text ("<span>Item #</span> 4561"),
             # else the next element
@@ -211,10 +217,19 @@ def labelled_values(page: Selector) -> dict[str, str]:
             # one line, not a block holding several ("Merk: Sparta Art.nr.: 0412")
             if match and not _HAS_LABEL.search(match.group(2)):
                 add(match.group(1), match.group(2))
+        elif text and len(text) <= 60 and ":" not in text and "：" not in text:
+            # "Bestellnummer 79961", "EAN 8712345678906": a number's label and the
+            # number, no colon between
+            label, _, value = text.rpartition(" ")
+            if _FIELD_OF.get(_label_key(label)) in ("sku", "mpn", "gtin") and _NUMBER.match(value):
+                add(label, value)
     return found
 
 
-_LINE_TAGS = ("li", "p", "span", "div", "small", "strong", "b", "label", "td", "dd")
+_HEADINGS = ("h2", "h3", "h4", "h5", "h6")
+_LINE_TAGS = ("li", "p", "span", "div", "small", "strong", "b", "label", "td", "dd", *_HEADINGS)
+#: An article number written after its label without a colon: one token with a digit.
+_NUMBER = re.compile(r"^(?=\S*\d)[\w./-]{4,40}$")
 _LEADING_MARKS = re.compile(r"^[^\w]+")
 _BRACKETS = (("(", ")"), ("[", "]"), ("〈", "〉"), ("【", "】"), ("「", "」"))
 _HAS_LABEL = re.compile(r"\w[:：]\s")

@@ -210,6 +210,15 @@ def test_labels_and_stock_text_in_other_european_languages():
         "<li><strong>Šifra:</strong> 0412</li></ul></div>"
     )
     assert labelled_values(block) == {"brand": "Riese & Müller", "sku": "0412"}
+    # a number after its label without a colon, and a heading as the label
+    for text, found in [
+        ("<div>Bestellnummer 79961</div>", {"sku": "79961"}),
+        ("<p>EAN 8712345678906</p>", {"gtin": "8712345678906"}),
+        ("<h4>Cod produs:</h4><div>DR2401</div>", {"sku": "DR2401"}),
+        ("<h3>Brand</h3><p>Founded in Amsterdam</p>", {}),
+        ("<p>Ref nieuwsbrief</p><p>Brand Gazelle</p>", {}),
+    ]:
+        assert labelled_values(Selector(text=text)) == found, text
     for text, state in [
         ("Actuellement indisponible.", "OutOfStock"),
         ("Non disponibile", "OutOfStock"),
@@ -252,6 +261,40 @@ def test_a_name_is_no_sku_and_a_placeholder_or_title_no_brand():
     )
     found = extract_product(page, "https://shop.example/st3")
     assert (found["brand"], found["sku"]) == ("Stromer", "ST3-22")
+
+
+def test_the_article_number_the_page_shows_over_one_only_its_markup_holds():
+    markup = '<script type="application/ld+json">{"@type": "Product", "name": "Kathmandu",'
+    hidden = markup + ' "sku": "238368885"}</script><h1>Kathmandu</h1>'
+    shown = hidden + "<p>Product code: 4781720</p>"
+    assert extract_product(shown, "https://shop.example/k")["sku"] == "4781720"
+    # the markup's number where the page shows it too, beside another labelled one
+    both = shown + "<p>Variant: 238368885</p>"
+    assert extract_product(both, "https://shop.example/k")["sku"] == "238368885"
+    assert extract_product(hidden, "https://shop.example/k")["sku"] == "238368885"
+
+
+@pytest.mark.parametrize(
+    ("url", "sku"),
+    [
+        ("https://shop.example/itm/302474151804", "302474151804"),
+        ("https://shop.example/e-bikes/babyfiets-one-987929.html", "987929"),
+        ("https://shop.example/store/12?pid=260591", "260591"),
+        ("https://shop.example/Prod/144432/", "144432"),
+        # no model year, capacity or size taken for a number
+        ("https://shop.example/gazelle-ultimate-c380-2024.html", None),
+        ("https://shop.example/gazelle-ultimate-c380-hmb-500", None),
+        ("https://shop.example/category/12345/gazelle-ultimate", None),
+    ],
+)
+def test_the_product_number_in_the_address_where_the_page_gives_none(url, sku):
+    page = "<h1>Gazelle Ultimate C380</h1><p class=price>€ 2.999,00</p>"
+    found = read_product_page(page, url)
+    assert found.sku == sku
+    if sku:
+        assert found.sources["sku"] == "url"
+    labelled = read_product_page(page + "<p>Artikelnummer: GZ-1</p>", url)
+    assert labelled.sku == "GZ-1"
 
 
 @pytest.mark.parametrize(
