@@ -216,7 +216,7 @@ def main() -> None:
             for bike_id, neighbour_id in rows:
                 stored.setdefault(index_of[bike_id], set()).add(index_of[neighbour_id])
             # What clustering sees: int_candidate_matches holds a pair found from either side.
-            query = "select bike_id, neighbour_id from int_candidate_matches"
+            query = "select bike_id, neighbour_id from int_candidate_matches where passes"
             candidates: dict[int, set[int]] = {}
             for bike_id, neighbour_id in conn.execute(query):
                 candidates.setdefault(index_of[bike_id], set()).add(index_of[neighbour_id])

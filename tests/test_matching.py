@@ -215,7 +215,7 @@ def test_a_listing_that_contradicts_a_member_of_the_cluster_stays_out(db, databa
         "select count(*) from int_candidate_matches as c"
         " join scraped_bikes as l on l.id = c.bike_id"
         " join scraped_bikes as n on n.id = c.neighbour_id"
-        " where l.url = 'c1' and n.url = 'b1'"
+        " where l.url = 'c1' and n.url = 'b1' and c.passes"
     ).fetchone()[0]
     assert candidates == 1
 
@@ -452,6 +452,77 @@ def test_variants_are_told_by_their_photos_not_by_the_titles_wording(db, databas
     assert frozenset({"a1", "b1"}) in sets
     assert {frozenset({"a2"}), frozenset({"c1"})} <= sets
     assert _placed(db)["c1"] == "ambiguous"
+
+
+def _with_text(photo: np.ndarray, text: np.ndarray) -> np.ndarray:
+    return np.concatenate([photo[:HALF_DIMS], text])
+
+
+def _text_at(text: np.ndarray, cosine: float, seed: int) -> np.ndarray:
+    return at_cosine(np.concatenate([text, text]), cosine, seed)[HALF_DIMS:]
+
+
+def test_a_rival_a_little_below_the_threshold_still_counts(db, database_url):
+    """c1 leaves out the year in which a1 (2024) and a2 (2023) differ; all four share
+    one photo. Its title reads like b2's (2023), which joined a2, and a1's only just
+    below the threshold (0.85 against 0.9). a1 is a rival all the same: c1's price
+    sits between the two, so c1 stays alone rather than make a 2023 product of a 2024
+    listing."""
+    photo = product_vector(1)
+    text = product_vector(2)[HALF_DIMS:]
+    b2_text = _text_at(text, 0.95, 3)
+    listings = [
+        ("anchor.nl", "a1", _text_at(text, 0.7, 4), "Sparta a-Shine 625Wh dames 2024", 5100),
+        ("anchor.nl", "a2", _text_at(b2_text, 0.95, 5), "Sparta a-Shine 625Wh dames 2023", 5150),
+        ("shop-b.nl", "b2", b2_text, "Sparta a-Shine dames Bosch Active Plus 625Wh 2023", 5260),
+        ("shop-c.nl", "c1", text, "Sparta a-Shine Damesfiets Bosch Active Line Plus 625Wh", 5055),
+    ]
+    for seed, (shop, url, title_vector, name, price) in enumerate(listings):
+        vector = _with_text(near(photo, 0.01, seed), title_vector)
+        add_listing(db, shop, url, vector, name=name, price=price)
+    cluster(database_url)
+    sets = cluster_sets(db)
+    assert {frozenset({"a2", "b2"}), frozenset({"c1"}), frozenset({"a1"})} <= sets
+    assert _placed(db)["c1"] == "ambiguous"
+    # the near pair is kept for that, and joins nothing by itself
+    passes = db.execute(
+        "select c.passes from int_candidate_matches as c"
+        " join scraped_bikes as l on l.id = c.bike_id"
+        " join scraped_bikes as n on n.id = c.neighbour_id"
+        " where l.url = 'c1' and n.url = 'a1'"
+    ).fetchone()
+    assert passes == (False,)
+
+
+def test_a_listing_that_seeded_a_product_takes_the_second_look(db, database_url):
+    """No anchor listing sells this bike. b1 leaves out the motor and seeds a product;
+    c2 (Bafang, 6380) joins it, while c1 (Bosch, 5280) reads just below the threshold
+    to b1 and seeds its own, which d1 (Bosch) joins. Once every shop is placed, b1 fits
+    both products, and its price (5130) is the Bosch one's: it moves there."""
+    photo = product_vector(1)
+    text = product_vector(2)[HALF_DIMS:]
+    c1_text = _text_at(text, 0.7, 3)
+    d1_text = 0.9 * text + np.sqrt(1 - 0.81) * (c1_text - 0.7 * text) / np.sqrt(1 - 0.49)
+    listings = [
+        ("anchor.nl", "a1", product_vector(9)[HALF_DIMS:], "Gazelle Grenoble C7 500Wh", 3000),
+        ("shop-b.nl", "b1", text, "Riese & Müller Load 75 625Wh dames 2025", 5130),
+        ("shop-c.nl", "c1", c1_text, "R&M Load 75 dames Bosch Active Plus 625Wh 2025", 5280),
+        (
+            "shop-c.nl",
+            "c2",
+            _text_at(text, 0.95, 4),
+            "Riese & Müller Load 75 dames Bafang M420 625Wh 2025",
+            6380,
+        ),
+        ("shop-d.nl", "d1", d1_text, "Riese und Muller Load 75 Bosch Active Plus 625Wh", 5570),
+    ]
+    for seed, (shop, url, title_vector, name, price) in enumerate(listings):
+        vector = _with_text(near(photo, 0.01, seed), title_vector)
+        add_listing(db, shop, url, vector, name=name, price=price)
+    cluster(database_url)
+    sets = cluster_sets(db)
+    assert {frozenset({"b1", "c1", "d1"}), frozenset({"c2"})} <= sets
+    assert _placed(db)["b1"].startswith("embedding")
 
 
 def test_model_numbers_written_apart_agree_and_letters_make_another_model(db, database_url):

@@ -39,6 +39,7 @@ pair as (
             where
                 candidates.bike_id = first_listing.bike_id
                 and candidates.neighbour_id = second_listing.bike_id
+                and candidates.passes
         ) as candidate_via,
         first_cluster.cluster_id as first_cluster_id,
         second_cluster.cluster_id as second_cluster_id,

@@ -350,6 +350,19 @@
     - case when {{ price_conflict }} then {{ var('price_conflict_penalty') }} else 0 end
 {%- endmacro %}
 
+{#- Whether `first` states a product attribute or an edition word that `second`
+    leaves out (a year, a motor, "Plus"): a listing that says less may fit the
+    products `first` tells apart. -#}
+{% macro states_more(first, second) -%}
+    (
+        {%- for attribute in ['battery_whs', 'frame_types', 'model_years', 'motors',
+                              'motor_positions', 'editions'] %}
+            {% if not loop.first %}or {% endif -%}
+            (cardinality({{ first }}.{{ attribute }}) > 0 and cardinality({{ second }}.{{ attribute }}) = 0)
+        {%- endfor %}
+    )
+{%- endmacro %}
+
 {#- Why `first` and `second`, members of two clusters, make the clusters two
     different products, or null: 'attributes' when they disagree on an attribute
     (attribute_conflicts; a listing that fits both leaves out what tells them

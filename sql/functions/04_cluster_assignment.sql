@@ -23,7 +23,10 @@
 --    price when the next one's price is at least `price_margin` times further
 --    from its own; otherwise it is ambiguous: it stays in a cluster of its own
 --    (matched_via 'ambiguous') that later listings join only through a link by
---    hand or an equal GTIN.
+--    hand or an equal GTIN. A rival can be a cluster the listing reaches only by
+--    a pair a little below the threshold (the candidates' `passes` false): such a
+--    pair never places a listing, so where the rival is the nearer in price the
+--    listing is ambiguous too.
 -- 3. In up to `rounds` rounds, each listing not placed yet claims its best
 --    cluster that still has room; a cluster takes at most `max_per_shop`
 --    listings of one shop, keeping its best claims (link, GTIN, then fit, then
@@ -31,8 +34,9 @@
 -- 4. A listing of that shop left without a cluster seeds its own, so bikes the
 --    anchor shop does not sell still merge across the other shops.
 -- 5. A second look once every shop is placed: each listing placed by its
---    similarity (and each anchor listing) takes 2b's decision again among every
---    cluster, those seeded after it included, and moves where it decides.
+--    similarity (and each listing that seeded a cluster) takes 2b's decision again
+--    among every cluster, those seeded after it included, and moves where it
+--    decides.
 --
 -- `blocks` is a boolean SQL expression over `listing` and `member` (rows of the
 -- listings table) and `candidate` (the candidate pair through which the listing
@@ -79,10 +83,11 @@ declare
     -- ('attributes': two variants of a model line) counts when its photos look as
     -- much like the listing's (the clusters' best image similarity within
     -- `score_window` / 2; the score where a side has no photo), since the titles'
-    -- similarity then mostly measures wording; a rival by a shop's two listings
-    -- ('shop') when its best score lies within `score_window` of the best
-    -- cluster's. With no rival the listing takes its best cluster; otherwise the
-    -- one nearest in price when the next one's price is at least `price_margin`
+    -- similarity then mostly measures wording, even through a pair a little below
+    -- the threshold (`passes` false); a rival by a shop's two listings ('shop')
+    -- when its best score, at the threshold, lies within `score_window` of the
+    -- best cluster's. With no rival the listing takes its best cluster; otherwise
+    -- the one nearest in price when the next one's price is at least `price_margin`
     -- times further from its own, or none (cluster_id null: ambiguous). A cluster's
     -- price is the median of its members' the listing is compared with (like for
     -- like, price_ratio): the nearest member alone would follow one shop's
@@ -103,10 +108,12 @@ declare
         candidate.evidence,
         candidate.matched_via,
         candidate.url,
+        candidate.passes,
         ln(nullif(candidate.price_ratio, 0)) as log_price_ratio,
         row_number() over (
             partition by candidate.bike_id
             order by
+                candidate.passes desc,
                 candidate.evidence = 'link' desc,
                 candidate.evidence = 'gtin' desc,
                 candidate.fit desc,
@@ -140,6 +147,7 @@ begin
                 option.cluster_id,
                 max(option.score) as score,
                 max(option.image_similarity) as image_similarity,
+                bool_or(option.passes) as passes,
                 abs(
                     percentile_cont(0.5) within group (order by option.log_price_ratio)
                 ) as distance
@@ -151,19 +159,31 @@ begin
             from assign_options as option
             inner join clusters as fitting
                 on option.bike_id = fitting.bike_id and option.cluster_id = fitting.cluster_id
-            where option.preference = 1 and option.evidence = 'embedding'
+            where option.preference = 1 and option.evidence = 'embedding' and option.passes
         ),
         contenders as (
             select
                 fitting.bike_id,
                 fitting.cluster_id,
                 fitting.distance,
+                fitting.passes,
                 best.cluster_id as best_cluster_id
             from clusters as fitting
             inner join best on fitting.bike_id = best.bike_id
             where
                 fitting.cluster_id = best.cluster_id
-                or %1$s
+                -- (a cluster reached only below the threshold can be a rival by an
+                -- attribute alone: its photos first, the cheaper test)
+                or (
+                    (
+                        fitting.passes
+                        or coalesce(
+                            fitting.image_similarity >= best.image_similarity - %3$s / 2,
+                            fitting.score >= best.score - %3$s
+                        )
+                    )
+                    and %1$s
+                )
         ),
         ranked as (
             select
@@ -184,7 +204,8 @@ begin
             ranked.best_cluster_id,
             case
                 when ranked.rival_count = 1 then ranked.cluster_id
-                when ranked.next_distance - ranked.distance >= ln(%2$s) then ranked.cluster_id
+                when ranked.next_distance - ranked.distance >= ln(%2$s) and ranked.passes
+                    then ranked.cluster_id
             end as cluster_id,
             ranked.rival_count
         from ranked
@@ -203,13 +224,14 @@ begin
                         fitting.image_similarity >= best.image_similarity - %1$s / 2,
                         fitting.score >= best.score - %1$s
                     )
-                    when 'shop' then fitting.score >= best.score - %1$s
+                    when 'shop' then fitting.passes and fitting.score >= best.score - %1$s
                     else false
                 end$condition$,
                 score_window
             )
         ),
-        price_margin
+        price_margin,
+        score_window
     );
 
     -- Scratch tables live for this transaction (and a transaction pooler's
@@ -272,6 +294,8 @@ begin
         where
             option.bike_id = rival.bike_id
             and option.cluster_id is distinct from rival.cluster_id;
+        delete from assign_options as option
+        where not option.passes;
 
         create temp table assign_won (
             bike_id uuid primary key,
@@ -349,9 +373,10 @@ begin
     end loop;
 
     -- 5. A second look, once every shop is placed: a listing that joined by its
-    --    similarity saw only the clusters of shops placed before its own, and an
-    --    anchor listing none at all. When a cluster seeded later is a rival of its
-    --    own (or of the best it now fits), 2b decides again with every cluster
+    --    similarity saw only the clusters of shops placed before its own, and a
+    --    listing that seeded a cluster (an anchor listing, or one that found no
+    --    cluster to join) none seeded after it. When a cluster seeded later is a
+    --    rival of its own (or of the best it now fits), 2b decides again with every cluster
     --    known: the listing moves to the one clearly nearest in price, or stays
     --    alone (ambiguous) when none is. Listings held by a link or an equal GTIN
     --    stay; a cluster still takes at most `max_per_shop` listings of a shop.
@@ -361,7 +386,7 @@ begin
          from assign_placed as placed
          inner join %2$s as listing on placed.bike_id = listing.bike_id
          where
-             (placed.matched_via like ''embedding%%'' or placed.matched_via = ''anchor'')
+             (placed.matched_via like ''embedding%%'' or placed.matched_via in (''anchor'', ''seed''))
              and not exists (
                  select
                  from %1$s as firm

@@ -33,6 +33,11 @@
 -- other's best match) taken out. The assignment compares rival products by it.
 {% set evidence = var('identifier_evidence') %}
 {% set bonus = var('code_agree_bonus') if evidence else 0 %}
+{#- Pairs down to this score are kept, not passing (`passes` false): the assignment
+    reads them only to see a rival product a listing fits about as well, one that
+    states what the listing leaves out (its year, its motor), so a near pair is kept
+    in the direction from the listing that says less. -#}
+{% set floor = var('match_threshold') ~ ' - ' ~ var('variant_score_window') %}
 {% set image_weight = var('image_weight', none) %}
 {{ config(pre_hook="set local work_mem = '256MB'") }}
 
@@ -92,7 +97,7 @@ found_pairs as (
         -- text-only listing's pairs are judged on their text cosine, which the
         -- combined search similarity says nothing about: all of them go on.
         where
-            similarity >= {{ var('match_threshold') }} - {{ bonus }}
+            similarity >= {{ floor }} - {{ bonus }}
             or bike_id in (select text_only_listings.bike_id from text_only_listings)
             or neighbour_id in (select text_only_listings.bike_id from text_only_listings)
     {%- endif %}
@@ -157,6 +162,17 @@ pairs as (
     from found_pairs
     inner join listings as first_listing on found_pairs.first_id = first_listing.bike_id
     inner join listings as second_listing on found_pairs.second_id = second_listing.bike_id
+    {% if image_weight is none -%}
+        -- a pair found below the threshold is kept near only where one listing
+        -- says more than the other (see `floor`)
+        where
+            found_pairs.search_similarity is null
+            or found_pairs.search_similarity >= {{ var('match_threshold') }} - {{ bonus }}
+            or first_listing.text_only
+            or second_listing.text_only
+            or {{ states_more('first_listing', 'second_listing') }}
+            or {{ states_more('second_listing', 'first_listing') }}
+    {%- endif %}
     group by found_pairs.first_id, found_pairs.second_id
     having bool_or(
         found_pairs.first_hash is null
@@ -208,6 +224,8 @@ judged as (
         second_listing.shop_rank as second_shop_rank,
         second_listing.valid_gtin as second_valid_gtin,
         second_listing.is_anchor as second_is_anchor,
+        {{ states_more('first_listing', 'second_listing') }} as first_states_more,
+        {{ states_more('second_listing', 'first_listing') }} as second_states_more,
         {{ attribute_conflicts('first_listing', 'second_listing') }} as conflicts,
         {% if evidence -%}
             {{ codes_agree('first_listing.rare_codes', 'second_listing.rare_codes') }}
@@ -231,12 +249,13 @@ judged as (
         first_listing.webshop <> second_listing.webshop
         and not {{ decided_by_hand('first_listing', 'second_listing', 'unlink') }}
         {% if image_weight is none -%}
-            -- Only pairs that can still pass need their similarity worked out.
+            -- Only pairs that can still pass (or be kept near) need their
+            -- similarity worked out.
             and (
                 pairs.same_gtin
                 or pairs.linked
                 or pairs.search_similarity is null
-                or pairs.search_similarity >= {{ var('match_threshold') }} - {{ bonus }}
+                or pairs.search_similarity >= {{ floor }} - {{ bonus }}
                 or first_listing.text_only
                 or second_listing.text_only
             )
@@ -256,11 +275,25 @@ scored as (
     from judged
 ),
 
-passing as (
-    select * from scored
+kept as (
+    select
+        *,
+        evidence in ('link', 'gtin') or score >= {{ var('match_threshold') }} as passes
+    from scored
     where
         evidence in ('link', 'gtin')
-        or (score >= {{ var('match_threshold') }} and conflicts is null)
+        or (
+            conflicts is null
+            and (
+                score >= {{ var('match_threshold') }}
+                or (score >= {{ floor }} and (first_states_more or second_states_more))
+            )
+        )
+),
+
+passing as (
+    select * from kept
+    where passes
 ),
 
 anchor_pairs as (
@@ -305,17 +338,17 @@ levelled as (
     -- listing's price is compared with what the other shop would ask for the same
     -- product.
     select
-        passing.*,
+        kept.*,
         exp(
-            ln(nullif(passing.price_ratio, 0))
+            ln(nullif(kept.price_ratio, 0))
             - coalesce(first_level.price_level, 0)
             + coalesce(second_level.price_level, 0)
         ) as level_price_ratio
-    from passing
+    from kept
     left join shop_price_levels as first_level
-        on passing.first_webshop = first_level.webshop
+        on kept.first_webshop = first_level.webshop
     left join shop_price_levels as second_level
-        on passing.second_webshop = second_level.webshop
+        on kept.second_webshop = second_level.webshop
 ),
 
 fitted as (
@@ -353,10 +386,12 @@ candidates as (
         brand_conflict,
         price_conflict,
         score,
+        passes,
         fit,
         matched_via,
         level_price_ratio as price_ratio
     from fitted
+    where passes or second_states_more
     union all
     select
         second_id as bike_id,
@@ -377,10 +412,12 @@ candidates as (
         brand_conflict,
         price_conflict,
         score,
+        passes,
         fit,
         matched_via,
         1 / nullif(level_price_ratio, 0) as price_ratio
     from fitted
+    where passes or first_states_more
 )
 
 select * from candidates

@@ -12,9 +12,10 @@
     (joining_blocked). A listing that fits the clusters of two different products
     about equally well (var('variant_score_window'); rival_products) joins the one
     clearly nearer in price (var('variant_price_margin')), or stays alone,
-    matched_via 'ambiguous'. Once every shop is placed, a listing that joined by
-    its similarity (an anchor listing too) decides so again among every cluster
-    it fits, those seeded after it included.
+    matched_via 'ambiguous' (a rival can be one it fits a little below the
+    threshold: int_candidate_matches.passes false). Once every shop is placed, a
+    listing that joined by its similarity or seeded a cluster decides so again
+    among every cluster it fits, those seeded after it included.
 
     Incremental: the assignment is recomputed from the stored candidate pairs
     (cheap), and only rows that changed are written, so a rerun with no new
