@@ -5,7 +5,10 @@ from products that come in families of look-alike variants (hard negatives),
 with 2 x `--dims` vectors per listing. Loads them into a fresh embedded
 Postgres with binary COPY, builds the HNSW index afterwards as the embedder does
 after a large load, then reports (titles carry
-no model numbers, so the clusters come from the vectors alone):
+no model numbers, so the clusters come from the vectors alone; with
+`--stated-years P` a title states its variant's model year, the one thing the
+three variants of a family differ in, with probability P, so that rival variants
+and the near pairs that show them take part):
 
 - wall time of a full `dbt build` and of an incremental one after 1% new listings;
 - candidate recall against exact search (over other shops): of the stored k
@@ -16,7 +19,7 @@ no model numbers, so the clusters come from the vectors alone):
   in-memory numpy greedy pass, the plain-Python way (anchor listings as seeds, each
   other listing to its most similar anchor listing at >= threshold).
 
-Usage: python bench/bench_clustering.py --listings 100000
+Usage: python bench/bench_clustering.py --listings 100000 [--stated-years 0.6]
 """
 
 from __future__ import annotations
@@ -82,13 +85,23 @@ def shop_name(index: int) -> str:
     return "anchor.example" if index == 0 else f"shop-{index:02d}.example"
 
 
-def load(conn, shop_of, product_of, vectors, start: int) -> list[uuid.UUID]:
+def titles(product_of, stated_years: float, seed: int) -> list[str]:
+    """Titles without model numbers (the clusters must come from the vectors); the
+    variant's model year (a family's three variants: 2023, 2024, 2025) stated by a
+    share `stated_years` of them."""
+    states = np.random.default_rng(seed + 1).random(len(product_of)) < stated_years
+    return [
+        f"e-bike {2023 + product % 3}" if stated else "e-bike"
+        for product, stated in zip(product_of.tolist(), states.tolist(), strict=True)
+    ]
+
+
+def load(conn, shop_of, names, vectors, start: int) -> list[uuid.UUID]:
     ids = [uuid.uuid4() for _ in range(len(shop_of))]
     with conn.cursor() as cur:
         with cur.copy("copy scraped_bikes (id, webshop, url, name) from stdin") as copy:
             for i, bike_id in enumerate(ids):
-                # Titles without model numbers: the clusters must come from the vectors.
-                copy.write_row((bike_id, shop_name(shop_of[i]), f"/p/{start + i}", "e-bike"))
+                copy.write_row((bike_id, shop_name(shop_of[i]), f"/p/{start + i}", names[i]))
         columns = "bike_id, model, image_embedding, text_embedding, embedding, input_hash"
         with cur.copy(f"copy vector_storage ({columns}) from stdin with (format binary)") as copy:
             copy.set_types(["uuid", "text", "vector", "vector", "halfvec", "text"])
@@ -149,15 +162,20 @@ def main() -> None:
     parser.add_argument("--ef-search", type=int, default=40)
     parser.add_argument("--recall-sample", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stated-years", type=float, default=0.0, metavar="P")
     args = parser.parse_args()
 
     total = args.listings + args.listings // 100
     shop_of, product_of, vectors = make_catalogue(total, args.shops, args.dims, args.seed)
     n = args.listings
+    names = titles(product_of, args.stated_years, args.seed)
     sims = (vectors[:200].reshape(200, -1) @ vectors.reshape(len(vectors), -1).T) / 2
     same = product_of[:200, None] == product_of[None, :]
     sibling = (product_of[:200, None] // 3 == product_of[None, :] // 3) & ~same
-    print(f"listings {n} (+{total - n} incremental), shops {args.shops}, dims 2x{args.dims}")
+    print(
+        f"listings {n} (+{total - n} incremental), shops {args.shops}, dims 2x{args.dims}, "
+        f"model year stated in {args.stated_years:.0%} of titles"
+    )
     print(
         f"similarity: same product median {np.median(sims[same & (sims < 0.999)]):.3f}, "
         f"p1 {np.quantile(sims[same & (sims < 0.999)], 0.01):.3f}; look-alike variant "
@@ -177,7 +195,7 @@ def main() -> None:
             )
             conn.commit()
             started = time.perf_counter()
-            ids = load(conn, shop_of[:n], product_of[:n], vectors[:n], 0)
+            ids = load(conn, shop_of[:n], names[:n], vectors[:n], 0)
             print(f"load (binary COPY): {time.perf_counter() - started:.1f} s")
         # As the embedder builds it after a large load (embedder/index.py).
         build_s = index.build(url, MODEL)
@@ -199,7 +217,7 @@ def main() -> None:
         print(f"dbt build, full: {full_s:.1f} s ({slowest_nodes()})")
 
         with connect(url) as conn:
-            ids += load(conn, shop_of[n:], product_of[n:], vectors[n:], n)
+            ids += load(conn, shop_of[n:], names[n:], vectors[n:], n)
             conn.execute("analyze")
             conn.commit()
         started = time.perf_counter()

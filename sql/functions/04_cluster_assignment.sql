@@ -24,7 +24,8 @@
 --    from its own; otherwise it is ambiguous: it stays in a cluster of its own
 --    (matched_via 'ambiguous') that later listings join only through a link by
 --    hand or an equal GTIN. A rival can be a cluster the listing reaches only by
---    a pair a little below the threshold (the candidates' `passes` false): such a
+--    a pair a little below the threshold (the candidates' `passes` false), whose
+--    photos are as like the listing's as a member's of its best cluster: such a
 --    pair never places a listing, so where the rival is the nearer in price the
 --    listing is ambiguous too.
 -- 3. In up to `rounds` rounds, each listing not placed yet claims its best
@@ -148,6 +149,8 @@ begin
                 max(option.score) as score,
                 max(option.image_similarity) as image_similarity,
                 bool_or(option.passes) as passes,
+                min(option.score) as lowest_score,
+                min(option.image_similarity) as lowest_image_similarity,
                 abs(
                     percentile_cont(0.5) within group (order by option.log_price_ratio)
                 ) as distance
@@ -155,7 +158,13 @@ begin
             group by option.bike_id, option.cluster_id
         ),
         best as (
-            select option.bike_id, fitting.cluster_id, fitting.score, fitting.image_similarity
+            select
+                option.bike_id,
+                fitting.cluster_id,
+                fitting.score,
+                fitting.image_similarity,
+                fitting.lowest_score,
+                fitting.lowest_image_similarity
             from assign_options as option
             inner join clusters as fitting
                 on option.bike_id = fitting.bike_id and option.cluster_id = fitting.cluster_id
@@ -172,14 +181,16 @@ begin
             inner join best on fitting.bike_id = best.bike_id
             where
                 fitting.cluster_id = best.cluster_id
-                -- (a cluster reached only below the threshold can be a rival by an
-                -- attribute alone: its photos first, the cheaper test)
+                -- a cluster reached only below the threshold is a rival by an
+                -- attribute alone, and only where its photos look as much like the
+                -- listing's as a member's of the best cluster does (by the score
+                -- where a side has no photo): no less alike than its own cluster
                 or (
                     (
                         fitting.passes
                         or coalesce(
-                            fitting.image_similarity >= best.image_similarity - %3$s / 2,
-                            fitting.score >= best.score - %3$s
+                            fitting.image_similarity >= best.lowest_image_similarity,
+                            fitting.score >= best.lowest_score
                         )
                     )
                     and %1$s
@@ -230,8 +241,7 @@ begin
                 score_window
             )
         ),
-        price_margin,
-        score_window
+        price_margin
     );
 
     -- Scratch tables live for this transaction (and a transaction pooler's
