@@ -149,6 +149,12 @@ def read_product_page(html: str | bytes, url: str) -> ProductPage:
         result.fill("url", sku=_url_sku(absolute_url(canonical, url) if canonical else url))
     if result.name is None:
         result.fill("heuristic", name=heading)
+    if result.price is not None and heuristics.shown_as_old_price(page, result.price):
+        # the markup's price is the one the page strikes through: the price to pay is
+        # the one it shows now ("EUR 219.99 -50% EUR 110.00")
+        amount, currency, _ = heuristics.visible_price(page)
+        if amount is not None and amount < result.price:
+            result.price, result.sources["price"] = amount, "heuristic"
     if result.price is None or result.currency is None:
         amount, currency, error = heuristics.visible_price(page)
         if result.price is None:

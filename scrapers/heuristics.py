@@ -7,6 +7,7 @@ tuned on their own. Each function takes a parsed page (a parsel Selector).
 from __future__ import annotations
 
 import re
+from itertools import islice
 
 from lxml.cssselect import CSSSelector
 from parsel import Selector
@@ -127,6 +128,40 @@ def visible_price(page: Selector):
     if best is None:
         return None, None, error
     return best[2], best[3], None
+
+
+def shown_as_old_price(page: Selector, amount) -> bool:
+    """Whether the page shows `amount` only as a former price: struck through or
+    marked old ("original-price", "price-was", "adviesprijs"), never as the price to
+    pay (an element's text without its old-marked parts)."""
+    elements = _PRICE_ELEMENTS(page.root)[:_MAX_PRICE_ELEMENTS]
+
+    def marked_old(element) -> bool:
+        return bool(_NOT_CURRENT.search(f"{element.get('class') or ''} {element.get('id') or ''}"))
+
+    # the old prices first, by their marks alone: most pages show none of this amount
+    old = [element for element in elements if marked_old(element)]
+    old += list(islice(page.root.iter("del", "s", "strike"), _MAX_PRICE_ELEMENTS))
+    if not any(_reads_as(clean_text(element.text_content()), amount) for element in old):
+        return False
+    for element in elements:
+        if element.tag in ("del", "s", "strike", "script", "style") or marked_old(element):
+            continue
+        if element.xpath("ancestor::del | ancestor::s | ancestor::strike"):
+            continue
+        text = clean_text(_current_text(element))
+        if _reads_as(text, amount) and not _UNIT_PRICE.search(text):
+            return False
+    return True
+
+
+def _reads_as(text: str | None, amount) -> bool:
+    if not text or not re.search(r"\d", text) or len(text) > 80:
+        return False
+    try:
+        return parse_price(text)[0] == amount
+    except PriceError:
+        return False
 
 
 def _said_beside(parent) -> bool:

@@ -320,6 +320,24 @@ def test_the_visible_price_to_pay_not_a_former_or_untaxed_one(prices):
     assert (found["price"], found["currency"]) == ("2799.00", "EUR")
 
 
+def test_a_markup_price_the_page_strikes_through_is_not_the_price():
+    markup = (
+        '<script type="application/ld+json">{"@type": "Product", "name": "Kathmandu",'
+        ' "offers": {"price": "3299.00", "priceCurrency": "EUR"}}</script><h1>Kathmandu</h1>'
+    )
+    sale = '<span class="price original-price">€ 3.299,00</span><span class=price>€ 2.799,00</span>'
+    assert extract_product(markup + sale, "https://shop.example/k")["price"] == "2799.00"
+    struck = "<div class=price><del>€ 3.299,00</del> <ins>€ 2.799,00</ins></div>"
+    assert extract_product(markup + struck, "https://shop.example/k")["price"] == "2799.00"
+    # shown as the price to pay too, or struck through beside a higher one: it stays
+    for page in (
+        sale + '<p class="price current">€ 3.299,00</p>',
+        '<span class="price old">€ 3.299,00</span><span class=price>€ 3.499,00</span>',
+        '<span class="price">€ 3.299,00</span><span class="price was">€ 3.599,00</span>',
+    ):
+        assert extract_product(markup + page, "https://shop.example/k")["price"] == "3299.00"
+
+
 def test_a_visible_price_per_unit_or_per_month_is_not_the_price():
     page = (
         "<h1>Sparta M8b</h1><div class=price-per-unit>(€ 36,22 / kg)</div>"
