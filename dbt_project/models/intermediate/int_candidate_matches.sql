@@ -162,17 +162,6 @@ pairs as (
     from found_pairs
     inner join listings as first_listing on found_pairs.first_id = first_listing.bike_id
     inner join listings as second_listing on found_pairs.second_id = second_listing.bike_id
-    {% if image_weight is none -%}
-        -- a pair found below the threshold is kept near only where one listing
-        -- says more than the other (see `floor`)
-        where
-            found_pairs.search_similarity is null
-            or found_pairs.search_similarity >= {{ var('match_threshold') }} - {{ bonus }}
-            or first_listing.text_only
-            or second_listing.text_only
-            or {{ states_more('first_listing', 'second_listing') }}
-            or {{ states_more('second_listing', 'first_listing') }}
-    {%- endif %}
     group by found_pairs.first_id, found_pairs.second_id
     having bool_or(
         found_pairs.first_hash is null
