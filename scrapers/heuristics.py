@@ -96,11 +96,9 @@ def visible_price(page: Selector):
     # lxml's own elements (parsel's cost more than the reading here), the first
     # _MAX_PRICE_ELEMENTS: the page's own price comes before a long list's
     for rank, element in enumerate(_PRICE_ELEMENTS(page.root)[:_MAX_PRICE_ELEMENTS]):
-        if element.tag in ("del", "s", "strike", "script", "style"):
+        if _struck_or_code(element):
             continue
-        if element.xpath("ancestor::del | ancestor::s | ancestor::strike"):
-            continue
-        marks = f"{element.get('class') or ''} {element.get('id') or ''}"
+        marks = _marks(element)
         if len(element.text_content()) > 5000:  # a wrapper of much more than a price
             continue
         text = clean_text(_current_text(element))
@@ -136,18 +134,13 @@ def shown_as_old_price(page: Selector, amount) -> bool:
     pay (an element's text without its old-marked parts)."""
     elements = _PRICE_ELEMENTS(page.root)[:_MAX_PRICE_ELEMENTS]
 
-    def marked_old(element) -> bool:
-        return bool(_NOT_CURRENT.search(f"{element.get('class') or ''} {element.get('id') or ''}"))
-
     # the old prices first, by their marks alone: most pages show none of this amount
-    old = [element for element in elements if marked_old(element)]
-    old += list(islice(page.root.iter("del", "s", "strike"), _MAX_PRICE_ELEMENTS))
+    old = [element for element in elements if _NOT_CURRENT.search(_marks(element))]
+    old += list(islice(page.root.iter(*_STRUCK), _MAX_PRICE_ELEMENTS))
     if not any(_reads_as(clean_text(element.text_content()), amount) for element in old):
         return False
     for element in elements:
-        if element.tag in ("del", "s", "strike", "script", "style") or marked_old(element):
-            continue
-        if element.xpath("ancestor::del | ancestor::s | ancestor::strike"):
+        if _NOT_CURRENT.search(_marks(element)) or _struck_or_code(element):
             continue
         text = clean_text(_current_text(element))
         if _reads_as(text, amount) and not _UNIT_PRICE.search(text):
@@ -155,7 +148,24 @@ def shown_as_old_price(page: Selector, amount) -> bool:
     return True
 
 
+_STRUCK = ("del", "s", "strike")
+
+
+def _marks(element) -> str:
+    """An lxml element's class and id words, where themes say what a price is."""
+    return f"{element.get('class') or ''} {element.get('id') or ''}"
+
+
+def _struck_or_code(element) -> bool:
+    """Whether an lxml element is struck through (or inside a struck part), or a
+    script or style: no price a buyer pays."""
+    return element.tag in (*_STRUCK, "script", "style") or bool(
+        element.xpath("ancestor::del | ancestor::s | ancestor::strike")
+    )
+
+
 def _reads_as(text: str | None, amount) -> bool:
+    """Whether a text reads as the price `amount`."""
     if not text or not re.search(r"\d", text) or len(text) > 80:
         return False
     try:
@@ -187,8 +197,8 @@ def _current_text(element, by_class: bool = True) -> str:
         if text.is_tail:
             node = node.getparent()
         while node is not None and node is not element:
-            marks = f"{node.get('class') or ''} {node.get('id') or ''}"
-            if node.tag in ("del", "s", "strike", "script", "style"):
+            marks = _marks(node)
+            if node.tag in (*_STRUCK, "script", "style"):
                 break
             if by_class and _NOT_CURRENT.search(marks):
                 break
