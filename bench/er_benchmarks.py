@@ -160,7 +160,12 @@ def run(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "er-benchmarks"))
-    parser.add_argument("--thresholds", default="0.60:0.95:0.025")
+    parser.add_argument(
+        "--thresholds",
+        default="0.60:0.95:0.025",
+        metavar="START:STOP:STEP",
+        help="the thresholds to score at, or one threshold (0.45)",
+    )
     parser.add_argument("--only", choices=list(BENCHMARKS))
     parser.add_argument("--var", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument(
@@ -171,8 +176,18 @@ def main() -> None:
         help="keep only every N-th listing of the second shop that the truth does not name",
     )
     args = parser.parse_args()
-    start, stop, step = (float(x) for x in args.thresholds.split(":"))
-    thresholds = [round(start + i * step, 4) for i in range(int(round((stop - start) / step)) + 1)]
+    try:
+        bounds = [float(x) for x in args.thresholds.split(":")]
+    except ValueError:
+        parser.error(f"--thresholds: not numbers: {args.thresholds}")
+    if len(bounds) == 1:
+        thresholds = bounds
+    elif len(bounds) == 3 and bounds[2] > 0 and bounds[1] >= bounds[0]:
+        start, stop, step = bounds
+        count = int(round((stop - start) / step)) + 1
+        thresholds = [round(start + i * step, 4) for i in range(count)]
+    else:
+        parser.error("--thresholds takes START:STOP:STEP (a positive step) or one threshold")
     extra = {}
     for pair in args.var:
         key, _, value = pair.partition("=")
