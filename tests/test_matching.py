@@ -610,6 +610,44 @@ def test_one_model_number_written_fuller_or_padded_is_one_model(db, database_url
     }
 
 
+def test_numbered_trims_of_a_model_line_are_two_products(db, database_url):
+    """Makers number the trims of a model line: Powerfly 5 and Powerfly 7, Explore E+ 1
+    and E+ 2, Kathmandu Hybrid Pro 625 and 750 are different bikes at different prices,
+    however alike their titles and photos. 4.0 is 4; a two-digit frame size, a number
+    with its unit ("120 km", "0,5 kWh" for "500 Wh") and a number one title leaves out
+    say nothing of the trim."""
+    vectors = [product_vector(number) for number in range(101, 109)]
+    rows = [
+        ("anchor.nl", "a1", vectors[0], "Trek Powerfly 5 625Wh 2023"),
+        ("shop-b.nl", "b1", near(vectors[0], 0.01, 1), "Trek Powerfly 7 625Wh 2023"),
+        ("anchor.nl", "a2", vectors[1], "Giant Explore E+ 1 GTS"),
+        ("shop-b.nl", "b2", near(vectors[1], 0.01, 2), "Giant Explore E+2 GTS"),
+        ("anchor.nl", "a3", vectors[2], "Cube Kathmandu Hybrid Pro 625 Allroad"),
+        ("shop-b.nl", "b3", near(vectors[2], 0.01, 3), "CUBE Kathmandu Hybrid Pro 750 Allroad"),
+        ("anchor.nl", "a4", vectors[3], "Specialized Turbo Vado 4.0 Step-Through"),
+        ("shop-b.nl", "b4", near(vectors[3], 0.01, 4), "Specialized Turbo Vado 4 ST"),
+        ("anchor.nl", "a5", vectors[4], "Gazelle Ultimate C380 HMB 28 inch 57 cm"),
+        ("shop-b.nl", "b5", near(vectors[4], 0.01, 5), "Gazelle Ultimate C380 HMB 28 inch 53 cm"),
+        ("anchor.nl", "a6", vectors[5], "Stromer ST3 Pinion, range 120 km"),
+        ("shop-b.nl", "b6", near(vectors[5], 0.01, 6), "Stromer ST3 Pinion, range 150 km"),
+        ("anchor.nl", "a7", vectors[6], "Trek Allant+ 7 Gen 2 Lowstep"),
+        ("shop-b.nl", "b7", near(vectors[6], 0.01, 7), "Trek Allant+ 7 Lowstep"),
+        ("anchor.nl", "a8", vectors[7], "Sparta a-Shine M8 - Bosch CX - 500 Wh"),
+        ("shop-b.nl", "b8", near(vectors[7], 0.01, 8), "Sparta a-Shine M8 - Bosch CX - 0,5 kWh"),
+    ]
+    add_named(db, rows)
+    cluster(database_url)
+    apart = {frozenset({f"a{n}"}) for n in (1, 2, 3)} | {frozenset({f"b{n}"}) for n in (1, 2, 3)}
+    together = {frozenset({f"a{n}", f"b{n}"}) for n in (4, 5, 6, 7, 8)}
+    assert cluster_sets(db) == apart | together
+    explained = run_cli(
+        "explain", "a1", "b1", "--model", "test-model", env={"DATABASE_URL": database_url}
+    )
+    assert explained.returncode == 0, explained.stderr
+    assert "numbered words: A powerfly 5, B powerfly 7" in explained.stdout
+    assert "they disagree on model_number" in explained.stdout
+
+
 def test_an_offer_priced_far_from_the_others_is_flagged(db, database_url):
     p1, p2 = product_vector(1), product_vector(2)
     rows = [

@@ -146,6 +146,7 @@ class Explanation:
             ("edition", "editions"),
             ("brand", "brands"),
             ("model numbers", "model_codes"),
+            ("numbered words", "numbered_words"),
         ):
             a, b = f["first"][key], f["second"][key]
             if a or b:
@@ -237,6 +238,7 @@ _SHOWN = (
     "editions",
     "brands",
     "model_codes",
+    "numbered_words",
 )
 
 

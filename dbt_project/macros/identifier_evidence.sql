@@ -122,6 +122,25 @@
     )
 {%- endmacro %}
 
+{#- One word followed by other numbers in the two titles (int_listings'
+    numbered_words): "Powerfly 5" and "Powerfly 7", "Kathmandu Hybrid Pro 625" and
+    "... Pro 750" are two trims of a model line. A title that carries the other's
+    number after the word as well agrees; one that leaves the number out says
+    nothing. -#}
+{% macro numbers_conflict(first, second) -%}
+    exists (
+        select
+        from unnest({{ first }}.numbered_words) as mine (numbered)
+        inner join unnest({{ second }}.numbered_words) as theirs (numbered)
+            on
+                split_part(mine.numbered, ' ', 1) = split_part(theirs.numbered, ' ', 1)
+                and mine.numbered <> theirs.numbered
+        where
+            mine.numbered <> all({{ second }}.numbered_words)
+            and theirs.numbered <> all({{ first }}.numbered_words)
+    )
+{%- endmacro %}
+
 {#- A code without the letters it ends in: the model number a colour or region
     suffix follows (KXTG4022 of KX-TG4022N). -#}
 {% macro code_stem(code) -%}
@@ -168,8 +187,9 @@
     vocabulary knows), battery capacities, frame types, model years, motors or
     motor positions, other edition words (edition, editions_differ), a price gap
     where one title says less (price, omission_price_gap), or different model
-    numbers of one kind (model_number, codes_conflict). `first` and `second` are relations
-    with int_listings' columns. -#}
+    numbers of one kind or other numbers after one word (model_number,
+    codes_conflict, numbers_conflict). `first` and `second` are relations with
+    int_listings' columns. -#}
 {% macro attribute_conflicts(first, second) -%}
     nullif(
         concat_ws(
@@ -188,7 +208,9 @@
                 when {{ omission_price_gap(first, second) }} then 'price'
             end,
             case
-                when {{ codes_conflict(first, second) }}
+                when
+                    {{ codes_conflict(first, second) }}
+                    or {{ numbers_conflict(first, second) }}
                     then 'model_number'
             end
         ),

@@ -56,3 +56,40 @@
 {% macro code_form(written) -%}
     regexp_replace(regexp_replace({{ written }}, '[-/.+]', '', 'g'), '([A-Z])0+([0-9])', '\1\2', 'g')
 {%- endmacro %}
+
+{#-
+    The bare numbers of a title, each with the word before it ("powerfly 5",
+    "vado 4", "pro 625", "e 1" of "Explore E+ 1"): the trim of a model line, where
+    makers number their variants (Powerfly 5 and Powerfly 7, Turbo Vado 4.0 and
+    5.0, E-Spark 720 and 730, Kathmandu Hybrid Pro 625 and 750). A number is one
+    digit, one digit with one decimal (4.0 is 4) or three digits; two digits are
+    left out, as frame and wheel sizes, speeds and torques are written so, and so
+    is a number a unit follows ("0,5 kWh", "120 km", "9 kg") or a currency
+    precedes: the vocabulary reads a battery, and shops state the rest each
+    their own way.
+-#}
+{% macro numbered_words(name) -%}
+    array(
+        select distinct
+            numbered.word || ' ' || trim_scale(replace(numbered.token, ',', '.')::numeric)::text
+        from (
+            select
+                tokens.token[1] as token,
+                lag(tokens.token[1]) over (order by tokens.position) as word,
+                lead(tokens.token[1]) over (order by tokens.position) as next_token
+            from regexp_matches(
+                lower(coalesce({{ name }}, '')), '[[:alnum:]]+(?:[.,][[:alnum:]]+)*', 'g'
+            ) with ordinality as tokens (token, position)
+        ) as numbered
+        where
+            numbered.token ~ '^([0-9]([.,][0-9])?|[1-9][0-9]{2})$'
+            and numbered.word ~ '[[:alpha:]]'
+            and numbered.word not in ('x', 'eur', 'euro', 'usd', 'gbp', 'chf')
+            and coalesce(numbered.next_token, '') not in (
+                'x', 'wh', 'kwh', 'w', 'kw', 'watt', 'watts', 'v', 'ah', 'mah', 'nm', 'km', 'kg',
+                'g', 'lb', 'lbs', 'mm', 'cm', 'm', 'inch', 'zoll', 'ft', 'feet', 'foot', 'pin',
+                'pins', 'h', 'kmh', 'mph', 'mi', 'miles', 'min', 'eur', 'euro', 'jaar', 'year',
+                'years', 'jahre'
+            )
+    )
+{%- endmacro %}

@@ -106,6 +106,9 @@ active_embedded as (
                 )
             ) as {{ column }},
         {%- endfor %}
+        -- The title's bare numbers with the word before them ("powerfly 5"):
+        -- Powerfly 5 and Powerfly 7 are two trims (numbers_conflict).
+        {{ numbered_words('listings.name') }} as numbered_words,
         attributes.brands,
         attributes.brand_as_written,
         attributes.battery_whs,
