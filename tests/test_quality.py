@@ -96,13 +96,78 @@ def test_import_reads_excel_exports_and_says_which_file_it_cannot_read(
     assert conn.execute("select price from scraped_bikes where url = 'u2'").fetchone()[0] == 3199
 
     nameless = tmp_path / "nameless.csv"
-    nameless.write_text("id,title,price\n1,Bike,10\n")
-    result = run_cli("import", str(nameless), "--shop", "x.nl", "--map", "url=id", env=env)
+    nameless.write_text("id,label,price\n1,Bike,10\n")
+    result = run_cli("import", str(nameless), "--shop", "x.nl", env=env)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"error: {nameless}: no column name (its columns: id, title, price); name the column"
-        " to use with --map name=COLUMN"
+        f"error: {nameless}: no column for name (looked for name, title, product_name,"
+        " product_title, item_name); its columns: id, label, price; name the column to use"
+        " with --map name=COLUMN"
     ]
+    result = run_cli("import", str(nameless), "--shop", "x.nl", "--map", "name=naam", env=env)
+    assert result.returncode == 2 and "no column naam; its columns: id, label" in result.stderr
+
+
+def test_import_knows_the_columns_of_common_feeds(conn, database_url, tmp_path):
+    """A Google Merchant Center feed and a Shopify export load with no --map: a sale
+    price wins over the regular one where there is one, the first of an export's
+    listed photos is the image, availability is read."""
+    env = {"DATABASE_URL": database_url}
+    merchant = tmp_path / "merchant.tsv"
+    merchant.write_text(
+        "id\ttitle\tlink\timage_link\tprice\tsale_price\tbrand\tgtin\tmpn\tavailability\n"
+        "A1\tGazelle Ultimate C380\thttps://s.nl/p/a1\thttps://s.nl/a1.jpg\t3299.00 EUR"
+        "\t2999.00 EUR\tGazelle\t8712345678906\tGU-C380\tin_stock\n"
+        "A2\tSparta c-Grid\thttps://s.nl/p/a2\thttps://s.nl/a2.jpg, https://s.nl/a2b.jpg"
+        "\t2499.00 EUR\t\tSparta\t\t\tout_of_stock\n"
+    )
+    result = run_cli("import", str(merchant), "--shop", "s.nl", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "stored 2 (2 new" in result.stdout
+    assert (
+        "columns: url=link, name=title, price=sale_price or price, image_url=image_link,"
+        " brand=brand, gtin=gtin, sku=mpn, availability=availability"
+    ) in result.stdout
+    rows = {
+        row[0]: row[1:]
+        for row in conn.execute(
+            "select url, price, currency, image_url, brand, gtin, sku, availability"
+            " from scraped_bikes where webshop = 's.nl'"
+        )
+    }
+    assert rows["https://s.nl/p/a1"] == (
+        Decimal("2999.00"),
+        "EUR",
+        "https://s.nl/a1.jpg",
+        "Gazelle",
+        "8712345678906",
+        "GU-C380",
+        "InStock",
+    )
+    assert rows["https://s.nl/p/a2"][:3] == (Decimal("2499.00"), "EUR", "https://s.nl/a2.jpg")
+    assert rows["https://s.nl/p/a2"][-1] == "OutOfStock"
+
+    shopify = tmp_path / "products_export.csv"
+    shopify.write_text(
+        "Handle,Title,Vendor,Variant SKU,Variant Price,Variant Barcode,Image Src\n"
+        "stromer-st3,Stromer ST3 Pinion,Stromer,ST3-P,7490.00,,https://cdn.example/st3.jpg\n"
+    )
+    result = run_cli(
+        "import", str(shopify), "--shop", "ebikes.example", "--currency", "EUR", env=env
+    )
+    assert result.returncode == 0, result.stderr
+    row = conn.execute(
+        "select url, name, price, brand, sku, image_url from scraped_bikes"
+        " where webshop = 'ebikes.example'"
+    ).fetchone()
+    assert row == (
+        "stromer-st3",
+        "Stromer ST3 Pinion",
+        Decimal("7490.00"),
+        "Stromer",
+        "ST3-P",
+        "https://cdn.example/st3.jpg",
+    )
 
 
 def test_import_rejects_a_bad_mapping(tmp_path):

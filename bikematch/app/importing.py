@@ -10,15 +10,51 @@ from __future__ import annotations
 import codecs
 import csv
 import json
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bikematch.core.listings import Listing, StoreResult, store_in_batches
-from bikematch.core.normalise import PriceError, clean_text, currency_code, parse_price, valid_gtin
+from bikematch.core.normalise import (
+    PriceError,
+    availability,
+    clean_text,
+    currency_code,
+    parse_price,
+    valid_gtin,
+)
 
-FIELDS = ("url", "name", "price", "currency", "image_url", "brand", "gtin", "sku")
+FIELDS = ("url", "name", "price", "currency", "image_url", "brand", "gtin", "sku", "availability")
+
+#: The columns feeds name each field by, in order of preference: plain names, Google
+#: Merchant Center feeds (link, image_link, sale_price before price, mpn), Shopify
+#: exports (handle, vendor, variant_price, image_src) and WooCommerce exports
+#: (sale_price before regular_price, images). Compared in lower case, with spaces and
+#: hyphens as underscores. A field takes the first of them the file has; the price,
+#: row by row, the first that has a value (a sale price where there is one). `--map`
+#: names the column outright.
+KNOWN_COLUMNS = {
+    "url": ("url", "link", "product_url", "product_link", "deeplink", "id", "handle"),
+    "name": ("name", "title", "product_name", "product_title", "item_name"),
+    "price": ("sale_price", "price", "variant_price", "regular_price", "current_price"),
+    "currency": ("currency", "price_currency", "currency_code"),
+    "image_url": ("image_url", "image_link", "image_src", "image", "images", "main_image"),
+    "brand": ("brand", "brands", "vendor", "manufacturer", "make"),
+    "gtin": ("gtin", "ean", "upc", "barcode", "variant_barcode", "ean13", "gtin13"),
+    "sku": (
+        "sku",
+        "mpn",
+        "variant_sku",
+        "article_number",
+        "item_number",
+        "product_code",
+        "model_number",
+        "modelno",
+    ),
+    "availability": ("availability", "stock_status", "in_stock"),
+}
 
 
 class ImportError_(ValueError):
@@ -31,13 +67,17 @@ class ImportSummary:
     stored: StoreResult = field(default_factory=StoreResult)
     rejected: Counter = field(default_factory=Counter)
     price_unreadable: int = 0
+    #: The columns each field was read from (of the header, or of the first JSON line).
+    columns: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         rejected = ", ".join(f"{why} {n}" for why, n in sorted(self.rejected.items())) or "none"
+        used = ", ".join(f"{name}={' or '.join(cols)}" for name, cols in self.columns.items())
         return [
             f"read {self.read} rows: stored {self.stored.stored} ({self.stored.new} new, "
             f"{self.stored.price_changes} price changes), rejected {sum(self.rejected.values())} "
-            f"({rejected}), price unreadable {self.price_unreadable}"
+            f"({rejected}), price unreadable {self.price_unreadable}",
+            *([f"columns: {used}"] if used else []),
         ]
 
 
@@ -71,14 +111,55 @@ def file_encoding(path: Path, given: str | None = None) -> str:
     return "utf-8"
 
 
+def _column_key(column: str) -> str:
+    return re.sub(r"[\s-]+", "_", str(column).strip().lower())
+
+
+def resolve_columns(
+    columns: list[str], mapping: dict[str, str] | None = None
+) -> dict[str, tuple[str, ...]]:
+    """Which of `columns` each field is read from: the one `mapping` names, else those
+    of KNOWN_COLUMNS the file has (all of them for the price, the first for the rest).
+    Fields the file has no column for are left out."""
+    by_key: dict[str, str] = {}
+    for column in columns:
+        by_key.setdefault(_column_key(column), column)
+    resolved = {}
+    for name in FIELDS:
+        if mapping and name in mapping:
+            resolved[name] = (mapping[name],)
+            continue
+        found = tuple(by_key[key] for key in KNOWN_COLUMNS[name] if key in by_key)
+        if found:
+            resolved[name] = found if name == "price" else found[:1]
+    return resolved
+
+
+def _missing(path: Path, columns: list[str], mapping: dict[str, str] | None) -> str | None:
+    """Why a file with these columns cannot be imported (no url or name column), or None."""
+    resolved = resolve_columns(columns, mapping)
+    for name in ("url", "name"):
+        if mapping and name in mapping and mapping[name] not in columns:
+            wanted = f"column {mapping[name]}"
+        elif name not in resolved:
+            wanted = f"column for {name} (looked for {', '.join(KNOWN_COLUMNS[name])})"
+        else:
+            continue
+        return (
+            f"{path}: no {wanted}; its columns: {', '.join(columns)[:300] or 'none'}; name the"
+            f" column to use with --map {name}=COLUMN"
+        )
+    return None
+
+
 def read_rows(
     path: Path,
     delimiter: str | None = None,
     encoding: str | None = None,
-    required: dict[str, str] | None = None,
+    mapping: dict[str, str] | None = None,
 ) -> Iterator[dict]:
-    """The file's rows as dicts; a CSV whose header lacks a `required` column (field ->
-    column) is refused, naming its columns."""
+    """The file's rows as dicts; a CSV whose header has no column for the url or the
+    name (resolve_columns) is refused, naming its columns."""
     if not path.exists():
         raise ImportError_(f"{path}: no such file")
     encoding = file_encoding(path, encoding)
@@ -102,15 +183,17 @@ def read_rows(
             except csv.Error:
                 delimiter = ","
         rows = csv.DictReader(handle, delimiter=delimiter)
-        columns = rows.fieldnames or []  # reads the header
-        missing = {f: c for f, c in (required or {}).items() if c not in columns}
-        if missing:
-            raise ImportError_(
-                f"{path}: no column {' or '.join(missing.values())} (its columns:"
-                f" {', '.join(columns)[:300] or 'none'}); name the column to use with"
-                f" {' '.join(f'--map {f}=COLUMN' for f in missing)}"
-            )
+        columns = list(rows.fieldnames or [])  # reads the header
+        why = _missing(path, columns, mapping)
+        if why:
+            raise ImportError_(why)
         yield from rows
+
+
+def _first_url(images: str | None) -> str | None:
+    """The first of the image URLs an export lists in one column ("https://a.jpg,
+    https://b.jpg"); a comma inside a URL stays."""
+    return re.split(r",\s*(?=https?://)", images)[0] if images else images
 
 
 def import_file(
@@ -123,13 +206,26 @@ def import_file(
     encoding: str | None = None,
 ) -> ImportSummary:
     summary = ImportSummary()
-    mapping = {name: (mapping or {}).get(name, name) for name in FIELDS}
+    resolved_for: dict[tuple, dict[str, tuple[str, ...]]] = {}
+
+    def fields(row: dict) -> dict:
+        """Each field's value in the row: the first of its columns that has one."""
+        columns = tuple(row)
+        if columns not in resolved_for:  # a CSV's rows share one header; JSON lines may differ
+            resolved_for[columns] = resolve_columns(list(columns), mapping)
+            summary.columns = summary.columns or resolved_for[columns]
+        value = dict.fromkeys(FIELDS)
+        for name, sources in resolved_for[columns].items():
+            found = next((row[c] for c in sources if row.get(c) not in (None, "", [])), None)
+            if isinstance(found, list):  # a JSON list of images: the first
+                found = found[0]
+            value[name] = found
+        return value
 
     def listings() -> Iterator[Listing]:
-        required = {f: mapping[f] for f in ("url", "name")}
-        for row in read_rows(path, delimiter, encoding, required):
+        for row in read_rows(path, delimiter, encoding, mapping):
             summary.read += 1
-            value = {name: row.get(source) for name, source in mapping.items()}
+            value = fields(row)
             url = str(value["url"]).strip() if value["url"] not in (None, "") else None
             name = clean_text(value["name"])
             if not url:
@@ -149,7 +245,7 @@ def import_file(
                 webshop=shop,
                 url=url,
                 name=name,
-                image_url=clean_text(value["image_url"]),
+                image_url=_first_url(clean_text(value["image_url"])),
                 price=price,
                 currency=(currency_code(value["currency"]) or found_currency or currency)
                 if price is not None
@@ -157,6 +253,7 @@ def import_file(
                 brand=clean_text(value["brand"]),
                 gtin=valid_gtin(value["gtin"]),
                 sku=clean_text(value["sku"]),
+                availability=availability(value["availability"]),
             )
 
     try:

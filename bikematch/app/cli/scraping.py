@@ -69,7 +69,8 @@ def extract(page, url) -> None:
     multiple=True,
     metavar="FIELD=COLUMN",
     help="Which column fills a field: url, name, price, currency, image_url, brand, "
-    "gtin, sku (repeatable).",
+    "gtin, sku, availability (repeatable; the columns of Google Merchant feeds and "
+    "Shopify or WooCommerce exports are known without it).",
 )
 @click.option("--currency", help="ISO 4217 currency for prices without one.")
 @click.option(
@@ -82,6 +83,8 @@ def import_command(app: App, file, shop, delimiter, mappings, currency, encoding
 
     The same upsert as scraped listings: rerunning changes nothing, a changed
     price adds one price_history row. `url` may be any unique key of the shop.
+    Common column names (title, link, sale_price, image_link, vendor, mpn...)
+    are recognised; the summary says which column filled each field.
 
     \b
     Example:
