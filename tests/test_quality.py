@@ -12,6 +12,7 @@ from .clustering import (
     MODEL,
     add_listing,
     cluster,
+    cluster_sets,
     drop_dbt_tables,
     near,
     product_vector,
@@ -216,6 +217,49 @@ def test_eval_scores_clusters_against_labelled_pairs(db, database_url, tmp_path)
     assert scores["precision"] == 1.0 and scores["recall"] == pytest.approx(2 / 3, abs=1e-4)
     text = run_cli("eval", "--truth", str(_truth_file(tmp_path)), "--model", MODEL, env=env)
     assert "worst misses:" in text.stdout and "'title a3'" in text.stdout
+
+
+def test_eval_reads_listings_labelled_with_their_product(db, database_url, tmp_path):
+    """A truth of listings labelled with their product scores as its pairs do, and a
+    listing labelled alone is scored: merging it is a false merge."""
+    _labelled(db)
+    add_listing(db, "shop-c.nl", "c1", near(product_vector(71), 0.05, 5), name="title c1")
+    add_listing(db, "shop-c.nl", "c4", near(product_vector(73), 0.05, 6), name="title c4")
+    cluster(database_url)
+    truth = tmp_path / "products.csv"
+    truth.write_text(
+        "webshop,url,product_id\n"
+        "anchor.nl,a1,P1\nshop-b.nl,b1,P1\nshop-c.nl,c1,P1\n"
+        "anchor.nl,a2,P2\nshop-b.nl,b2,P2\n"
+        "anchor.nl,a3,P3\nshop-b.nl,b3,P3\n"
+        "shop-c.nl,c4,P4\n"  # a product of its own, that looks like a3
+    )
+    env = {"DATABASE_URL": database_url}
+    result = run_cli("eval", "--truth", str(truth), "--model", MODEL, "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(result.stdout)
+    clusters = cluster_sets(db)
+    # Whatever the clusters are, the scores are those of every pair within a product.
+    truth_pairs = {
+        frozenset(pair)
+        for pair in [("a1", "b1"), ("a1", "c1"), ("b1", "c1"), ("a2", "b2"), ("a3", "b3")]
+    }
+    predicted = {
+        frozenset((a, b))
+        for group in clusters
+        for a in group
+        for b in group
+        if a < b and a[0] != b[0]
+    }
+    assert predicted, clusters
+    assert scores["precision"] == pytest.approx(
+        len(truth_pairs & predicted) / len(predicted), abs=1e-4
+    )
+    assert scores["recall"] == pytest.approx(
+        len(truth_pairs & predicted) / len(truth_pairs), abs=1e-4
+    )
+    assert any("c4" in group and len(group) > 1 for group in clusters)  # c4 is merged: scored
+    assert scores["precision"] < 1
 
 
 def test_eval_complete_counts_merges_of_listings_no_pair_names(db, database_url, tmp_path):

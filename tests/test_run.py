@@ -155,7 +155,8 @@ def test_report_and_eval_say_what_is_missing_in_one_line(conn, database_url, tmp
     assert error("report", "--out", str(tmp_path / "report")) == no_clusters
     assert error("eval", "--truth", str(truth)) == no_clusters
     assert error("eval", "--truth", str(one_column)).endswith(
-        "needs columns url_a, url_b, webshop_a, webshop_b"
+        "needs columns url_a, url_b, webshop_a, webshop_b (labelled pairs), or webshop, url"
+        " and product_id (each listing labelled with its product)"
     )
     # marts an earlier version built, without the columns added since
     conn.execute("create table master_bikes (bike_id uuid, cluster_id uuid)")

@@ -87,13 +87,22 @@ class TruthReport:
         return out
 
 
+#: The column a truth of labelled listings names each listing's product by.
+PRODUCT_COLUMNS = ("product_id", "product", "cluster_id", "cluster", "label", "group")
+
+
 def read_truth(path) -> list[tuple[tuple[str, str], tuple[str, str]]]:
-    """Pairs ((webshop_a, url_a), (webshop_b, url_b)) from a labelled CSV."""
+    """Pairs ((webshop_a, url_a), (webshop_b, url_b)) from a labelled CSV: either of
+    pairs (webshop_a, url_a, webshop_b, url_b: every listed pair matches) or of
+    listings labelled with their product (webshop, url, product_id: listings of one
+    product match). A listing its product has alone is paired with itself: it is
+    labelled, and matches nothing. Listed pairs are taken as they are (as the public
+    benchmarks score them); a product's listings make every pair among them."""
     import csv
     from pathlib import Path
 
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not a UTF-8 CSV file of labelled pairs") from None
     try:
@@ -101,15 +110,35 @@ def read_truth(path) -> list[tuple[tuple[str, str], tuple[str, str]]]:
     except csv.Error:  # one column, say: the column check below names what is missing
         delimiter = ","
     rows = csv.DictReader(text.splitlines(), delimiter=delimiter)
-    needed = {"webshop_a", "url_a", "webshop_b", "url_b"}
-    if not needed <= set(rows.fieldnames or []):
-        raise ValueError(f"{path}: needs columns {', '.join(sorted(needed))}")
-    pairs = []
+    columns = set(rows.fieldnames or [])
+    pair_columns = ("webshop_a", "url_a", "webshop_b", "url_b")
+    product = next((name for name in PRODUCT_COLUMNS if name in columns), None)
+    if set(pair_columns) <= columns:
+        wanted = pair_columns
+    elif {"webshop", "url"} <= columns and product:
+        wanted = ("webshop", "url", product)
+    else:
+        raise ValueError(
+            f"{path}: needs columns {', '.join(sorted(pair_columns))} (labelled pairs), or"
+            " webshop, url and product_id (each listing labelled with its product)"
+        )
+    records = []
     for line, r in enumerate(rows, start=2):
-        fields = [r[name] for name in ("webshop_a", "url_a", "webshop_b", "url_b")]
+        fields = [r[name] for name in wanted]
         if any(value is None for value in fields):
             raise ValueError(f"{path}: row {line} has fewer than the header's fields")
-        pairs.append(((fields[0], fields[1]), (fields[2], fields[3])))
+        records.append(fields)
+    if wanted == pair_columns:
+        return [((a_shop, a_url), (b_shop, b_url)) for a_shop, a_url, b_shop, b_url in records]
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for shop, url, label in records:
+        if label.strip():
+            groups.setdefault(label.strip(), []).append((shop, url))
+    pairs = []
+    for listings in groups.values():
+        pairs += [(a, b) for i, a in enumerate(listings) for b in listings[i + 1 :]]
+        if len(listings) == 1:
+            pairs.append((listings[0], listings[0]))
     return pairs
 
 

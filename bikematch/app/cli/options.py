@@ -118,7 +118,9 @@ def truth_option(help: str | None = None):
         "truth_file",
         required=True,
         type=click.Path(exists=True, dir_okay=False),
-        help=help or "CSV with webshop_a, url_a, webshop_b, url_b: every listed pair matches.",
+        help=help
+        or "CSV of labelled pairs (webshop_a, url_a, webshop_b, url_b: every listed pair "
+        "matches) or of listings labelled with their product (webshop, url, product_id).",
     )
 
 
