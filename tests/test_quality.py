@@ -171,6 +171,37 @@ def test_import_knows_the_columns_of_common_feeds(conn, database_url, tmp_path):
     )
 
 
+def test_import_takes_each_rows_shop_from_a_shop_column(conn, database_url, tmp_path):
+    """One file of several shops' listings needs no --shop; without --shop or a shop
+    column the file is refused before anything is stored."""
+    env = {"DATABASE_URL": database_url}
+    catalogue = tmp_path / "catalogue.csv"
+    catalogue.write_text(
+        "shop,url,title,price\n"
+        "a.nl,u1,Gazelle Ultimate C380,2999\n"
+        "b.nl,u1,GAZELLE Ultimate C380 E-bike,2899\n"
+        "b.nl,u2,Sparta c-Grid,1999\n"
+        ",u3,No shop,10\n"
+    )
+    result = run_cli("import", str(catalogue), "--currency", "EUR", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "read 4 rows: stored 3 (3 new" in result.stdout
+    assert "missing_shop 1" in result.stdout
+    assert "by shop: a.nl 1, b.nl 2" in result.stdout
+    stored = conn.execute(
+        "select webshop, url from scraped_bikes where webshop in ('a.nl', 'b.nl') order by 1, 2"
+    ).fetchall()
+    assert stored == [("a.nl", "u1"), ("b.nl", "u1"), ("b.nl", "u2")]
+
+    shopless = tmp_path / "shopless.csv"
+    shopless.write_text("url,title\nu9,Cube Kathmandu\n")
+    result = run_cli("import", str(shopless), env=env)
+    assert result.returncode == 2
+    assert "no column for webshop" in result.stderr and "or give --shop" in result.stderr
+    result = run_cli("import", str(shopless), "--shop", "c.nl", env=env)
+    assert result.returncode == 0 and "stored 1 (1 new" in result.stdout, result.stderr
+
+
 def test_import_rejects_a_bad_mapping(tmp_path):
     feed = tmp_path / "feed.csv"
     feed.write_text("id,title\n1,x\n")

@@ -26,7 +26,18 @@ from bikematch.core.normalise import (
     valid_gtin,
 )
 
-FIELDS = ("url", "name", "price", "currency", "image_url", "brand", "gtin", "sku", "availability")
+FIELDS = (
+    "url",
+    "name",
+    "price",
+    "currency",
+    "image_url",
+    "brand",
+    "gtin",
+    "sku",
+    "availability",
+    "webshop",
+)
 
 #: The columns feeds name each field by, in order of preference: plain names, Google
 #: Merchant Center feeds (link, image_link, sale_price before price, mpn), Shopify
@@ -54,6 +65,8 @@ KNOWN_COLUMNS = {
         "modelno",
     ),
     "availability": ("availability", "stock_status", "in_stock"),
+    # a file of several shops' listings, where no --shop is given
+    "webshop": ("webshop", "shop", "store", "merchant", "retailer"),
 }
 
 
@@ -69,6 +82,8 @@ class ImportSummary:
     price_unreadable: int = 0
     #: The columns each field was read from (of the header, or of the first JSON line).
     columns: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Rows read for each shop (several where a column names the shop).
+    by_shop: Counter = field(default_factory=Counter)
 
     def lines(self) -> list[str]:
         rejected = ", ".join(f"{why} {n}" for why, n in sorted(self.rejected.items())) or "none"
@@ -78,6 +93,11 @@ class ImportSummary:
             f"{self.stored.price_changes} price changes), rejected {sum(self.rejected.values())} "
             f"({rejected}), price unreadable {self.price_unreadable}",
             *([f"columns: {used}"] if used else []),
+            *(
+                [f"by shop: {', '.join(f'{n} {c}' for n, c in sorted(self.by_shop.items()))}"]
+                if len(self.by_shop) > 1
+                else []
+            ),
         ]
 
 
@@ -135,19 +155,23 @@ def resolve_columns(
     return resolved
 
 
-def _missing(path: Path, columns: list[str], mapping: dict[str, str] | None) -> str | None:
-    """Why a file with these columns cannot be imported (no url or name column), or None."""
+def _missing(
+    path: Path, columns: list[str], mapping: dict[str, str] | None, shop: str | None
+) -> str | None:
+    """Why a file with these columns cannot be imported (no url or name column, or no
+    shop column where no shop is given), or None."""
     resolved = resolve_columns(columns, mapping)
-    for name in ("url", "name"):
+    for name in ("url", "name") if shop else ("url", "name", "webshop"):
         if mapping and name in mapping and mapping[name] not in columns:
             wanted = f"column {mapping[name]}"
         elif name not in resolved:
             wanted = f"column for {name} (looked for {', '.join(KNOWN_COLUMNS[name])})"
         else:
             continue
+        fix = f"--map {name}=COLUMN" + (" or give --shop" if name == "webshop" else "")
         return (
             f"{path}: no {wanted}; its columns: {', '.join(columns)[:300] or 'none'}; name the"
-            f" column to use with --map {name}=COLUMN"
+            f" column to use with {fix}"
         )
     return None
 
@@ -157,9 +181,11 @@ def read_rows(
     delimiter: str | None = None,
     encoding: str | None = None,
     mapping: dict[str, str] | None = None,
+    shop: str | None = None,
 ) -> Iterator[dict]:
     """The file's rows as dicts; a CSV whose header has no column for the url or the
-    name (resolve_columns) is refused, naming its columns."""
+    name, or for the shop where `shop` is not given (resolve_columns), is refused,
+    naming its columns."""
     if not path.exists():
         raise ImportError_(f"{path}: no such file")
     encoding = file_encoding(path, encoding)
@@ -184,7 +210,7 @@ def read_rows(
                 delimiter = ","
         rows = csv.DictReader(handle, delimiter=delimiter)
         columns = list(rows.fieldnames or [])  # reads the header
-        why = _missing(path, columns, mapping)
+        why = _missing(path, columns, mapping, shop)
         if why:
             raise ImportError_(why)
         yield from rows
@@ -199,7 +225,7 @@ def _first_url(images: str | None) -> str | None:
 def import_file(
     conn,
     path: Path,
-    shop: str,
+    shop: str | None,
     mapping: dict[str, str] | None = None,
     delimiter: str | None = None,
     currency: str | None = None,
@@ -223,11 +249,15 @@ def import_file(
         return value
 
     def listings() -> Iterator[Listing]:
-        for row in read_rows(path, delimiter, encoding, mapping):
+        for row in read_rows(path, delimiter, encoding, mapping, shop):
             summary.read += 1
             value = fields(row)
             url = str(value["url"]).strip() if value["url"] not in (None, "") else None
             name = clean_text(value["name"])
+            webshop = shop or clean_text(value["webshop"])
+            if not webshop:
+                summary.rejected["missing_shop"] += 1
+                continue
             if not url:
                 summary.rejected["missing_url"] += 1
                 continue
@@ -241,8 +271,9 @@ def import_file(
                 summary.price_unreadable += 1
             if price is not None and price == 0:
                 price = None  # feeds write 0 for "unknown"; no bike costs nothing
+            summary.by_shop[webshop] += 1
             yield Listing(
-                webshop=shop,
+                webshop=webshop,
                 url=url,
                 name=name,
                 image_url=_first_url(clean_text(value["image_url"])),

@@ -8,7 +8,7 @@ listing's price, or a currency both rows state, differs from its latest history 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -115,7 +115,6 @@ class StoreResult:
     stored: int = 0
     new: int = 0
     price_changes: int = 0
-    by_shop: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: StoreResult) -> None:
         self.stored += other.stored

@@ -61,7 +61,10 @@ def extract(page, url) -> None:
 
 @click.command("import")
 @click.argument("file", type=click.Path(dir_okay=False, exists=True))
-@click.option("--shop", required=True, help="The webshop these listings belong to.")
+@click.option(
+    "--shop",
+    help="The webshop these listings belong to [default: each row's webshop or shop column].",
+)
 @click.option("--delimiter", help="CSV delimiter (guessed when not given).")
 @click.option(
     "--map",
@@ -69,7 +72,7 @@ def extract(page, url) -> None:
     multiple=True,
     metavar="FIELD=COLUMN",
     help="Which column fills a field: url, name, price, currency, image_url, brand, "
-    "gtin, sku, availability (repeatable; the columns of Google Merchant feeds and "
+    "gtin, sku, availability, webshop (repeatable; the columns of Google Merchant feeds and "
     "Shopify or WooCommerce exports are known without it).",
 )
 @click.option("--currency", help="ISO 4217 currency for prices without one.")
@@ -84,7 +87,8 @@ def import_command(app: App, file, shop, delimiter, mappings, currency, encoding
     The same upsert as scraped listings: rerunning changes nothing, a changed
     price adds one price_history row. `url` may be any unique key of the shop.
     Common column names (title, link, sale_price, image_link, vendor, mpn...)
-    are recognised; the summary says which column filled each field.
+    are recognised; the summary says which column filled each field. A file of
+    several shops' listings names each row's shop in a webshop or shop column.
 
     \b
     Example:
