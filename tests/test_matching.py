@@ -117,6 +117,7 @@ WORDINGS = [
     ("Kalkhoff Endeavour 5.B Excite+", None, "edition", ["excite", "plus"]),
     ("Kalkhoff Image 3.B Move", None, "edition", ["move"]),
     ("Cube Reaction Hybrid SLT 750", None, "edition", ["slt"]),
+    ("Specialized Turbo Vado SL 4.0", None, "edition", ["sl"]),
     ("Cube Stereo Hybrid 140 HPC Race 625", None, "edition", ["race"]),
     ("Testbike Bosch Performance Line CX Race", None, "edition", []),
     ("Riese & Müller Charger4 GT vario HS", None, "edition", ["gt", "hs"]),
