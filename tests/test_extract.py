@@ -11,6 +11,7 @@ import pytest
 from bikematch.core.normalise import (
     PriceError,
     clean_text,
+    currency_code,
     largest_from_srcset,
     only_value,
     parse_price,
@@ -84,6 +85,8 @@ def test_cli_prints_exactly_the_fields(tmp_path):
         ("£7,499.00", "7499.00", "GBP"),
         ("EUR 2499", "2499.00", "EUR"),
         ("CHF 7'490.00", "7490.00", "CHF"),
+        ("CHF 7’490.–", "7490.00", "CHF"),  # a typographic apostrophe groups thousands
+        ("SFr. 3’499.00", "3499.00", "CHF"),
         # an old price, then the one to pay
         ("Van € 3.499 voor € 2.999", "2999.00", "EUR"),
         ("Was £3,499.00 Now £2,999.00", "2999.00", "GBP"),
@@ -97,6 +100,18 @@ def test_cli_prints_exactly_the_fields(tmp_path):
 )
 def test_prices(text, amount, currency):
     assert parse_price(text) == (Decimal(amount), currency)
+
+
+def test_a_currency_code_is_one_iso_4217_knows():
+    assert [currency_code(c) for c in ("eur", "CHF", "sFr", "Ft", "XYZ", "ABC", "US")] == [
+        "EUR",
+        "CHF",
+        "CHF",
+        "HUF",
+        None,
+        None,
+        None,
+    ]
 
 
 @pytest.mark.parametrize("text", ["op aanvraag", "prijs volgt", "-"])

@@ -21,6 +21,11 @@ _CURRENCY_CODES = {
     "usd": "USD",
     "chf": "CHF",
     "fr.": "CHF",
+    "sfr.": "CHF",
+    "sfr": "CHF",
+    "ft": "HUF",
+    "lei": "RON",
+    "₺": "TRY",
     "kr": "SEK",
     "sek": "SEK",
     "dkk": "DKK",
@@ -30,7 +35,23 @@ _CURRENCY_CODES = {
     "kč": "CZK",
     "czk": "CZK",
 }
-_ISO = re.compile(r"^[A-Z]{3}$")
+#: ISO 4217's codes of the currencies in use: three capitals that are none of them
+#: ("SFR" for "sFr") are no currency code.
+_ISO_CODES = frozenset(
+    """
+    AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BRL BSD
+    BTN BWP BYN BZD CAD CDF CHF CLP CNY COP CRC CUP CVE CZK DJF DKK DOP DZD EGP ERN ETB
+    EUR FJD FKP GBP GEL GHS GIP GMD GNF GTQ GYD HKD HNL HRK HTG HUF IDR ILS INR IQD IRR ISK
+    JMD JOD JPY KES KGS KHR KMF KPW KRW KWD KYD KZT LAK LBP LKR LRD LSL LYD MAD MDL MGA
+    MKD MMK MNT MOP MRU MUR MVR MWK MXN MYR MZN NAD NGN NIO NOK NPR NZD OMR PAB PEN PGK
+    PHP PKR PLN PYG QAR RON RSD RUB RWF SAR SBD SCR SDG SEK SGD SHP SLE SOS SRD SSP STN
+    SVC SYP SZL THB TJS TMT TND TOP TRY TTD TWD TZS UAH UGX USD UYU UZS VES VND VUV WST
+    XAF XCD XOF XPF YER ZAR ZMW ZWL
+    """.split()
+)
+#: Apostrophes and primes that group thousands in Swiss prices ("CHF 3’499.–"), as
+#: the price reader knows them: "'".
+_THOUSANDS_APOSTROPHES = str.maketrans(dict.fromkeys("\u2019\u02bc\u2032\u00b4", "'"))
 # "1.999 - 2.499", "€ 1.999 tot € 2.499", "1,999 to 2,499": ranges take the lowest.
 _RANGE = re.compile(r"\s+(?:-|–|—|tot|to|bis|à)\s+", re.IGNORECASE)
 # "van € 3.499 voor € 2.999", "was £3,499 now £2,999", "statt 3.499 € nur 2.999 €": an
@@ -61,7 +82,7 @@ def currency_code(text: str | None) -> str | None:
     if not text:
         return None
     cleaned = text.strip()
-    if _ISO.match(cleaned.upper()) and len(cleaned) == 3 and cleaned.isalpha():
+    if cleaned.upper() in _ISO_CODES:
         return cleaned.upper()
     return _CURRENCY_CODES.get(cleaned.lower())
 
@@ -87,7 +108,7 @@ def parse_price(value, currency_hint: str | None = None) -> tuple[Decimal | None
     if isinstance(value, int | float | Decimal):
         amount = Decimal(str(value))
     else:
-        text = _WHITESPACE.sub(" ", str(value)).strip()
+        text = _WHITESPACE.sub(" ", str(value)).strip().translate(_THOUSANDS_APOSTROPHES)
         if _NEGATIVE.match(text):
             raise PriceError(f"a negative price: {text[:60]!r}")
         prices = []
