@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -18,6 +19,12 @@ from bikematch.core.migrations import apply_migrations
 # No test reaches the ECB: where the nightly job would fetch exchange rates, it finds
 # nothing listening instead, unless a test serves rates of its own.
 os.environ.setdefault("BIKEMATCH_RATES_URL", "http://127.0.0.1:9/eurofxref-daily.xml")
+
+# A job started in the background (`cmd &` in a script, as some CI runners start one)
+# ignores Ctrl-C, and so do the processes it starts: the tests that interrupt a run, in
+# this process or in a command it starts, need Python's own SIGINT handler back.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 BIN = Path(sys.executable).parent
 BIKEMATCH = str(BIN / "bikematch")
