@@ -120,6 +120,7 @@ WORDINGS = [
     ("Specialized Turbo Vado SL 4.0", None, "edition", ["sl"]),
     ("Cube Stereo Hybrid 140 HPC Race 625", None, "edition", ["race"]),
     ("Testbike Bosch Performance Line CX Race", None, "edition", []),
+    ("Testbike Bosch CX-Race", None, "edition", []),
     ("Riese & Müller Charger4 GT vario HS", None, "edition", ["gt", "hs"]),
     ("Stromer ST5 ABS", None, "edition", ["abs"]),
     ("Batavus Finez E-go Power Exclusive", None, "edition", ["exclusive"]),
