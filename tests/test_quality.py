@@ -202,6 +202,34 @@ def test_import_takes_each_rows_shop_from_a_shop_column(conn, database_url, tmp_
     assert result.returncode == 0 and "stored 1 (1 new" in result.stdout, result.stderr
 
 
+def test_import_reads_a_json_array_of_listings(conn, database_url, tmp_path):
+    env = {"DATABASE_URL": database_url}
+    products = tmp_path / "products.json"
+    products.write_text(
+        json.dumps(
+            {
+                "products": [
+                    {"link": "https://j.nl/p/1", "title": "Cube Kathmandu Hybrid", "price": 2999},
+                    {
+                        "link": "https://j.nl/p/2",
+                        "title": "Cube Touring Hybrid",
+                        "price": "€ 2.499",
+                    },
+                ]
+            }
+        )
+    )
+    result = run_cli("import", str(products), "--shop", "j.nl", env=env)
+    assert result.returncode == 0 and "stored 2 (2 new" in result.stdout, result.stderr
+    assert conn.execute("select count(*) from scraped_bikes where webshop = 'j.nl'").fetchone() == (
+        2,
+    )
+    products.write_text('{"count": 2, "next": null}')
+    result = run_cli("import", str(products), "--shop", "j.nl", env=env)
+    assert result.returncode == 2
+    assert "not one holding a single array of listings (its keys: count, next)" in result.stderr
+
+
 def test_import_rejects_a_bad_mapping(tmp_path):
     feed = tmp_path / "feed.csv"
     feed.write_text("id,title\n1,x\n")

@@ -1,4 +1,5 @@
-"""Loading listings from CSV or JSONL files: shop feeds and labelled benchmarks alike.
+"""Loading listings from CSV, JSONL or JSON files: shop feeds and labelled benchmarks
+alike.
 
 Rows go through the scrapers' normalisation and the same upsert as scraped
 listings (bikematch.core.listings). A row without a url or name is rejected and
@@ -200,6 +201,9 @@ def read_rows(
                     raise ImportError_(f"{path}:{number}: not JSON ({exc})") from exc
                 yield row if isinstance(row, dict) else {}
         return
+    if path.suffix.lower() == ".json":
+        yield from _json_rows(path, encoding)
+        return
     with path.open(encoding=encoding, newline="") as handle:
         if delimiter is None:
             sample = handle.read(8192)
@@ -214,6 +218,26 @@ def read_rows(
         if why:
             raise ImportError_(why)
         yield from rows
+
+
+def _json_rows(path: Path, encoding: str) -> list[dict]:
+    """The objects of a JSON file: an array of them, or an object holding one array
+    of them ({"products": [...]}, as shop APIs answer)."""
+    try:
+        data = json.loads(path.read_text(encoding=encoding))
+    except ValueError as exc:
+        raise ImportError_(f"{path}: not JSON ({exc})") from exc
+    if isinstance(data, dict):
+        arrays = [value for value in data.values() if isinstance(value, list)]
+        if len(arrays) != 1:
+            raise ImportError_(
+                f"{path}: a JSON object, but not one holding a single array of listings"
+                f" (its keys: {', '.join(map(str, data))[:200]})"
+            )
+        data = arrays[0]
+    if not isinstance(data, list):
+        raise ImportError_(f"{path}: JSON, but no array of listings")
+    return [row if isinstance(row, dict) else {} for row in data]
 
 
 def _first_url(images: str | None) -> str | None:
