@@ -230,6 +230,44 @@ def test_import_reads_a_json_array_of_listings(conn, database_url, tmp_path):
     assert "not one holding a single array of listings (its keys: count, next)" in result.stderr
 
 
+def test_import_reads_an_excel_workbook(conn, database_url, tmp_path):
+    from openpyxl import Workbook
+
+    env = {"DATABASE_URL": database_url}
+    workbook = Workbook()
+    sheet = workbook.active
+    sheet.append(["Catalogue of 2026"])  # a title above the header
+    sheet.append([])
+    sheet.append(["Shop", "URL", "Title", "Price", "EAN"])
+    sheet.append(["x.nl", "u1", "Stromer ST3 Pinion", 7490, "8712345678906"])
+    sheet.append(["y.nl", "u1", "Stromer ST3", 7390.5, None])
+    path = tmp_path / "catalogue.xlsx"
+    workbook.save(path)
+    # The first row that is not empty is the header: here the title, so no columns.
+    result = run_cli("import", str(path), "--currency", "EUR", env=env)
+    assert result.returncode == 2 and "no column for url" in result.stderr, result.stderr
+    sheet.delete_rows(1, 2)
+    workbook.save(path)
+    result = run_cli("import", str(path), "--currency", "EUR", env=env)
+    assert result.returncode == 0 and "stored 2 (2 new" in result.stdout, result.stderr
+    rows = conn.execute(
+        "select webshop, name, price, gtin from scraped_bikes where webshop in ('x.nl', 'y.nl')"
+        " order by webshop"
+    ).fetchall()
+    assert rows == [
+        ("x.nl", "Stromer ST3 Pinion", Decimal("7490.00"), "8712345678906"),
+        ("y.nl", "Stromer ST3", Decimal("7390.50"), None),
+    ]
+    broken = tmp_path / "broken.xlsx"
+    broken.write_text("not a workbook")
+    result = run_cli("import", str(broken), "--shop", "z.nl", env=env)
+    assert result.returncode == 2 and "not an Excel workbook" in result.stderr, result.stderr
+    old_excel = tmp_path / "catalogue.xls"
+    old_excel.write_bytes(b"\xd0\xcf\x11\xe0")
+    result = run_cli("import", str(old_excel), "--shop", "z.nl", env=env)
+    assert result.returncode == 2 and "save it as .xlsx or CSV" in result.stderr, result.stderr
+
+
 def test_import_rejects_a_bad_mapping(tmp_path):
     feed = tmp_path / "feed.csv"
     feed.write_text("id,title\n1,x\n")

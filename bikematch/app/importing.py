@@ -1,5 +1,5 @@
-"""Loading listings from CSV, JSONL or JSON files: shop feeds and labelled benchmarks
-alike.
+"""Loading listings from CSV, JSONL, JSON or Excel files: shop feeds and labelled
+benchmarks alike.
 
 Rows go through the scrapers' normalisation and the same upsert as scraped
 listings (bikematch.core.listings). A row without a url or name is rejected and
@@ -204,6 +204,11 @@ def read_rows(
     if path.suffix.lower() == ".json":
         yield from _json_rows(path, encoding)
         return
+    if path.suffix.lower() in (".xlsx", ".xlsm"):
+        yield from _workbook_rows(path, mapping, shop)
+        return
+    if path.suffix.lower() == ".xls":
+        raise ImportError_(f"{path}: an Excel 97-2003 workbook; save it as .xlsx or CSV")
     with path.open(encoding=encoding, newline="") as handle:
         if delimiter is None:
             sample = handle.read(8192)
@@ -238,6 +243,39 @@ def _json_rows(path: Path, encoding: str) -> list[dict]:
     if not isinstance(data, list):
         raise ImportError_(f"{path}: JSON, but no array of listings")
     return [row if isinstance(row, dict) else {} for row in data]
+
+
+def _workbook_rows(path: Path, mapping: dict[str, str] | None, shop: str | None) -> Iterator[dict]:
+    """The rows of an Excel workbook's first sheet as dicts, under the header its first
+    row that is not empty holds (checked as a CSV header is)."""
+    from zipfile import BadZipFile
+
+    from openpyxl import load_workbook
+    from openpyxl.utils.exceptions import InvalidFileException
+
+    try:
+        workbook = load_workbook(path, read_only=True, data_only=True)
+    except (InvalidFileException, BadZipFile, OSError, KeyError, ValueError) as exc:
+        raise ImportError_(f"{path}: not an Excel workbook ({exc})") from None
+    try:
+        rows = workbook.worksheets[0].iter_rows(values_only=True) if workbook.worksheets else []
+        header: list[str] | None = None
+        for values in rows:
+            if header is None:
+                if any(value not in (None, "") for value in values):
+                    header = ["" if value is None else str(value).strip() for value in values]
+                    why = _missing(path, header, mapping, shop)
+                    if why:
+                        raise ImportError_(why)
+                continue
+            if any(value not in (None, "") for value in values):
+                yield {
+                    column: value for column, value in zip(header, values, strict=False) if column
+                }
+        if header is None:
+            raise ImportError_(f"{path}: its first sheet is empty")
+    finally:
+        workbook.close()
 
 
 def _first_url(images: str | None) -> str | None:

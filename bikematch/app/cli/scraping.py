@@ -82,7 +82,7 @@ def extract(page, url) -> None:
 )
 @pass_app
 def import_command(app: App, file, shop, delimiter, mappings, currency, encoding) -> None:
-    """Load listings from a CSV, JSONL or JSON file (a shop feed, a benchmark) into scraped_bikes.
+    """Load listings from a CSV, JSONL, JSON or Excel file (a feed, a catalogue) into scraped_bikes.
 
     The same upsert as scraped listings: rerunning changes nothing, a changed
     price adds one price_history row. `url` may be any unique key of the shop.
