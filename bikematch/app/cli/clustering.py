@@ -122,13 +122,15 @@ def _read_truth(truth_file):
 def eval_command(app: App, truth_file, model_name, complete, as_json) -> None:
     """Score master_bikes against labelled matches: pairwise and B-cubed precision/recall.
 
-    Every listed pair is a match; every other cross-shop pair of listed listings
-    is not (with --complete: of all listings of the file's shops). Also lists
-    the worst false merges and misses with both titles.
+    Every listed pair is a match, as are the listings labelled with one product;
+    every other cross-shop pair of listed listings is not (with --complete: of
+    all listings of the file's shops). Also lists the worst false merges and
+    misses with both titles.
 
     \b
     Example:
         bikematch eval --truth labelled_pairs.csv --json
+        bikematch eval --truth products.csv   # webshop,url,product_id
     """
     from bikematch.app.clusters import require_clusters
     from bikematch.app.evaluation import evaluate_truth
