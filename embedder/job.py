@@ -237,6 +237,10 @@ class _Job:
         self.total = 0
         #: The model's index was dropped for this run's load: run_embedding builds it.
         self.index_dropped = False
+        #: The job has ended (done, failed or interrupted) and closed its connections: a
+        #: claim or write still on a thread must not open a new one, whose open claim
+        #: would hold listings from the next run.
+        self.stopped = False
 
     async def run(self) -> EmbedSummary:
         started = time.perf_counter()
@@ -252,6 +256,7 @@ class _Job:
                     await self._stages(fetcher, pool)
                 self.summary.cache_hits = fetcher.cache_hits
         finally:
+            self.stopped = True
             for conn in self.connections:
                 conn.close()
             self.decoders.shutdown()
@@ -399,10 +404,13 @@ class _Job:
         database dropped it (on_connection). Claims and writes can be run again: the claim
         died with the connection (its transaction), and the write is an upsert."""
         before = self.connections[slot]
-        result, self.connections[slot] = on_connection(
-            before, self.url, lambda conn: action(conn, *args)
+        result, now = on_connection(
+            before, self.url, lambda conn: action(conn, *args), lambda: not self.stopped
         )
-        self.summary.reconnects += self.connections[slot] is not before
+        if now is not before and self.stopped:  # reconnected as the job ended
+            now.close()
+        self.connections[slot] = now
+        self.summary.reconnects += now is not before
         return result
 
     def _claim_page(self, conn, after: uuid.UUID, size: int):

@@ -956,6 +956,13 @@ def test_an_interrupted_load_still_leaves_the_model_its_index(conn, database_url
         )
     assert interrupted == ["missing"] and index_state(conn) == "valid"
     assert 0 < len(vectors(conn)) < 12
+    # No claim outlives the run: a claim or write still on a thread as Ctrl-C closed
+    # its connection opens no new one to hold listings from the next run.
+    holding = conn.execute(
+        "select count(*) from pg_stat_activity"
+        " where state like 'idle in transaction%%' and pid <> pg_backend_pid()"
+    ).fetchone()[0]
+    assert holding == 0
     rerun = run_embedding(database_url, tiny, settings(tmp_path))
     assert len(vectors(conn)) == 12 and rerun.index_seconds is None
 

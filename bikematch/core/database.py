@@ -15,6 +15,7 @@ import re
 import subprocess
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -224,15 +225,18 @@ def reconnect(
         raise DatabaseError(f"lost the database connection, and {exc}") from exc
 
 
-def on_connection(conn: psycopg.Connection, url: str, action):
+def on_connection(
+    conn: psycopg.Connection, url: str, action, may_reconnect: Callable[[], bool] | None = None
+):
     """`action(conn)`; where `conn` is gone (the server dropped it, or a failed
     reconnect left it closed) rather than a statement refused, `action` once more on a
     new connection, so `action` must be safe to run again. Returns (its result, the
-    connection in use now: `conn` or the new one)."""
+    connection in use now: `conn` or the new one). `may_reconnect()` false: the owner
+    closed `conn` itself (a job stopping on Ctrl-C), and the error stands."""
     try:
         return action(conn), conn
     except psycopg.OperationalError as exc:
-        if not (conn.broken or conn.closed):
+        if not (conn.broken or conn.closed) or (may_reconnect and not may_reconnect()):
             raise
         log.warning("the database dropped a connection (%s); reconnecting", _first_line(str(exc)))
     conn.close()
