@@ -184,31 +184,31 @@ def read_rows(
     mapping: dict[str, str] | None = None,
     shop: str | None = None,
 ) -> Iterator[dict]:
-    """The file's rows as dicts; a CSV whose header has no column for the url or the
-    name, or for the shop where `shop` is not given (resolve_columns), is refused,
-    naming its columns."""
+    """The file's rows as dicts, read as its suffix says (CSV otherwise); a CSV or
+    workbook whose header has no column for the url or the name, or for the shop
+    where `shop` is not given (resolve_columns), is refused, naming its columns."""
     if not path.exists():
         raise ImportError_(f"{path}: no such file")
-    encoding = file_encoding(path, encoding)
-    if path.suffix.lower() in (".jsonl", ".ndjson"):
-        with path.open(encoding=encoding) as lines:
-            for number, line in enumerate(lines, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError as exc:
-                    raise ImportError_(f"{path}:{number}: not JSON ({exc})") from exc
-                yield row if isinstance(row, dict) else {}
-        return
-    if path.suffix.lower() == ".json":
-        yield from _json_rows(path, encoding)
-        return
-    if path.suffix.lower() in (".xlsx", ".xlsm"):
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        yield from _json_lines_rows(path, file_encoding(path, encoding))
+    elif suffix == ".json":
+        yield from _json_rows(path, file_encoding(path, encoding))
+    elif suffix in (".xlsx", ".xlsm"):
         yield from _workbook_rows(path, mapping, shop)
-        return
-    if path.suffix.lower() == ".xls":
+    elif suffix == ".xls":
         raise ImportError_(f"{path}: an Excel 97-2003 workbook; save it as .xlsx or CSV")
+    else:
+        yield from _csv_rows(path, file_encoding(path, encoding), delimiter, mapping, shop)
+
+
+def _csv_rows(
+    path: Path,
+    encoding: str,
+    delimiter: str | None,
+    mapping: dict[str, str] | None,
+    shop: str | None,
+) -> Iterator[dict]:
     with path.open(encoding=encoding, newline="") as handle:
         if delimiter is None:
             sample = handle.read(8192)
@@ -223,6 +223,18 @@ def read_rows(
         if why:
             raise ImportError_(why)
         yield from rows
+
+
+def _json_lines_rows(path: Path, encoding: str) -> Iterator[dict]:
+    with path.open(encoding=encoding) as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise ImportError_(f"{path}:{number}: not JSON ({exc})") from exc
+            yield row if isinstance(row, dict) else {}
 
 
 def _json_rows(path: Path, encoding: str) -> list[dict]:
